@@ -71,6 +71,8 @@ def export_model(model: keras.Model, export_dir: str, *, image_size: int) -> str
         raise ValueError(f"model output shape must be (None, {schema.NUM_LABELS}), got {model.output_shape}.")
 
     def serve_pixels(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        # Signatures do not enforce static shapes on their own; a wrong size fails here, clearly.
+        images = tf.ensure_shape(images, [None, image_size, image_size, 1])
         probabilities = model(tf.cast(images, tf.float32), training=False)
         return {"probabilities": tf.cast(probabilities, tf.float32)}
 
