@@ -148,3 +148,145 @@ def write_records(
     )
     manifest_lib.write_manifest(records_dir, manifest)
     return manifest_lib.read_manifest(records_dir)
+
+
+def write_labeled_records(
+    records_dir: str,
+    split_labels: dict[str, list[list[int]] | np.ndarray],
+    *,
+    image_size: int = 8,
+    image_format: str = "raw",
+    num_shards: int = 1,
+    seed: int = 0,
+) -> manifest_lib.Manifest:
+    """Writes a records directory whose records carry exactly the given multi-hot labels.
+
+    Args:
+      records_dir: output directory.
+      split_labels: per split, one 15-long multi-hot vector per record, in record order
+        (records are dealt to `num_shards` shards in contiguous runs).
+      image_size, image_format, num_shards, seed: as in `write_records`.
+
+    Returns:
+      The manifest written (label counts computed from `split_labels`).
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(records_dir, exist_ok=True)
+    splits = {}
+    counter = 0
+    for split, labels_list in split_labels.items():
+        all_labels = np.asarray(labels_list, np.int64).reshape(-1, schema.NUM_LABELS)
+        shards = []
+        patients = set()
+        for shard_index, indices in enumerate(np.array_split(np.arange(len(all_labels)), num_shards)):
+            name = manifest_lib.shard_name(split, shard_index, num_shards)
+            path = os.path.join(records_dir, name)
+            with tf.io.TFRecordWriter(path) as writer:
+                for index in indices:
+                    pixels = rng.integers(0, 256, size=(image_size, image_size), dtype=np.uint8)
+                    metadata = metadata_for(counter)
+                    counter += 1
+                    patients.add(metadata.patient_id)
+                    example = schema.make_example(
+                        pixels, metadata, all_labels[index], image_format=image_format
+                    )
+                    writer.write(example.SerializeToString())
+            shards.append(
+                manifest_lib.ShardInfo(name=name, records=len(indices), sha256=manifest_lib.sha256_file(path))
+            )
+        splits[split] = manifest_lib.SplitInfo(
+            records=len(all_labels),
+            patients=len(patients),
+            label_counts=dict(zip(schema.LABELS, all_labels.sum(axis=0).tolist())),
+            shards=tuple(shards),
+        )
+    manifest = manifest_lib.Manifest(
+        options={"image_size": image_size, "image_format": image_format, "split": "patient"},
+        splits=splits,
+        rejects={},
+        input_rows=sum(split.records for split in splits.values()),
+    )
+    manifest_lib.write_manifest(records_dir, manifest)
+    return manifest_lib.read_manifest(records_dir)
+
+
+def tiny_keras_model(image_size: int = 32, *, seed: int = 0):
+    """A tiny stand-in for the trainer's model with the same outer contract.
+
+    0..255 pixels [B, N, N, 1] -> /255 -> Conv2D named "decoder_output" (where Grad-CAM looks)
+    -> global average pooling -> Dense(15, sigmoid) named "probabilities".
+    """
+    import keras
+
+    inputs = keras.Input(shape=(image_size, image_size, 1), name="images")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = keras.layers.Conv2D(
+        8,
+        3,
+        padding="same",
+        activation="relu",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        bias_initializer=keras.initializers.Constant(0.05),
+        name="decoder_output",
+    )(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(
+        schema.NUM_LABELS,
+        activation="sigmoid",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1),
+        name="probabilities",
+    )(x)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+def write_fake_run(
+    run_dir: str, records_dir: str, *, image_size: int = 32, epochs: int = 3, seed: int = 0
+) -> str:
+    """Writes a run directory like trainer.train's, with an untrained `tiny_keras_model`.
+
+    `config.json` (records_dir, image_size, model), `history.csv` (made-up curves with the
+    columns of trainer.train), `checkpoints/best.keras`, and `export/` through
+    `trainer.export.export_model` (both serving signatures, labels.json).
+
+    Returns:
+      run_dir.
+    """
+    import json
+
+    from trainer import export as export_lib
+
+    model = tiny_keras_model(image_size, seed=seed)
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    model.save(os.path.join(run_dir, "checkpoints", "best.keras"))
+    export_lib.export_model(model, os.path.join(run_dir, "export"), image_size=image_size)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump({"records_dir": records_dir, "image_size": image_size, "model": "tiny"}, f, indent=2)
+    per_class = [f"val_auc_{label.replace(' ', '_')}" for label in schema.LABELS]
+    header = [
+        "epoch",
+        "lr",
+        "loss",
+        "binary_accuracy",
+        "auc",
+        "val_loss",
+        "val_binary_accuracy",
+        "val_auc",
+        *per_class,
+    ]
+    lines = [",".join(header)]
+    for epoch in range(epochs):
+        values = [
+            epoch,
+            1e-4 * (epoch + 1) / epochs,
+            0.7 / (epoch + 1),
+            0.8 + 0.02 * epoch,
+            0.55 + 0.05 * epoch,
+        ]
+        values += [0.75 / (epoch + 1), 0.78 + 0.02 * epoch, 0.52 + 0.04 * epoch]
+        values += [0.5 + 0.01 * k * epoch / 15 for k in range(len(per_class))]
+        lines.append(",".join(str(round(v, 6)) for v in values))
+    with open(os.path.join(run_dir, "history.csv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return run_dir

@@ -259,10 +259,23 @@ def transform_images(
     return (1.0 - wy) * top + wy * bottom
 
 
+def random_transforms(
+    batch_size: int | tf.Tensor,
+    height: int | tf.Tensor,
+    width: int | tf.Tensor,
+    seed: tf.Tensor,
+    config: AugmentConfig,
+) -> tf.Tensor:
+    """Draws one transform per image: `affine_transforms(sample_parameters(...))`, float32 [B, 8]."""
+    return affine_transforms(sample_parameters(batch_size, seed, config), height, width)
+
+
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig | None = None) -> tf.Tensor:
     """Applies one random affine warp per image (stateless: same seed, same output).
 
-    Compiles under `tf.function(jit_compile=True)`.
+    Compiles under `tf.function(jit_compile=True)`. The same seed gives the same output in the
+    same mode; XLA and TF kernels draw different streams from one seed (TF's stateless random
+    ops are reproducible per device and compiler, not across them).
 
     Args:
       images: [B, H, W, C] (float32 in [0, 1] in the model; any real dtype works).
@@ -275,8 +288,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig | No
     config = config or AugmentConfig()
     images = tf.convert_to_tensor(images)
     shape = tf.shape(images)
-    parameters = sample_parameters(shape[0], seed, config)
-    transforms = affine_transforms(parameters, shape[1], shape[2])
+    transforms = random_transforms(shape[0], shape[1], shape[2], seed, config)
     warped = transform_images(
         images, transforms, fill_mode=config.fill_mode, interpolation=config.interpolation
     )
