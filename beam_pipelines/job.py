@@ -1,0 +1,529 @@
+"""The NIH -> TFRecord job as a library: config, checks before the pipeline, wiring, finishing.
+
+`run_job(config, beam_args)` is what `python -m beam_pipelines.build_tfrecords` calls:
+  1. `prepare_inputs` checks everything that can be checked before Beam starts (data_dir,
+     labels CSV and its columns, the official lists, at least one PNG, the output directory)
+     and stops with a message naming the path, column or flag and the value.
+  2. The pipeline (`build_pipeline`) writes shards, rejects.jsonl and a job summary into
+     `output_dir/_staging-<run id>/`, while a thread prints progress from the workers' files.
+  3. `finalize` checks rows in = records written + rejected, removes the old output (manifest
+     first), moves the new files in, and writes manifest.json last. A run that crashes before
+     this point leaves no manifest, so no reader takes its output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from beam_pipelines import nih, splits, transforms
+from tfrecords import manifest as manifest_lib
+from tfrecords import schema
+
+_LOG = logging.getLogger(__name__)
+IMAGE_FORMATS = ("raw", "png")
+DEFAULT_RUNNER = "FnApiRunner"
+STAGING_PREFIX = "_staging-"
+TRAIN_VAL_LIST_NAME = "train_val_list.txt"
+TEST_LIST_NAME = "test_list.txt"
+# The files a previous run left in output_dir, which --overwrite replaces.
+_OWN_FILE_RE = re.compile(
+    r"^((train|val|test)-\d{5}-of-\d{5}\.tfrecord|rejects\.jsonl|manifest\.json(\.tmp)?)$"
+)
+CSV_PATTERNS = ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz")
+# raw by default, measured (benchmarks/bench_tfrecords.py, 256x256, real NIH images): png
+# records are 51% of raw's size but convert 17% slower (78 vs 94 images/s per core) and cost
+# tf.data a PNG decode per image per epoch, which raw does not; disk is cheaper than CPU here.
+DEFAULT_IMAGE_FORMAT = "raw"
+
+
+class InputError(ValueError):
+    """Bad input or flags found before the pipeline starts; the message names what and where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    """Everything the job needs; validated once, at construction.
+
+    Attributes:
+      data_dir: the NIH layout (local, gs://, s3://).
+      output_dir: where shards, rejects.jsonl and manifest.json go.
+      image_size: side of the square output images, in pixels.
+      image_format: "raw" or "png" record images.
+      labels_csv: the labels CSV; None finds Data_Entry_2017*.csv[.gz] in data_dir or one level down.
+      split: the split assignment.
+      num_shards: shards per split; 0 sizes them to 100-200 MB.
+      max_images: convert only the first N CSV rows (0 = all).
+      overwrite: replace an existing non-empty output_dir.
+      chunk_size: images per work unit / part file.
+      progress_interval_s: seconds between progress lines.
+    """
+
+    data_dir: str
+    output_dir: str = "data/tfrecords"
+    image_size: int = 256
+    image_format: str = DEFAULT_IMAGE_FORMAT
+    labels_csv: str | None = None
+    split: splits.SplitConfig = splits.SplitConfig()
+    num_shards: int = 0
+    max_images: int = 0
+    overwrite: bool = False
+    chunk_size: int = transforms.DEFAULT_CHUNK_SIZE
+    progress_interval_s: float = 30.0
+
+    def __post_init__(self):
+        if not self.data_dir:
+            raise ValueError("data_dir must be set (--data_dir), got an empty value.")
+        if not self.output_dir:
+            raise ValueError("output_dir must be set (--output_dir), got an empty value.")
+        if not 8 <= self.image_size <= 4096:
+            raise ValueError(f"image_size must be in [8, 4096] pixels (--image_size), got {self.image_size}.")
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(
+                f"image_format must be one of {IMAGE_FORMATS} (--image_format), got {self.image_format!r}."
+            )
+        if self.num_shards < 0:
+            raise ValueError(f"num_shards must be >= 0, 0 = automatic (--num_shards), got {self.num_shards}.")
+        if self.max_images < 0:
+            raise ValueError(f"max_images must be >= 0, 0 = all (--max_images), got {self.max_images}.")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 (--chunk_size), got {self.chunk_size}.")
+        if self.progress_interval_s <= 0:
+            raise ValueError(f"progress_interval_s must be > 0, got {self.progress_interval_s}.")
+
+    def manifest_options(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "image_format": self.image_format,
+            "split": self.split.mode,
+            "val_fraction": self.split.val_fraction,
+            "split_fractions": list(self.split.fractions),
+            "num_shards": self.num_shards,
+            "max_images": self.max_images,
+            "data_dir": self.data_dir,
+            "labels_csv": self.labels_csv,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What `prepare_inputs` found: resolved paths and the row count to expect."""
+
+    labels_csv: str
+    train_val_list: str | None
+    test_list: str | None
+    expected_rows: int
+
+
+def _find(data_dir: str, patterns: Sequence[str]) -> list[str]:
+    """Files matching `patterns` in data_dir or one folder below it (NIH's metadata/ layout)."""
+    found = []
+    for pattern in patterns:
+        for glob in (FileSystems.join(data_dir, pattern), FileSystems.join(data_dir, "*", pattern)):
+            found.extend(m.path for m in FileSystems.match([glob])[0].metadata_list)
+    return sorted(set(found))
+
+
+def _find_one(data_dir: str, name: str) -> str | None:
+    found = _find(data_dir, [name])
+    return found[0] if found else None
+
+
+def prepare_inputs(config: JobConfig) -> Inputs:
+    """Checks the inputs and the output directory before the pipeline starts.
+
+    Raises:
+      InputError: naming the path, column or flag and the value, with a fix.
+    """
+    data_dir = config.data_dir
+    if not FileSystems.exists(data_dir):
+        raise InputError(
+            f"--data_dir {data_dir!r} does not exist; point it at the NIH layout (or run `make demo-data`)."
+        )
+    if config.labels_csv:
+        labels_csv = config.labels_csv
+        if not FileSystems.exists(labels_csv):
+            raise InputError(f"--labels_csv {labels_csv!r} does not exist.")
+    else:
+        found = _find(data_dir, CSV_PATTERNS)
+        if not found:
+            raise InputError(
+                f"No labels CSV (Data_Entry_2017*.csv or .csv.gz) in --data_dir {data_dir!r} or its "
+                f"subfolders; pass --labels_csv."
+            )
+        if len(found) > 1:
+            raise InputError(
+                f"Several labels CSVs in --data_dir {data_dir!r}: {found}; choose one with --labels_csv."
+            )
+        labels_csv = found[0]
+    try:
+        with FileSystems.open(labels_csv) as f:
+            header, data = nih.read_labels_table(f, name=labels_csv)
+    except nih.CsvError as e:
+        raise InputError(str(e)) from None
+    if data.empty:
+        raise InputError(f"Labels CSV {labels_csv!r} has a header but no data rows.")
+    csv_names = set(data[header.index(nih.IMAGE_INDEX)].dropna().str.strip())
+
+    train_val_list = _find_one(data_dir, TRAIN_VAL_LIST_NAME)
+    test_list = _find_one(data_dir, TEST_LIST_NAME)
+    if config.split.mode == "official" and not (train_val_list and test_list):
+        raise InputError(
+            f"--split=official needs {TRAIN_VAL_LIST_NAME} and {TEST_LIST_NAME} in --data_dir {data_dir!r} "
+            f"(found: {train_val_list}, {test_list}); add them or use --split=patient."
+        )
+    for list_path in (train_val_list, test_list):
+        if list_path is None:
+            continue
+        with FileSystems.open(list_path) as f:
+            names = nih.read_name_list(f.read().decode("utf-8"))
+        unknown = sorted(set(names) - csv_names)
+        if unknown:
+            raise InputError(
+                f"List file {list_path!r} names {len(unknown)} image(s) that are not in the labels CSV "
+                f"{labels_csv!r}, e.g. {unknown[:3]}; the list and the CSV do not belong together."
+            )
+
+    pattern = FileSystems.join(data_dir.rstrip("/"), "**")
+    if not any(
+        m.path.lower().endswith(nih.IMAGE_SUFFIX) for m in FileSystems.match([pattern])[0].metadata_list
+    ):
+        raise InputError(f"No .png images anywhere under --data_dir {data_dir!r}.")
+
+    output_dir = config.output_dir
+    if FileSystems.exists(output_dir) and not config.overwrite:
+        existing = FileSystems.match([FileSystems.join(output_dir, "**")])[0].metadata_list
+        if existing:
+            raise InputError(
+                f"--output_dir {output_dir!r} is not empty ({len(existing)} entries, e.g. "
+                f"{existing[0].path!r}); pass --overwrite to replace its records, or choose another directory."
+            )
+    rows = len(data) if not config.max_images else min(len(data), config.max_images)
+    return Inputs(
+        labels_csv=labels_csv, train_val_list=train_val_list, test_list=test_list, expected_rows=rows
+    )
+
+
+def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
+    """Beam options from the flags the job does not own, passed through untouched.
+
+    The only additions are defaults when the user set no runner: Beam's local batch runner
+    (`FnApiRunner`, which is what the DirectRunner runs batch pipelines on) in multi-processing
+    mode on all cores (`--direct_num_workers=0`). Naming it avoids the DirectRunner's first
+    attempt, the Prism runner, which downloads a binary from GitHub at run time. Any runner's
+    flags (--runner, --project, --temp_location, --setup_file, --flink_master, ...) go to Beam
+    as given.
+    """
+    args = list(beam_args)
+    given = {arg.split("=", 1)[0] for arg in args}
+    if "--runner" not in given and PipelineOptions(args).view_as(StandardOptions).runner is None:
+        args.append(f"--runner={DEFAULT_RUNNER}")
+    runner = PipelineOptions(args).view_as(StandardOptions).runner
+    direct = runner in (DEFAULT_RUNNER, "DirectRunner", "BundleBasedDirectRunner")
+    if direct and "--direct_running_mode" not in given:
+        args.append("--direct_running_mode=multi_processing")
+        if "--direct_num_workers" not in given:
+            args.append("--direct_num_workers=0")
+    return PipelineOptions(args)
+
+
+@dataclasses.dataclass(frozen=True)
+class StagingPaths:
+    root: str
+    parts: str
+    progress: str
+    rejects: str
+    summary: str
+
+    @classmethod
+    def create(cls, output_dir: str, run_id: str) -> StagingPaths:
+        root = FileSystems.join(output_dir, f"{STAGING_PREFIX}{run_id}")
+        return cls(
+            root=root,
+            parts=FileSystems.join(root, "_parts"),
+            progress=FileSystems.join(root, "_progress"),
+            rejects=FileSystems.join(root, manifest_lib.REJECTS_NAME),
+            summary=FileSystems.join(root, transforms.SUMMARY_NAME),
+        )
+
+
+def build_pipeline(root: beam.Pipeline, config: JobConfig, inputs: Inputs, staging: StagingPaths) -> None:
+    """Wires the job's transforms onto `root` (a Pipeline or TestPipeline)."""
+    read = (
+        root
+        | "LabelsCsv" >> beam.Create([inputs.labels_csv])
+        | "ReadRows"
+        >> transforms.ReadRows(
+            train_val_list=inputs.train_val_list, test_list=inputs.test_list, max_images=config.max_images
+        )
+    )
+    data_dir = root | "DataDir" >> beam.Create([config.data_dir])
+    joined = {
+        "rows": read["rows"],
+        "beyond_limit": read["beyond_limit"],
+        "data_dir": data_dir,
+    } | "JoinRowsAndFiles" >> transforms.JoinRowsAndFiles(config.split)
+    converted = joined["tasks"] | "ConvertToShards" >> transforms.ConvertToShards(
+        output_dir=staging.root,
+        parts_dir=staging.parts,
+        image_size=config.image_size,
+        image_format=config.image_format,
+        num_shards=config.num_shards,
+        chunk_size=config.chunk_size,
+        progress_dir=staging.progress,
+        progress_interval_s=min(5.0, config.progress_interval_s),
+    )
+    rejects = (read["rejects"], joined["rejects"], converted["rejects"]) | "AllRejects" >> beam.Flatten()
+    _ = {
+        "csv_rows": read["csv_rows"],
+        "unlisted": joined["unlisted"],
+        "rejects": rejects,
+        "shards": converted["shards"],
+    } | "WriteSummary" >> transforms.WriteSummary(rejects_path=staging.rejects, summary_path=staging.summary)
+
+
+class _ProgressMonitor(threading.Thread):
+    """Prints done, rate and ETA from the workers' progress files every `interval_s` seconds."""
+
+    def __init__(self, progress_dir: str, total: int, interval_s: float):
+        super().__init__(daemon=True, name="progress")
+        self._progress_dir = progress_dir
+        self._total = total
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._start = time.monotonic()
+
+    def done(self) -> int:
+        total = 0
+        try:
+            matches = FileSystems.match([FileSystems.join(self._progress_dir, "*.json")])[0].metadata_list
+        except OSError:  # Nothing written yet.
+            return 0
+        for match in matches:
+            try:
+                with FileSystems.open(match.path) as f:
+                    total += int(json.loads(f.read())["done"])
+            except (OSError, ValueError, KeyError):
+                continue  # A file being rewritten; the next poll reads it.
+        return total
+
+    def run(self):
+        first_time, first_done = None, 0
+        while not self._stop.wait(self._interval_s):
+            done = self.done()
+            now = time.monotonic()
+            if done and first_time is None:
+                first_time, first_done = now, done
+                continue
+            if first_time is None or now <= first_time:
+                continue
+            rate = (done - first_done) / (now - first_time)
+            eta = (self._total - done) / rate if rate > 0 else float("inf")
+            _LOG.info(
+                "progress: %d/%d images (%.0f%%), %.1f images/s, ETA %s",
+                done,
+                self._total,
+                100.0 * done / max(1, self._total),
+                rate,
+                _format_seconds(eta),
+            )
+
+    def stop(self):
+        self._stop.set()
+
+
+def _format_seconds(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "unknown"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:d}:{minutes:02d}:{secs:02d}"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobResult:
+    manifest: manifest_lib.Manifest
+    wall_seconds: float
+    counters: Mapping[str, int]
+
+
+def run_job(config: JobConfig, beam_args: Sequence[str] = ()) -> JobResult:
+    """Runs the whole job: checks, pipeline, manifest. See the module docstring.
+
+    Args:
+      config: the validated job config.
+      beam_args: flags for Beam's PipelineOptions, passed through (see `pipeline_options`).
+
+    Returns:
+      The manifest written, the wall time and Beam's counters.
+
+    Raises:
+      InputError: bad input found before the pipeline starts.
+      RuntimeError: the pipeline lost records (rows in != written + rejected) or did not finish.
+    """
+    start = time.monotonic()
+    inputs = prepare_inputs(config)
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    staging = StagingPaths.create(config.output_dir, run_id)
+    _LOG.info(
+        "Converting %d rows of %s (images under %s) to %s at %dx%d %s, split=%s.",
+        inputs.expected_rows,
+        inputs.labels_csv,
+        config.data_dir,
+        config.output_dir,
+        config.image_size,
+        config.image_size,
+        config.image_format,
+        config.split.mode,
+    )
+    options = pipeline_options(beam_args)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, config, inputs, staging)
+    monitor = _ProgressMonitor(staging.progress, inputs.expected_rows, config.progress_interval_s)
+    monitor.start()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        monitor.stop()
+    counters = _counters(result)
+    manifest = finalize(config, inputs, staging)
+    wall = time.monotonic() - start
+    _log_summary(manifest, wall, counters)
+    return JobResult(manifest=manifest, wall_seconds=wall, counters=counters)
+
+
+def _counters(result: Any) -> dict[str, int]:
+    try:
+        query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(transforms.NAMESPACE))
+    except (NotImplementedError, AttributeError):  # Some runners report no metrics.
+        return {}
+    counters: dict[str, int] = {}
+    for counter in query["counters"]:
+        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + int(
+            counter.committed or 0
+        )
+    return dict(sorted(counters.items()))
+
+
+def finalize(config: JobConfig, inputs: Inputs, staging: StagingPaths) -> manifest_lib.Manifest:
+    """Checks the pipeline's output, replaces the old output and writes manifest.json last.
+
+    Raises:
+      RuntimeError: the summary is missing, or rows in != records written + rejected.
+    """
+    if not FileSystems.exists(staging.summary):
+        raise RuntimeError(
+            f"The pipeline finished without writing {staging.summary}; its output is incomplete."
+        )
+    with FileSystems.open(staging.summary) as f:
+        summary = json.loads(f.read())
+    label_names = schema.LABELS
+    split_infos = {}
+    for split in manifest_lib.SPLITS:
+        shards = [s for s in summary["shards"] if s["split"] == split]
+        if not shards:
+            split_infos[split] = manifest_lib.SplitInfo(records=0, patients=0, label_counts={}, shards=())
+            continue
+        label_counts = [sum(s["label_counts"][i] for s in shards) for i in range(len(label_names))]
+        patients = set().union(*(s["patients"] for s in shards))
+        split_infos[split] = manifest_lib.SplitInfo(
+            records=sum(s["records"] for s in shards),
+            patients=len(patients),
+            label_counts=dict(zip(label_names, label_counts)),
+            shards=tuple(
+                manifest_lib.ShardInfo(name=s["name"], records=s["records"], sha256=s["sha256"])
+                for s in shards
+            ),
+        )
+    written = sum(info.records for info in split_infos.values())
+    rejected = sum(summary["rejects"].values())
+    input_rows = summary["input_rows"]
+    if input_rows != inputs.expected_rows or input_rows != written + rejected:
+        raise RuntimeError(
+            f"Records were lost: the CSV has {inputs.expected_rows} rows to convert, the pipeline read "
+            f"{input_rows}, wrote {written} and rejected {rejected}. No manifest was written; the "
+            f"output is in {staging.root}."
+        )
+    manifest = manifest_lib.Manifest(
+        options=config.manifest_options() | {"labels_csv": inputs.labels_csv},
+        splits=split_infos,
+        rejects=summary["rejects"],
+        input_rows=input_rows,
+        unlisted_images=summary["unlisted_images"],
+    )
+    manifest.validate(where=f"manifest for {config.output_dir}")
+    _replace_output(config.output_dir, staging, manifest)
+    manifest_lib.write_manifest(config.output_dir, manifest)
+    _delete_tree(staging.root)
+    return manifest_lib.read_manifest(config.output_dir)
+
+
+def _replace_output(output_dir: str, staging: StagingPaths, manifest: manifest_lib.Manifest) -> None:
+    """Removes the old records (manifest first, so no reader takes a half-replaced directory),
+    then moves the new shards and rejects.jsonl in."""
+    old_manifest = manifest_lib.manifest_path(output_dir)
+    if FileSystems.exists(old_manifest):
+        FileSystems.delete([old_manifest])
+    old = [
+        m.path
+        for m in FileSystems.match([FileSystems.join(output_dir, "*")])[0].metadata_list
+        if _OWN_FILE_RE.match(nih.image_name(m.path))
+    ]
+    if old:
+        FileSystems.delete(old)
+    for stale in staged_dirs(output_dir):
+        if stale.rstrip("/") != staging.root.rstrip("/"):
+            _delete_tree(stale)
+    names = [shard.name for split in manifest.splits.values() for shard in split.shards]
+    names.append(manifest_lib.REJECTS_NAME)
+    FileSystems.rename(
+        [FileSystems.join(staging.root, name) for name in names],
+        [FileSystems.join(output_dir, name) for name in names],
+    )
+
+
+def _delete_tree(path: str) -> None:
+    """Deletes a directory and everything below it, locally or under a gs:// / s3:// prefix."""
+    files = [m.path for m in FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list]
+    if files:
+        FileSystems.delete(files)
+    if FileSystems.exists(path):  # The (now empty) local directory tree.
+        FileSystems.delete([path])
+
+
+def staged_dirs(output_dir: str) -> list[str]:
+    """Staging directories in output_dir: this run's, or leftovers of crashed runs."""
+    pattern = FileSystems.join(output_dir, STAGING_PREFIX + "*", "**")
+    prefix = output_dir.rstrip("/") + "/"
+    tops = {m.path[len(prefix) :].split("/", 1)[0] for m in FileSystems.match([pattern])[0].metadata_list}
+    return sorted(FileSystems.join(output_dir, top) for top in tops)
+
+
+def _log_summary(manifest: manifest_lib.Manifest, wall: float, counters: Mapping[str, int]) -> None:
+    written = manifest.records_written
+    lines = [
+        f"Done in {_format_seconds(wall)} ({wall:.1f} s): {written} records, {written / wall:.1f} images/s."
+    ]
+    for split, info in manifest.splits.items():
+        lines.append(
+            f"  {split:5s}: {info.records:7d} records, {info.patients:6d} patients, {len(info.shards)} shard(s)"
+        )
+    rejects = ", ".join(f"{reason} {count}" for reason, count in sorted(manifest.rejects.items())) or "none"
+    lines.append(
+        f"  input rows {manifest.input_rows}; rejected: {rejects}; unlisted images: {manifest.unlisted_images}"
+    )
+    if counters:
+        lines.append("  Beam counters: " + ", ".join(f"{k}={v}" for k, v in counters.items()))
+    print("\n".join(lines), flush=True)

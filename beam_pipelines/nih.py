@@ -1,0 +1,515 @@
+"""Pure functions for the NIH ChestX-ray14 layout: CSV rows, image files, pixels, records.
+
+Nothing here knows about Beam; the DoFns in `transforms` only call these functions, and the
+tests call them directly.
+
+The CSV comes in two formats, both read by `read_labels_table`:
+  - `Data_Entry_2017.csv`: the header ends with a trailing comma (12 fields, rows have 11),
+    ages are strings like `058Y`, `011M` or `001D`, ids are zero-padded (`000`, `00000001`);
+  - `Data_Entry_2017_v2020.csv`: no trailing comma, plain integers.
+Either may be gzip-compressed (`.csv.gz`).
+
+Why this module does not import TensorFlow (nor `tfrecords.schema`, which does): every Beam
+worker process imports it, and `import tensorflow` costs 4.4 s and 800 MB RSS per process here
+(measured with /usr/bin/time), which on the 2-core DirectRunner benchmark is a third of the
+conversion time of 2,000 images and, on a 24-core machine, 19 GB of RAM for nothing. The record
+keys and labels are therefore read from `tfrecords/schema.py`'s source (one definition, see
+`_schema_literals`), and `serialize_example` writes the `tf.train.Example` wire format directly;
+tests check both against `schema.make_example` / `schema.parse_example`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import importlib.util
+import io
+import math
+import re
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+# The CSV columns the job needs, by their names in both formats.
+IMAGE_INDEX = "Image Index"
+FINDING_LABELS = "Finding Labels"
+FOLLOW_UP = "Follow-up #"
+PATIENT_ID = "Patient ID"
+PATIENT_AGE = "Patient Age"
+PATIENT_SEX = "Patient Gender"
+VIEW_POSITION = "View Position"
+REQUIRED_COLUMNS = (
+    IMAGE_INDEX,
+    FINDING_LABELS,
+    FOLLOW_UP,
+    PATIENT_ID,
+    PATIENT_AGE,
+    PATIENT_SEX,
+    VIEW_POSITION,
+)
+
+# Reject reasons (the keys of the manifest's "rejects").
+BAD_ROW = "bad_row"
+UNKNOWN_LABEL = "unknown_label"
+DUPLICATE = "duplicate"
+MISSING_IMAGE = "missing_image"
+BAD_IMAGE = "bad_image"
+NOT_IN_SPLIT_LISTS = "not_in_split_lists"
+REJECT_REASONS = (BAD_ROW, UNKNOWN_LABEL, DUPLICATE, MISSING_IMAGE, BAD_IMAGE, NOT_IN_SPLIT_LISTS)
+
+IMAGE_SUFFIX = ".png"
+_AGE_RE = re.compile(r"^\s*(\d{1,3})\s*([YMDW]?)\s*$", re.IGNORECASE)
+# Days per unit, to turn 011M or 001D into whole years (rounded down: a 11-month-old is 0).
+_AGE_UNIT_DAYS = {"Y": 365.25, "M": 365.25 / 12, "W": 7.0, "D": 1.0}
+_SEXES = ("M", "F")
+_VIEWS = ("PA", "AP")
+# Pixel modes Pillow gives 16-bit grayscale PNGs (I;16 on little-endian machines, I when converted).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class CsvError(ValueError):
+    """The labels CSV cannot be used at all (missing, empty, lacking columns, unparsable)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The record contract, without TensorFlow.
+
+
+@functools.cache
+def _schema_literals() -> dict[str, Any]:
+    """The literal constants of `tfrecords/schema.py`, read from its source without importing it.
+
+    `schema.py` imports TensorFlow at module level; see the module docstring for why the workers
+    must not. Only plain literal assignments (strings, tuples of strings) are taken.
+    """
+    spec = importlib.util.find_spec("tfrecords.schema")
+    if spec is None or spec.origin is None:
+        raise ImportError("Cannot locate tfrecords/schema.py; is the package installed?")
+    with open(spec.origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename=spec.origin)
+    literals: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign):
+            targets, value = [node.target], node.value
+        elif isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        else:
+            continue
+        for target in targets:
+            if isinstance(target, ast.Name) and value is not None:
+                try:
+                    literals[target.id] = ast.literal_eval(value)
+                except ValueError:
+                    pass  # Not a literal (e.g. FEATURE_SPEC); not needed here.
+    return literals
+
+
+def labels() -> tuple[str, ...]:
+    """`schema.LABELS`: the 15 labels in record order."""
+    return tuple(_schema_literals()["LABELS"])
+
+
+def parse_finding_labels(finding_labels: str) -> np.ndarray:
+    """`schema.labels_to_multi_hot` without TensorFlow: a `Finding Labels` string to multi-hot.
+
+    Same rules (tests check it against the schema's function): names split on "|", stripped;
+    an unknown name, an empty string, a repeated name and "No Finding" next to a finding are
+    errors.
+
+    Returns:
+      int64 [15] multi-hot in `schema.LABELS` order.
+
+    Raises:
+      UnknownLabelError: a name that is not a label (the message names it).
+      ValueError: the other malformed cases.
+    """
+    literals = _schema_literals()
+    all_labels, no_finding = literals["LABELS"], literals["NO_FINDING"]
+    names = [name.strip() for name in str(finding_labels).split(literals["LABEL_SEPARATOR"])]
+    if not any(names):
+        raise ValueError(f"Finding Labels is empty: {finding_labels!r}; expected e.g. 'No Finding'.")
+    multi_hot = np.zeros([len(all_labels)], dtype=np.int64)
+    for name in names:
+        if name not in all_labels:
+            raise UnknownLabelError(
+                f"Unknown label {name!r} in Finding Labels {finding_labels!r}; "
+                f"known labels are: {', '.join(all_labels)}."
+            )
+        index = all_labels.index(name)
+        if multi_hot[index]:
+            raise ValueError(f"Label {name!r} repeated in Finding Labels {finding_labels!r}.")
+        multi_hot[index] = 1
+    if multi_hot[all_labels.index(no_finding)] and multi_hot.sum() > 1:
+        raise ValueError(
+            f"'No Finding' is exclusive of the other labels, got Finding Labels {finding_labels!r}."
+        )
+    return multi_hot
+
+
+class UnknownLabelError(ValueError):
+    """A `Finding Labels` name that is not one of `schema.LABELS`."""
+
+
+def _varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64  # int64 negatives are ten-byte two's complement varints.
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    return _varint((field_number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _bytes_feature(value: bytes) -> bytes:
+    # Feature.bytes_list (field 1) = BytesList{ repeated bytes value = 1 }.
+    return _length_delimited(1, _length_delimited(1, value))
+
+
+def _int64_feature(values: Sequence[int]) -> bytes:
+    # Feature.int64_list (field 3) = Int64List{ repeated int64 value = 1 [packed] }.
+    packed = b"".join(_varint(int(v)) for v in values)
+    return _length_delimited(3, _length_delimited(1, packed))
+
+
+def serialize_example(
+    encoded_image: bytes,
+    *,
+    image_format: str,
+    height: int,
+    width: int,
+    multi_hot: Sequence[int],
+    image_index: str,
+    patient_id: int,
+    follow_up: int,
+    age: int,
+    sex: str,
+    view_position: str,
+) -> bytes:
+    """The serialized `tf.train.Example` that `schema.make_example(...).SerializeToString()` builds.
+
+    Written with the protobuf wire format directly so that workers need no TensorFlow (see the
+    module docstring). `tests/nih_test.py` checks that TensorFlow parses it into the same message.
+    Measured: 9 us per record, against 60 us for `schema.make_example(...).SerializeToString()`.
+    """
+    k = _schema_literals()
+    features = (
+        (k["IMAGE_KEY"], _bytes_feature(encoded_image)),
+        (k["FORMAT_KEY"], _bytes_feature(image_format.encode())),
+        (k["HEIGHT_KEY"], _int64_feature([height])),
+        (k["WIDTH_KEY"], _int64_feature([width])),
+        (k["LABELS_KEY"], _int64_feature(multi_hot)),
+        (k["IMAGE_INDEX_KEY"], _bytes_feature(image_index.encode())),
+        (k["PATIENT_ID_KEY"], _int64_feature([patient_id])),
+        (k["FOLLOW_UP_KEY"], _int64_feature([follow_up])),
+        (k["AGE_KEY"], _int64_feature([age])),
+        (k["SEX_KEY"], _bytes_feature(sex.encode())),
+        (k["VIEW_POSITION_KEY"], _bytes_feature(view_position.encode())),
+    )
+    # Features.feature is a map<string, Feature>: each entry is a message {key = 1; value = 2}.
+    entries = b"".join(
+        _length_delimited(1, _length_delimited(1, key.encode()) + _length_delimited(2, feature))
+        for key, feature in features
+    )
+    return _length_delimited(1, entries)  # Example.features = 1.
+
+
+# ---------------------------------------------------------------------------------------------
+# The labels CSV.
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvRow:
+    """One data line of the labels CSV, as strings, with its 1-based line number."""
+
+    line: int
+    fields: Mapping[str, str]
+    num_fields: int
+    expected_fields: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedRow:
+    """A valid CSV row: everything a record needs besides the pixels."""
+
+    line: int
+    image_index: str
+    multi_hot: tuple[int, ...]
+    patient_id: int
+    follow_up: int
+    age: int
+    sex: str
+    view_position: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Reject:
+    """An input that was not written, with the reason and a detail for the user."""
+
+    reason: str
+    image_index: str
+    line: int | None
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image_index": self.image_index,
+            "line": self.line,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+def read_labels_table(file_obj: io.IOBase | Any, *, name: str) -> tuple[list[str], pd.DataFrame]:
+    """Reads the labels CSV into strings, keeping each data line's position.
+
+    Rows are read without a header (`header=None`) and with spare columns, so that a short or
+    long row becomes a `bad_row` reject with its line number instead of stopping the job; only a
+    file pandas cannot tokenize at all stops it.
+
+    Args:
+      file_obj: the opened (decompressed) file.
+      name: the path, for messages.
+
+    Returns:
+      (header names without trailing empty ones, DataFrame of the data rows as strings; row i of
+      the frame is line i + 2 of the file).
+
+    Raises:
+      CsvError: empty file, unreadable file, or missing required columns (named).
+    """
+    # 64 columns: NIH rows have 11; anything wider is a malformed row we report, not a crash.
+    try:
+        table = pd.read_csv(
+            file_obj,
+            header=None,
+            names=list(range(64)),
+            dtype=str,
+            # Only empty and missing fields are NaN; "NA" or "null" stay strings.
+            keep_default_na=False,
+            na_values=[""],
+            skip_blank_lines=False,
+            encoding="utf-8",
+        )
+    except pd.errors.EmptyDataError as e:
+        raise CsvError(f"Labels CSV {name!r} is empty; expected NIH's Data_Entry_2017.csv.") from e
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise CsvError(f"Labels CSV {name!r} cannot be parsed: {e}") from e
+    if table.empty:
+        raise CsvError(f"Labels CSV {name!r} is empty; expected NIH's Data_Entry_2017.csv.")
+    header = [str(v).strip() for v in table.iloc[0].tolist() if isinstance(v, str)]
+    while header and not header[-1]:
+        header.pop()  # The 2017 header's trailing comma.
+    missing = [column for column in REQUIRED_COLUMNS if column not in header]
+    if missing:
+        raise CsvError(
+            f"Labels CSV {name!r} lacks required column(s) {missing}; its header is {header}. "
+            f"Expected NIH's Data_Entry_2017.csv (2017 or v2020 format)."
+        )
+    data = table.iloc[1:].reset_index(drop=True)
+    return header, data
+
+
+def iter_csv_rows(header: Sequence[str], data: pd.DataFrame) -> Iterator[CsvRow]:
+    """Yields each data row of `read_labels_table` as a `CsvRow` (line numbers are 1-based)."""
+    # The header's bracketed names (OriginalImage[Width,Height]) split into two fields like the
+    # data, so data rows have as many fields as the header's non-empty names.
+    expected = len(header)
+    columns = {name: header.index(name) for name in REQUIRED_COLUMNS}
+    present = data.notna().to_numpy()
+    # Fields up to the last non-empty one: trailing empty fields (a trailing comma) do not count.
+    last = np.where(present.any(axis=1), present.shape[1] - np.argmax(present[:, ::-1], axis=1), 0)
+    values = data.to_numpy()
+    for position in range(len(data)):
+        row_values = values[position]
+        fields = {
+            name: (row_values[col] if present[position, col] else "").strip() for name, col in columns.items()
+        }
+        yield CsvRow(
+            line=position + 2, fields=fields, num_fields=int(last[position]), expected_fields=expected
+        )
+
+
+def parse_age(value: str) -> int:
+    """An NIH age in whole years: `058Y` -> 58, `011M` -> 0, `001D` -> 0, `58` -> 58.
+
+    Raises:
+      ValueError: not a number with an optional Y/M/W/D unit.
+    """
+    match = _AGE_RE.match(value)
+    if not match:
+        raise ValueError(f"Patient Age {value!r} is not a number of years like '058Y', '011M' or '58'.")
+    number, unit = int(match.group(1)), (match.group(2) or "Y").upper()
+    return int(math.floor(number * _AGE_UNIT_DAYS[unit] / _AGE_UNIT_DAYS["Y"] + 1e-9))
+
+
+def _parse_int(value: str, column: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{column} {value!r} is not an integer.") from None
+    if number < 0:
+        raise ValueError(f"{column} {value!r} is negative.")
+    return number
+
+
+def parse_row(row: CsvRow) -> ParsedRow:
+    """Validates and converts one CSV row.
+
+    Raises:
+      UnknownLabelError: a finding that is not a label (reject `unknown_label`).
+      ValueError: any other malformed field or a wrong number of fields (reject `bad_row`).
+    """
+    if row.num_fields != row.expected_fields:
+        raise ValueError(f"has {row.num_fields} fields, expected {row.expected_fields}.")
+    fields = row.fields
+    image_index = fields[IMAGE_INDEX]
+    if not image_index.lower().endswith(IMAGE_SUFFIX) or "/" in image_index:
+        raise ValueError(f"Image Index {image_index!r} is not a PNG file name like '00000001_000.png'.")
+    sex = fields[PATIENT_SEX].upper()
+    if sex not in _SEXES:
+        raise ValueError(f"Patient Gender {fields[PATIENT_SEX]!r} is not one of {_SEXES}.")
+    view = fields[VIEW_POSITION].upper()
+    if view not in _VIEWS:
+        raise ValueError(f"View Position {fields[VIEW_POSITION]!r} is not one of {_VIEWS}.")
+    patient_id = _parse_int(fields[PATIENT_ID], PATIENT_ID)
+    follow_up = _parse_int(fields[FOLLOW_UP], FOLLOW_UP)
+    age = parse_age(fields[PATIENT_AGE])
+    multi_hot = parse_finding_labels(fields[FINDING_LABELS])
+    return ParsedRow(
+        line=row.line,
+        image_index=image_index,
+        multi_hot=tuple(int(v) for v in multi_hot),
+        patient_id=patient_id,
+        follow_up=follow_up,
+        age=age,
+        sex=sex,
+        view_position=view,
+    )
+
+
+def read_name_list(text: str) -> list[str]:
+    """The image names of train_val_list.txt / test_list.txt (no trailing newline needed)."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def image_name(path: str) -> str:
+    """The file name of an image path (local or gs://), which the CSV's Image Index names."""
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixels.
+
+
+def decode_gray(data: bytes) -> np.ndarray:
+    """Decodes a PNG of any mode into one 8-bit gray channel [H, W].
+
+    L as is; LA drops alpha; RGB, RGBA and P go through Pillow's ITU-R 601 luma (exact for the
+    R=G=B images of NIH); 16-bit gray (I;16 and friends) is scaled to 8 bits by v / 257, rounded,
+    so 65535 -> 255 and nothing is clipped.
+
+    Pillow rather than tf.image, measured on 60 real NIH 1024x1024 PNGs on one core: Pillow
+    decode + BOX resize to 256 at 94 images/s, tf.io.decode_png + tf.image.resize(area) at 98
+    images/s (results differ by at most 1 grey level), but TensorFlow costs each worker 4.4 s
+    and 800 MB to import, which Pillow does not (see the module docstring).
+
+    Raises:
+      ValueError: empty, truncated, corrupt or not an image; the message is the decoder's.
+    """
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            mode = image.mode
+            if mode == "L":
+                return np.asarray(image)
+            if mode in _SIXTEEN_BIT_MODES:
+                wide = np.asarray(image).astype(np.int64)
+                return np.clip((wide * 255 + 32767) // 65535, 0, 255).astype(np.uint8)
+            if mode == "LA":
+                return np.asarray(image.getchannel("L"))
+            return np.asarray(image.convert("L"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        # Pillow raises OSError for truncated data, SyntaxError for broken PNG chunks.
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+
+
+def resize_area(pixels: np.ndarray, image_size: int) -> np.ndarray:
+    """Resizes gray uint8 pixels to image_size x image_size with an area (box) filter.
+
+    Pillow's BOX filter averages every source pixel a target pixel covers (antialiased); for the
+    1024 -> 256 case it matches tf.image.resize(method="area") within one grey level.
+    """
+    if pixels.shape == (image_size, image_size):
+        return pixels
+    image = Image.fromarray(pixels, mode="L")
+    return np.asarray(image.resize((image_size, image_size), Image.Resampling.BOX))
+
+
+def encode_pixels(pixels: np.ndarray, image_format: str, *, png_compress_level: int = 1) -> bytes:
+    """`schema.encode_image` without TensorFlow: raw row-major bytes or a PNG (zlib level 1)."""
+    if image_format == "raw":
+        return np.ascontiguousarray(pixels).tobytes()
+    if image_format == "png":
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=png_compress_level)
+        return buffer.getvalue()
+    raise ValueError(f"image_format must be one of ('raw', 'png'), got {image_format!r}.")
+
+
+def image_to_record(data: bytes, row: ParsedRow, *, image_size: int, image_format: str) -> bytes:
+    """The whole per-image work: PNG bytes + CSV row -> serialized record.
+
+    Raises:
+      ValueError: the image cannot be decoded (reject `bad_image`).
+    """
+    pixels = resize_area(decode_gray(data), image_size)
+    return serialize_example(
+        encode_pixels(pixels, image_format),
+        image_format=image_format,
+        height=image_size,
+        width=image_size,
+        multi_hot=row.multi_hot,
+        image_index=row.image_index,
+        patient_id=row.patient_id,
+        follow_up=row.follow_up,
+        age=row.age,
+        sex=row.sex,
+        view_position=row.view_position,
+    )
+
+
+def estimated_record_bytes(image_size: int, image_format: str) -> int:
+    """Bytes per record, to size shards before any image is converted.
+
+    raw is exact (H*W plus about 200 bytes of metadata); png at zlib level 1 measured 51% of raw
+    on 60 real NIH images at 256x256 (33.5 KB), so 0.6 leaves a margin.
+    """
+    pixels = image_size * image_size
+    return 256 + (pixels if image_format == "raw" else int(0.6 * pixels))
+
+
+def tfrecord_frame(record: bytes) -> bytes:
+    """One record in the TFRecord framing: length, masked crc32c of length, data, masked crc."""
+    import google_crc32c  # Pinned in setup.py; the C implementation.
+
+    def masked_crc(data: bytes) -> bytes:
+        crc = google_crc32c.value(data)
+        return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+    length = struct.pack("<Q", len(record))
+    return length + masked_crc(length) + record + masked_crc(record)
