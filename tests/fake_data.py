@@ -290,3 +290,43 @@ def write_fake_run(
     with open(os.path.join(run_dir, "history.csv"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return run_dir
+
+
+def write_nih_layout(
+    root: str,
+    rows: list[str],
+    images: dict[str, bytes],
+    *,
+    header: str = NIH_2017_HEADER,
+    train_val: list[str] | None = None,
+    test: list[str] | None = None,
+    image_dir: str = "images_001/images",
+    csv_name: str = "Data_Entry_2017.csv",
+) -> str:
+    """Writes a tiny NIH layout: `csv_name` (header + rows), the two lists, and the images.
+
+    Args:
+      root: the data directory to create.
+      rows: CSV data lines, e.g. from `nih_row`.
+      images: file name -> PNG (or any) bytes, written under `root/image_dir/`; a name may hold a
+        sub-path ("images_002/images/x.png") to place it elsewhere.
+      header: the CSV header line (2017 by default; `NIH_2020_HEADER` for v2020).
+      train_val, test: the official lists (without a trailing newline, like NIH's); None skips
+        the file.
+
+    Returns:
+      `root`.
+    """
+    os.makedirs(os.path.join(root, image_dir), exist_ok=True)
+    with open(os.path.join(root, csv_name), "w") as f:
+        f.write("\n".join([header, *rows]) + "\n")
+    for name, lines in (("train_val_list.txt", train_val), ("test_list.txt", test)):
+        if lines is not None:
+            with open(os.path.join(root, name), "w") as f:
+                f.write("\n".join(lines))
+    for name, data in images.items():
+        path = os.path.join(root, name) if "/" in name else os.path.join(root, image_dir, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+    return root
