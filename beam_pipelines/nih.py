@@ -202,11 +202,11 @@ def serialize_example(
 
     Written with the protobuf wire format directly so that workers need no TensorFlow (see the
     module docstring). `tests/nih_test.py` checks that TensorFlow parses it into the same message.
-    Measured: 9 us per record, against 60 us for `schema.make_example(...).SerializeToString()`.
+    Measured at 256x256 raw: 93 us per record, against 187 us for
+    `schema.make_example(...).SerializeToString()`; either is under 1% of the decoding.
     """
     k = _schema_literals()
-    features = (
-        (k["IMAGE_KEY"], _bytes_feature(encoded_image)),
+    small_features = (
         (k["FORMAT_KEY"], _bytes_feature(image_format.encode())),
         (k["HEIGHT_KEY"], _int64_feature([height])),
         (k["WIDTH_KEY"], _int64_feature([width])),
@@ -219,11 +219,31 @@ def serialize_example(
         (k["VIEW_POSITION_KEY"], _bytes_feature(view_position.encode())),
     )
     # Features.feature is a map<string, Feature>: each entry is a message {key = 1; value = 2}.
-    entries = b"".join(
+    entries = [
         _length_delimited(1, _length_delimited(1, key.encode()) + _length_delimited(2, feature))
-        for key, feature in features
+        for key, feature in small_features
+    ]
+    # The image entry goes last, as headers plus the image, so its bytes are copied once (by the
+    # final join) rather than once per nesting level.
+    bytes_list = _varint(0x0A) + _varint(len(encoded_image))  # BytesList.value = 1.
+    feature = _varint(0x0A) + _varint(len(bytes_list) + len(encoded_image))  # Feature.bytes_list = 1.
+    value_len = len(feature) + len(bytes_list) + len(encoded_image)
+    key = _length_delimited(1, k["IMAGE_KEY"].encode())
+    entry_head = key + _varint(0x12) + _varint(value_len)  # MapEntry.value = 2.
+    entry_len = len(entry_head) + value_len
+    image_entry_head = _varint(0x0A) + _varint(entry_len)  # Features.feature = 1.
+    features_len = sum(len(e) for e in entries) + len(image_entry_head) + entry_len
+    return b"".join(
+        [
+            _varint(0x0A) + _varint(features_len),  # Example.features = 1.
+            *entries,
+            image_entry_head,
+            entry_head,
+            feature,
+            bytes_list,
+            encoded_image,
+        ]
     )
-    return _length_delimited(1, entries)  # Example.features = 1.
 
 
 # ---------------------------------------------------------------------------------------------

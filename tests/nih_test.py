@@ -1,0 +1,249 @@
+"""Tests of beam_pipelines/nih.py: CSV rows, ages, labels, pixels and the record bytes."""
+
+import gzip
+import io
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import parameterized
+from apache_beam.io.filesystems import FileSystems
+from PIL import Image
+
+from beam_pipelines import nih
+from tests import fake_data
+from tfrecords import schema
+
+
+def _rows(text: str) -> list[nih.CsvRow]:
+    header, data = nih.read_labels_table(io.StringIO(text), name="test.csv")
+    return list(nih.iter_csv_rows(header, data))
+
+
+class SchemaAgreementTest(parameterized.TestCase, tf.test.TestCase):
+    def test_labels_and_keys_are_the_schemas(self):
+        self.assertEqual(nih.labels(), schema.LABELS)
+        literals = nih._schema_literals()
+        for name in ("IMAGE_KEY", "FORMAT_KEY", "LABELS_KEY", "IMAGE_INDEX_KEY", "VIEW_POSITION_KEY"):
+            self.assertEqual(literals[name], getattr(schema, name))
+
+    @parameterized.parameters(
+        "No Finding",
+        "Cardiomegaly|Effusion",
+        " Hernia | Mass ",
+        "Pleural_Thickening|Pneumonia|Pneumothorax",
+    )
+    def test_finding_labels_match_schema(self, text):
+        self.assertAllEqual(nih.parse_finding_labels(text), schema.labels_to_multi_hot(text))
+
+    @parameterized.parameters("", "Effusion|Effusion", "No Finding|Mass", "Infiltrate", "Mass|Nodules")
+    def test_finding_label_errors_match_schema(self, text):
+        with self.assertRaises(ValueError) as ours:
+            nih.parse_finding_labels(text)
+        with self.assertRaises(ValueError) as theirs:
+            schema.labels_to_multi_hot(text)
+        self.assertEqual(str(ours.exception), str(theirs.exception))
+
+    def test_unknown_label_has_its_own_error(self):
+        with self.assertRaisesRegex(nih.UnknownLabelError, "Unknown label 'Infiltrate'"):
+            nih.parse_finding_labels("Effusion|Infiltrate")
+
+    @parameterized.parameters("raw", "png")
+    def test_serialized_example_equals_make_example(self, image_format):
+        pixels = fake_data.gray_pixels(16, 16, seed=3)
+        metadata = schema.ImageMetadata("00000007_003.png", 7, 3, 101, "F", "AP")
+        multi_hot = schema.labels_to_multi_hot("Atelectasis|Pneumothorax")
+        encoded = nih.encode_pixels(pixels, image_format)
+        ours = nih.serialize_example(
+            encoded,
+            image_format=image_format,
+            height=16,
+            width=16,
+            multi_hot=multi_hot,
+            image_index=metadata.image_index,
+            patient_id=7,
+            follow_up=3,
+            age=101,
+            sex="F",
+            view_position="AP",
+        )
+        expected = schema.make_example(
+            pixels, metadata, multi_hot, image_format=image_format, encoded=encoded
+        )
+        self.assertEqual(tf.train.Example.FromString(ours), expected)
+        features = schema.parse_example(tf.constant(ours))
+        self.assertAllEqual(schema.decode_image(features, image_size=16)[..., 0], pixels)
+
+    def test_tfrecord_frames_are_read_by_tf_data(self):
+        path = os.path.join(self.get_temp_dir(), "frames.tfrecord")
+        records = [b"", b"a", os.urandom(70000)]
+        with open(path, "wb") as f:
+            for record in records:
+                f.write(nih.tfrecord_frame(record))
+        read = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+        self.assertEqual(read, records)
+
+    @parameterized.parameters(("raw", 64), ("raw", 256))
+    def test_estimated_record_bytes_is_close_for_raw(self, image_format, size):
+        row = nih.ParsedRow(
+            2, "00000001_000.png", tuple(schema.labels_to_multi_hot("Mass")), 1, 0, 58, "M", "PA"
+        )
+        record = nih.image_to_record(
+            fake_data.png_bytes(fake_data.gray_pixels(size, size)),
+            row,
+            image_size=size,
+            image_format=image_format,
+        )
+        estimate = nih.estimated_record_bytes(size, image_format)
+        self.assertBetween(estimate / len(record), 1.0, 1.01)
+
+
+class CsvTest(parameterized.TestCase, tf.test.TestCase):
+    @parameterized.named_parameters(("2017", False), ("v2020", True))
+    def test_reads_both_formats(self, v2020):
+        header = fake_data.NIH_2020_HEADER if v2020 else fake_data.NIH_2017_HEADER
+        lines = [
+            fake_data.nih_row("00000001_000.png", "Effusion|Mass", patient_id=1, age="058Y", v2020=v2020),
+            fake_data.nih_row(
+                "00000002_001.png", "No Finding", follow_up=1, patient_id=2, age="011M", sex="F"
+            ),
+        ]
+        rows = [nih.parse_row(row) for row in _rows("\n".join([header, *lines]) + "\n")]
+        self.assertEqual([row.line for row in rows], [2, 3])
+        self.assertEqual(rows[0].image_index, "00000001_000.png")
+        self.assertEqual((rows[0].patient_id, rows[0].follow_up, rows[0].age), (1, 0, 58))
+        self.assertEqual((rows[1].patient_id, rows[1].follow_up, rows[1].age, rows[1].sex), (2, 1, 0, "F"))
+        self.assertAllEqual(rows[0].multi_hot, schema.labels_to_multi_hot("Effusion|Mass"))
+
+    def test_reads_gzip_through_filesystems(self):
+        path = os.path.join(self.get_temp_dir(), "Data_Entry_2017.csv.gz")
+        text = "\n".join([fake_data.NIH_2017_HEADER, fake_data.nih_row("00000001_000.png", "Mass")])
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+        with FileSystems.open(path) as f:
+            header, data = nih.read_labels_table(f, name=path)
+        (row,) = nih.iter_csv_rows(header, data)
+        self.assertEqual(nih.parse_row(row).image_index, "00000001_000.png")
+
+    @parameterized.named_parameters(
+        (
+            "too_many_fields",
+            fake_data.nih_row("00000001_000.png", "Mass") + ",extra",
+            "has 12 fields, expected 11",
+        ),
+        ("too_few_fields", "00000001_000.png,Mass,000,00000001", "has 4 fields, expected 11"),
+        ("bad_age", fake_data.nih_row("00000001_000.png", "Mass", age="58X"), "Patient Age '58X'"),
+        ("bad_sex", fake_data.nih_row("00000001_000.png", "Mass", sex="X"), "Patient Gender 'X'"),
+        ("bad_view", fake_data.nih_row("00000001_000.png", "Mass", view="LL"), "View Position 'LL'"),
+        ("bad_patient", "00000001_000.png,Mass,000,abc,058Y,M,PA,1024,1024,0.1,0.1", "Patient ID 'abc'"),
+        ("bad_name", fake_data.nih_row("00000001_000.jpg", "Mass"), "not a PNG file name"),
+        ("empty_labels", fake_data.nih_row("00000001_000.png", ""), "Finding Labels is empty"),
+    )
+    def test_bad_rows(self, line, message):
+        (row,) = _rows(fake_data.NIH_2017_HEADER + "\n" + line + "\n")
+        with self.assertRaisesRegex(ValueError, message):
+            nih.parse_row(row)
+
+    def test_blank_line_is_a_bad_row_with_its_line_number(self):
+        rows = _rows(
+            "\n".join([fake_data.NIH_2017_HEADER, fake_data.nih_row("00000001_000.png", "Mass"), "", "x"])
+        )
+        self.assertEqual([row.line for row in rows], [2, 3, 4])
+        with self.assertRaisesRegex(ValueError, "has 0 fields"):
+            nih.parse_row(rows[1])
+
+    def test_unknown_label_row(self):
+        (row,) = _rows(fake_data.NIH_2017_HEADER + "\n" + fake_data.nih_row("00000001_000.png", "Infiltrate"))
+        with self.assertRaisesRegex(nih.UnknownLabelError, "'Infiltrate'"):
+            nih.parse_row(row)
+
+    def test_empty_csv(self):
+        with self.assertRaisesRegex(nih.CsvError, "'empty.csv' is empty"):
+            nih.read_labels_table(io.StringIO(""), name="empty.csv")
+
+    def test_missing_columns_are_named(self):
+        with self.assertRaisesRegex(nih.CsvError, r"lacks required column\(s\) \['Patient Age'\]"):
+            nih.read_labels_table(
+                io.StringIO(
+                    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Gender,View Position\n"
+                ),
+                name="x.csv",
+            )
+
+    @parameterized.parameters(
+        ("058Y", 58),
+        ("414Y", 414),
+        ("058", 58),
+        ("58", 58),
+        ("011M", 0),
+        ("024M", 2),
+        ("001D", 0),
+        (" 7 ", 7),
+    )
+    def test_ages(self, text, years):
+        self.assertEqual(nih.parse_age(text), years)
+
+    @parameterized.parameters("", "Y", "58X", "-5", "5.5Y", "abc")
+    def test_bad_ages(self, text):
+        with self.assertRaisesRegex(ValueError, "Patient Age"):
+            nih.parse_age(text)
+
+    def test_name_lists_without_trailing_newline(self):
+        self.assertEqual(nih.read_name_list("a.png\nb.png"), ["a.png", "b.png"])
+        self.assertEqual(nih.image_name("gs://bucket/images_001/images/a.png"), "a.png")
+
+
+class PixelTest(parameterized.TestCase, tf.test.TestCase):
+    @parameterized.parameters("L", "LA", "RGB", "RGBA", "I;16")
+    def test_decodes_every_mode_to_the_same_gray(self, mode):
+        pixels = fake_data.gray_pixels(24, 20, seed=1)
+        decoded = nih.decode_gray(fake_data.png_bytes(pixels, mode=mode))
+        self.assertEqual(decoded.dtype, np.uint8)
+        self.assertAllEqual(decoded, pixels)
+
+    def test_decodes_palette_images(self):
+        # A palette of 4 grey levels: P -> L must give back the grey values, not the indices.
+        pixels = (np.arange(64).reshape(8, 8) % 4 * 80).astype(np.uint8)
+        decoded = nih.decode_gray(fake_data.png_bytes(pixels, mode="P"))
+        self.assertAllClose(decoded, pixels, atol=1)
+
+    def test_sixteen_bit_is_scaled_not_clipped(self):
+        wide = np.array([[0, 257, 1000, 32768, 65535]], dtype=np.uint16)
+        buffer = io.BytesIO()
+        Image.fromarray(wide).save(buffer, format="PNG")
+        # v / 257 rounded: 0, 1, 3.89 -> 4, 127.5 -> 128, 255.
+        self.assertAllEqual(nih.decode_gray(buffer.getvalue()), [[0, 1, 4, 128, 255]])
+
+    @parameterized.named_parameters(
+        ("empty", b"", "empty file"),
+        ("not_an_image", b"Image Index,Finding Labels\n", "UnidentifiedImageError"),
+        ("corrupt", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "Error"),
+    )
+    def test_bad_images(self, data, message):
+        with self.assertRaisesRegex(ValueError, message):
+            nih.decode_gray(data)
+
+    def test_truncated_image(self):
+        data = fake_data.png_bytes(fake_data.gray_pixels(64, 64))
+        with self.assertRaisesRegex(ValueError, "OSError|truncated|SyntaxError"):
+            nih.decode_gray(data[: len(data) // 2])
+
+    def test_resize_is_an_area_average(self):
+        # 4x4 blocks of constant value: the area filter at 1/4 scale gives exactly the block values.
+        blocks = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
+        pixels = np.kron(blocks, np.ones((4, 4), np.uint8))
+        self.assertAllEqual(nih.resize_area(pixels, 8), blocks)
+        # A 2x2 checkerboard of 0/200 averages to 100 everywhere (a nearest filter would alias).
+        checker = (np.indices((32, 32)).sum(axis=0) % 2 * 200).astype(np.uint8)
+        self.assertAllClose(nih.resize_area(checker, 16), np.full((16, 16), 100), atol=1)
+
+    def test_png_records_round_trip(self):
+        pixels = fake_data.gray_pixels(12, 12, seed=5)
+        decoded = np.asarray(Image.open(io.BytesIO(nih.encode_pixels(pixels, "png"))))
+        self.assertAllEqual(decoded, pixels)
+        with self.assertRaisesRegex(ValueError, "image_format"):
+            nih.encode_pixels(pixels, "jpeg")
+
+
+if __name__ == "__main__":
+    tf.test.main()
