@@ -1,0 +1,146 @@
+"""Grad-CAM heatmaps on the ResUNet's last decoder features ("decoder_output").
+
+Grad-CAM (Selvaraju et al. 2017): for a finding c with logit y_c and a feature map A [h, w, C],
+the channel weights are the spatial means of dy_c/dA, and the map is ReLU(sum_k w_k A_k),
+upsampled to the image and scaled to [0, 1]. The logit is the head's pre-sigmoid value, so
+a confident (saturated) probability still gives a usable gradient.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import keras
+import matplotlib
+import numpy as np
+import tensorflow as tf
+from PIL import Image, ImageDraw, ImageFont
+
+from tfrecords import schema
+
+DECODER_OUTPUT = "decoder_output"
+PROBABILITIES = "probabilities"
+
+
+class GradCam:
+    """Computes Grad-CAM maps of a Keras classifier at one named feature layer.
+
+    Args:
+      model: a functional model from 0..255 pixels [B, N, N, 1] to 15 probabilities, with
+        a layer named `layer_name` and a final Dense layer named `head_name`.
+      layer_name: the feature layer ("decoder_output" in the ResUNet).
+      head_name: the Dense(15, sigmoid) head.
+
+    Raises:
+      ValueError: a missing layer, named with the layers that exist.
+    """
+
+    def __init__(
+        self, model: keras.Model, *, layer_name: str = DECODER_OUTPUT, head_name: str = PROBABILITIES
+    ):
+        names = [layer.name for layer in model.layers]
+        for name in (layer_name, head_name):
+            if name not in names:
+                raise ValueError(
+                    f"Grad-CAM needs a layer named {name!r} in model {model.name!r}; it has {names[-8:]} (last 8). "
+                    f"Grad-CAM works on the ResUNet (--model=resunet)."
+                )
+        self.image_size = int(model.input_shape[1])
+        head = model.get_layer(head_name)
+        # The head's input gives the logits: x @ kernel + bias, before the sigmoid.
+        self._features_model = keras.Model(model.inputs, [model.get_layer(layer_name).output, head.input])
+        self._kernel = head.kernel
+        self._bias = head.bias
+
+    def maps(
+        self, pixels: np.ndarray, class_indices: Sequence[int], *, output_size: tuple[int, int]
+    ) -> np.ndarray:
+        """Grad-CAM maps of one image for several findings.
+
+        Args:
+          pixels: [N, N, 1] (or [N, N]) values in 0..255 at the model's size.
+          class_indices: label indices (into `schema.LABELS`) to explain.
+          output_size: (height, width) of the maps, usually the original image's.
+
+        Returns:
+          float32 [len(class_indices), height, width] in [0, 1]; all zeros for a finding with
+          no positive evidence anywhere.
+        """
+        pixels = np.asarray(pixels, np.float32).reshape(1, self.image_size, self.image_size, 1)
+        indices = tf.constant(list(class_indices), tf.int32)
+        # One copy of the image per finding: one backward pass gives every finding's gradient.
+        batch = tf.repeat(tf.constant(pixels), len(class_indices), axis=0)
+        with tf.GradientTape() as tape:
+            # Watching the input records every op downstream of it, the features-to-head path
+            # included, whether or not the weights are trainable.
+            tape.watch(batch)
+            features, head_input = self._features_model(batch, training=False)
+            logits = tf.matmul(tf.cast(head_input, tf.float32), tf.cast(self._kernel, tf.float32))
+            logits += tf.cast(self._bias, tf.float32)
+            # Copy i explains finding class_indices[i]: the diagonal of logits[:, class_indices].
+            target = tf.reduce_sum(tf.linalg.diag_part(tf.gather(logits, indices, axis=1)))
+        grads = tf.cast(tape.gradient(target, features), tf.float32)
+        features = tf.cast(features, tf.float32)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
+        cams = tf.image.resize(cams, output_size, method="bilinear")[..., 0].numpy()
+        peak = cams.reshape(len(class_indices), -1).max(axis=1).reshape(-1, 1, 1)
+        return np.where(peak > 0, cams / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
+
+
+def overlay(gray: np.ndarray, cam: np.ndarray, *, caption: str = "", alpha: float = 0.45) -> np.ndarray:
+    """Blends a [0, 1] map (jet colours) over a uint8 gray image, with an optional caption.
+
+    The blend weight grows with the map, so the X-ray stays visible where the map is low.
+
+    Returns:
+      uint8 RGB [H, W, 3] of the image's size.
+    """
+    gray = np.asarray(gray, np.float32)
+    if gray.shape != cam.shape:
+        raise ValueError(f"image {gray.shape} and map {cam.shape} differ in size.")
+    heat = matplotlib.colormaps["jet"](cam)[..., :3] * 255.0
+    weight = alpha * cam[..., None]
+    rgb = (1.0 - weight) * gray[..., None] + weight * heat
+    image = Image.fromarray(np.clip(np.round(rgb), 0, 255).astype(np.uint8), mode="RGB")
+    if caption:
+        draw = ImageDraw.Draw(image)
+        # About 1/28 of the height, shrunk until the caption fits the width; none below 6 px.
+        size = max(10, image.height // 28)
+        while size >= 6:
+            font = ImageFont.load_default(size=size)
+            box = draw.textbbox((0, 0), caption, font=font)
+            if box[2] + size <= image.width:
+                margin = size // 3
+                draw.rectangle([0, 0, box[2] + 2 * margin, box[3] + 2 * margin], fill=(0, 0, 0))
+                draw.text((margin, margin), caption, fill=(255, 255, 255), font=font)
+                break
+            size -= 1
+    return np.asarray(image)
+
+
+def display_gray(image_bytes: bytes) -> np.ndarray:
+    """Decodes an encoded image of any mode to uint8 gray at its own size, as the export does.
+
+    8- and 16-bit, gray, gray+alpha, RGB(A) and palette PNGs; ITU-R 601 gray weights.
+
+    Raises:
+      tf.errors.InvalidArgumentError: not a decodable image.
+    """
+    image = tf.io.decode_image(image_bytes, channels=0, dtype=tf.uint16, expand_animations=False)
+    image = tf.cast(image, tf.float32) / 65535.0
+    image = tf.image.rgb_to_grayscale(image[..., :3]) if image.shape[-1] >= 3 else image[..., :1]
+    return np.clip(np.round(image[..., 0].numpy() * 255.0), 0, 255).astype(np.uint8)
+
+
+def png_encode(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def top_findings(probabilities: np.ndarray, k: int) -> list[int]:
+    """Indices of the k most probable of the 14 findings ("No Finding" has nothing to localize)."""
+    findings = np.asarray(probabilities)[: len(schema.FINDINGS)]
+    return [int(i) for i in np.argsort(-findings, kind="stable")[:k]]
