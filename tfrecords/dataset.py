@@ -118,9 +118,10 @@ def build_dataset(
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     shard_by_file = num_pipelines > 1 and len(paths) >= num_pipelines
     shard_by_data = num_pipelines > 1 and not shard_by_file
-    # Element-level sharding needs every pipeline to see the same record order, so file order
-    # and interleaving are fixed then; the record shuffle below still randomizes each shard.
-    deterministic = not training or shard_by_data
+    # Evaluation order is fixed. In training, a seed asks for a reproducible stream, so
+    # parallel steps keep their order; without one they may reorder to dodge a slow file.
+    # Element-level sharding needs every pipeline to see the same record order too.
+    deterministic = not training or seed is not None or shard_by_data
 
     files = tf.data.Dataset.from_tensor_slices(paths)
     if shard_by_file:
@@ -243,17 +244,17 @@ def _check_arguments(
 
 def _parse_record(serialized: tf.Tensor, image_size: int, image_format: str) -> dict[str, tf.Tensor]:
     features = schema.parse_example(serialized)
-    _check_size(features, image_size)
-    features[schema.IMAGE_KEY] = schema.decode_image(
-        features, image_size=image_size, image_format=image_format
-    )
+    with tf.control_dependencies([_check_size(features, image_size)]):
+        features[schema.IMAGE_KEY] = schema.decode_image(
+            features, image_size=image_size, image_format=image_format
+        )
     return features
 
 
 def _parse_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
     features = schema.parse_examples(serialized)
-    _check_size(features, image_size)
-    pixels = tf.io.decode_raw(features[schema.IMAGE_KEY], tf.uint8)
+    with tf.control_dependencies([_check_size(features, image_size)]):
+        pixels = tf.io.decode_raw(features[schema.IMAGE_KEY], tf.uint8)
     # Restore the static shape (batching and XLA need it); the batch dimension is static
     # whenever the batch was built with drop_remainder.
     batch = serialized.shape[0] if serialized.shape[0] is not None else -1
@@ -261,7 +262,7 @@ def _parse_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]
     return features
 
 
-def _check_size(features: Mapping[str, tf.Tensor], image_size: int) -> None:
+def _check_size(features: Mapping[str, tf.Tensor], image_size: int) -> tf.Operation:
     # A record of another size would fail later with an anonymous reshape error; name it.
     ok = tf.reduce_all(
         tf.logical_and(
@@ -269,10 +270,10 @@ def _check_size(features: Mapping[str, tf.Tensor], image_size: int) -> None:
             tf.equal(features[schema.WIDTH_KEY], image_size),
         )
     )
-    tf.debugging.Assert(
+    return tf.debugging.Assert(
         ok,
         [
-            f"Record size differs from the manifest's image_size {image_size}; records:",
+            f"Record size differs from the manifest option image_size={image_size} (image_index, height, width):",
             features[schema.IMAGE_INDEX_KEY],
             features[schema.HEIGHT_KEY],
             features[schema.WIDTH_KEY],

@@ -1,0 +1,362 @@
+"""Tests for tfrecords/dataset.py: shapes, order, shuffling, refusals, sharding, balance, data service."""
+
+import collections
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import parameterized
+
+from tests import fake_data
+from tfrecords import dataset as dataset_lib
+from tfrecords import manifest as manifest_lib
+from tfrecords import schema
+from trainer import augment
+
+_FINDING = {name: index for index, name in enumerate(schema.LABELS)}
+
+
+def _multi_hot(*names: str) -> list[int]:
+    labels = [0] * schema.NUM_LABELS
+    for name in names:
+        labels[_FINDING[name]] = 1
+    return labels
+
+
+def _indices(dataset: tf.data.Dataset, *, batches: int | None = None) -> list[bytes]:
+    """The image_index of every record, in order (datasets built with_metadata=True)."""
+    if batches is not None:
+        dataset = dataset.take(batches)
+    return [index for batch in dataset for index in batch[2][schema.IMAGE_INDEX_KEY].numpy().tolist()]
+
+
+class DatasetTest(tf.test.TestCase, parameterized.TestCase):
+    def _records(self, name: str = "records", **kwargs) -> str:
+        records_dir = os.path.join(self.get_temp_dir(), name)
+        if not os.path.exists(os.path.join(records_dir, manifest_lib.MANIFEST_NAME)):
+            kwargs.setdefault("split_sizes", {"train": 20, "val": 11})
+            kwargs.setdefault("num_shards", 3)
+            fake_data.write_records(records_dir, **kwargs)
+        return records_dir
+
+    @parameterized.named_parameters(
+        ("raw_batch_parse", "raw", None),
+        ("raw_record_parse", "raw", False),
+        ("png", "png", None),
+    )
+    def test_shapes_and_dtypes(self, image_format, parse_after_batch):
+        records_dir = self._records(f"shapes_{image_format}", image_format=image_format, image_size=16)
+        train = dataset_lib.build_dataset(
+            records_dir, "train", batch_size=4, training=True, seed=0, parse_after_batch=parse_after_batch
+        )
+        # Training batches have a fully static shape (drop_remainder), as XLA needs.
+        self.assertEqual(train.element_spec[0].shape, [4, 16, 16, 1])
+        self.assertEqual(train.element_spec[1].shape, [4, schema.NUM_LABELS])
+        images, labels = next(iter(train))
+        self.assertEqual(images.dtype, tf.uint8)
+        self.assertEqual(labels.dtype, tf.float32)
+        self.assertEqual(images.shape, [4, 16, 16, 1])
+        self.assertSetEqual(set(np.unique(labels.numpy())), {0.0, 1.0})
+        val = dataset_lib.build_dataset(
+            records_dir, "val", batch_size=4, training=False, parse_after_batch=parse_after_batch
+        )
+        self.assertEqual(val.element_spec[0].shape.as_list(), [None, 16, 16, 1])
+
+    def test_pixels_and_labels_round_trip(self):
+        labels = [_multi_hot("Edema"), _multi_hot("No Finding"), _multi_hot("Mass", "Nodule")]
+        records_dir = os.path.join(self.get_temp_dir(), "round_trip")
+        fake_data.write_labeled_records(records_dir, {"val": labels}, image_size=8, seed=3)
+        expected_pixels = [np.random.default_rng(3).integers(0, 256, size=(8, 8), dtype=np.uint8)]
+        images, got_labels = next(
+            iter(dataset_lib.build_dataset(records_dir, "val", batch_size=3, training=False))
+        )
+        self.assertAllEqual(got_labels, np.asarray(labels, np.float32))
+        self.assertAllEqual(images[0, :, :, 0], expected_pixels[0])
+
+    @parameterized.named_parameters(("batch_parse", None), ("record_parse", False))
+    def test_eval_order_is_deterministic_and_complete(self, parse_after_batch):
+        records_dir = self._records()
+        build = lambda: dataset_lib.build_dataset(  # noqa: E731
+            records_dir,
+            "val",
+            batch_size=4,
+            training=False,
+            with_metadata=True,
+            parse_after_batch=parse_after_batch,
+        )
+        batches = list(build())
+        # 11 records in batches of 4: the last partial batch (3) is kept.
+        self.assertEqual([len(batch[0]) for batch in batches], [4, 4, 3])
+        first = _indices(build())
+        self.assertEqual(first, _indices(build()))
+        manifest = manifest_lib.read_manifest(records_dir)
+        self.assertLen(first, manifest.splits["val"].records)
+        self.assertLen(set(first), len(first))  # every record exactly once
+
+    def test_metadata_matches_what_was_written(self):
+        records_dir = self._records()
+        written = {
+            fake_data.metadata_for(index).image_index: fake_data.metadata_for(index)
+            for index in range(20, 31)  # the val records follow the 20 train records
+        }
+        dataset = dataset_lib.build_dataset(
+            records_dir, "val", batch_size=5, training=False, with_metadata=True
+        )
+        seen = 0
+        for _, _, metadata in dataset:
+            self.assertSetEqual(set(metadata), set(schema.METADATA_KEYS))
+            for row in range(len(metadata[schema.IMAGE_INDEX_KEY])):
+                expected = written[metadata[schema.IMAGE_INDEX_KEY][row].numpy().decode()]
+                self.assertEqual(metadata[schema.PATIENT_ID_KEY][row], expected.patient_id)
+                self.assertEqual(metadata[schema.FOLLOW_UP_KEY][row], expected.follow_up)
+                self.assertEqual(metadata[schema.AGE_KEY][row], expected.age)
+                self.assertEqual(metadata[schema.SEX_KEY][row].numpy().decode(), expected.sex)
+                self.assertEqual(
+                    metadata[schema.VIEW_POSITION_KEY][row].numpy().decode(), expected.view_position
+                )
+                seen += 1
+        self.assertEqual(seen, 11)
+
+    def test_training_shuffles_and_repeats(self):
+        records_dir = self._records()
+        build = lambda seed: dataset_lib.build_dataset(  # noqa: E731
+            records_dir,
+            "train",
+            batch_size=4,
+            training=True,
+            seed=seed,
+            with_metadata=True,
+            shuffle_buffer=64,
+        )
+        # 20 records, batches of 4: 10 batches are exactly two epochs, each record in each.
+        stream = _indices(build(1), batches=10)
+        first_epoch, second_epoch = stream[:20], stream[20:]
+        self.assertLen(set(first_epoch), 20)
+        self.assertCountEqual(first_epoch, second_epoch)
+        self.assertNotEqual(first_epoch, second_epoch)  # reshuffled every epoch
+        self.assertEqual(stream, _indices(build(1), batches=10))  # same seed, same stream
+        self.assertNotEqual(stream, _indices(build(2), batches=10))
+        eval_order = _indices(
+            dataset_lib.build_dataset(records_dir, "train", batch_size=4, training=False, with_metadata=True)
+        )
+        self.assertNotEqual(first_epoch, eval_order)
+
+    def test_cache_gives_the_same_records(self):
+        records_dir = self._records()
+        direct = _indices(
+            dataset_lib.build_dataset(records_dir, "val", batch_size=4, training=False, with_metadata=True)
+        )
+        cached = dataset_lib.build_dataset(
+            records_dir, "val", batch_size=4, training=False, with_metadata=True, cache=True
+        )
+        self.assertEqual(_indices(cached), direct)
+        self.assertEqual(_indices(cached), direct)  # second pass from memory
+        train = dataset_lib.build_dataset(
+            records_dir, "train", batch_size=5, training=True, seed=0, cache=True
+        )
+        self.assertLen(list(train.take(12)), 12)  # three epochs
+
+    def test_refuses_directory_without_manifest(self):
+        records_dir = self._records("no_manifest")
+        os.remove(os.path.join(records_dir, manifest_lib.MANIFEST_NAME))
+        with self.assertRaisesRegex(manifest_lib.ManifestError, "has no manifest.json"):
+            dataset_lib.build_dataset(records_dir, "train", batch_size=4, training=True)
+        with self.assertRaisesRegex(manifest_lib.ManifestError, "does not exist"):
+            dataset_lib.build_dataset(os.path.join(records_dir, "nope"), "val", batch_size=4, training=False)
+
+    def test_refuses_missing_or_unlisted_shard(self):
+        records_dir = self._records("missing_shard")
+        shard = os.path.join(records_dir, manifest_lib.shard_name("val", 1, 3))
+        os.rename(shard, shard + ".moved")
+        with self.assertRaisesRegex(
+            manifest_lib.ManifestError, "missing, e.g. 'val-00001-of-00003.tfrecord'"
+        ):
+            dataset_lib.build_dataset(records_dir, "train", batch_size=4, training=True)
+        os.rename(shard + ".moved", shard)
+        tf.io.gfile.copy(shard, os.path.join(records_dir, manifest_lib.shard_name("val", 3, 4)))
+        with self.assertRaisesRegex(manifest_lib.ManifestError, "not listed"):
+            dataset_lib.build_dataset(records_dir, "val", batch_size=4, training=False)
+
+    def test_refuses_bad_arguments(self):
+        records_dir = self._records()
+        cases = [
+            (dict(split="test"), manifest_lib.ManifestError, "has no split 'test'"),
+            (dict(batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
+            (dict(shuffle_buffer=-1), ValueError, "shuffle_buffer must be a positive integer"),
+            (dict(balance="oversample"), ValueError, "balance must be one of"),
+            (dict(balance="resample", training=False), ValueError, "for training only"),
+            (dict(augment_fn=lambda x, s: x, training=False), ValueError, "augment_fn is for training only"),
+        ]
+        for changes, error, pattern in cases:
+            kwargs = dict(split="train", batch_size=4, training=True) | changes
+            with self.assertRaisesRegex(error, pattern):
+                dataset_lib.build_dataset(records_dir, **kwargs)
+        png_dir = self._records("png_args", image_format="png")
+        with self.assertRaisesRegex(ValueError, "parse_after_batch=True needs raw records"):
+            dataset_lib.build_dataset(png_dir, "val", batch_size=4, training=False, parse_after_batch=True)
+        empty_dir = os.path.join(self.get_temp_dir(), "empty_train")
+        fake_data.write_records(empty_dir, split_sizes={"train": 0, "val": 2}, num_shards=1)
+        with self.assertRaisesRegex(ValueError, "split 'train' has no records to train on"):
+            dataset_lib.build_dataset(empty_dir, "train", batch_size=4, training=True)
+
+    def test_record_of_the_wrong_size_is_named(self):
+        records_dir = self._records("wrong_size", split_sizes={"val": 2}, num_shards=1, image_size=8)
+        shard = os.path.join(records_dir, manifest_lib.shard_name("val", 0, 1))
+        metadata = fake_data.metadata_for(99)
+        with tf.io.TFRecordWriter(shard) as writer:
+            for size in (8, 6):
+                pixels = np.zeros([size, size], np.uint8)
+                writer.write(schema.make_example(pixels, metadata, _multi_hot("Mass")).SerializeToString())
+        with self.assertRaisesRegex(
+            tf.errors.InvalidArgumentError, "differs from the manifest option image_size=8"
+        ):
+            list(dataset_lib.build_dataset(records_dir, "val", batch_size=2, training=False))
+
+    @parameterized.named_parameters(
+        # 4 shards for 2 pipelines: each reads its own files.
+        ("by_file_eval", 4, False),
+        ("by_file_train", 4, True),
+        # 1 shard for 2 pipelines: each reads all and keeps every other record.
+        ("by_data_eval", 1, False),
+        ("by_data_train", 1, True),
+    )
+    def test_input_context_sharding(self, num_shards, training):
+        records_dir = self._records(f"sharded_{num_shards}", num_shards=num_shards, split_sizes={"train": 16})
+        seen = []
+        for pipeline_id in range(2):
+            context = tf.distribute.InputContext(
+                num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2
+            )
+            dataset = dataset_lib.build_dataset(
+                records_dir,
+                "train",
+                batch_size=4,
+                training=training,
+                seed=0,
+                input_context=context,
+                with_metadata=True,
+            )
+            # The global batch of 4 is split into per-replica batches of 2.
+            self.assertEqual(next(iter(dataset))[0].shape[0], 2)
+            # One epoch of this pipeline's 8 records = 4 batches of 2.
+            seen.append(_indices(dataset, batches=4))
+        self.assertLen(seen[0], 8)
+        self.assertEmpty(set(seen[0]) & set(seen[1]))
+        self.assertLen(set(seen[0]) | set(seen[1]), 16)
+
+    @parameterized.named_parameters(("batch_parse", "raw"), ("record_parse", "png"))
+    def test_resampling_moves_label_frequencies_to_weighted_shares(self, image_format):
+        # 10 "No Finding" records (weight 1 + 0.04 = 1.04) and 10 with three findings
+        # (weight 3.04); Edema is in 5 of the latter. Expected shares of the stream:
+        #   No Finding: 10 * 1.04 / (10 * 1.04 + 10 * 3.04) = 10.4 / 40.8 = 0.2549 (was 0.5)
+        #   Mass, Nodule (all 10 three-finding records): 30.4 / 40.8 = 0.7451 (was 0.5)
+        #   Edema (5 of them): 15.2 / 40.8 = 0.3725 (was 0.25)
+        labels = [_multi_hot("No Finding")] * 10
+        labels += [_multi_hot("Mass", "Nodule", "Edema")] * 5 + [
+            _multi_hot("Mass", "Nodule", "Atelectasis")
+        ] * 5
+        records_dir = os.path.join(self.get_temp_dir(), f"resample_{image_format}")
+        fake_data.write_labeled_records(
+            records_dir, {"train": labels}, image_size=4, image_format=image_format, num_shards=2
+        )
+        dataset = dataset_lib.build_dataset(
+            records_dir, "train", batch_size=50, training=True, seed=0, balance="resample", shuffle_buffer=100
+        )
+        stream = np.concatenate(
+            [batch_labels.numpy() for _, batch_labels in dataset.take(100)]
+        )  # 5,000 records
+        frequency = stream.mean(axis=0)
+        weights = np.asarray(labels).sum(axis=1) + 0.04
+        expected = (weights[:, None] * np.asarray(labels)).sum(axis=0) / weights.sum()
+        self.assertAllClose(expected[_FINDING["No Finding"]], 10.4 / 40.8)  # the hand-worked value
+        # Standard error of a share over 5,000 draws is < 0.007; 0.03 is > 4 of them.
+        self.assertAllClose(frequency, expected, atol=0.03)
+        unbalanced = dataset_lib.build_dataset(records_dir, "train", batch_size=50, training=True, seed=0)
+        plain = np.concatenate([batch_labels.numpy() for _, batch_labels in unbalanced.take(10)])
+        self.assertAllClose(plain.mean(axis=0), np.asarray(labels).mean(axis=0), atol=1e-6)
+
+    def test_positive_weights_worked_by_hand(self):
+        # 5 train records: [Atelectasis], [Atelectasis, Cardiomegaly], [Edema], [No Finding] x 2.
+        #   Atelectasis: 2 positives, 3 negatives -> 3 / 2 = 1.5
+        #   Cardiomegaly: 1 positive, 4 negatives -> 4 / 1 = 4.0
+        #   Edema: 1 positive, 4 negatives -> 4.0
+        #   No Finding: 2 positives, 3 negatives -> 1.5
+        #   the other 11 labels have no positives -> 1.0 (nothing to balance)
+        # val (2 records): Effusion in both, so no negatives -> 1.0.
+        records_dir = os.path.join(self.get_temp_dir(), "weights")
+        manifest = fake_data.write_labeled_records(
+            records_dir,
+            {
+                "train": [
+                    _multi_hot("Atelectasis"),
+                    _multi_hot("Atelectasis", "Cardiomegaly"),
+                    _multi_hot("Edema"),
+                    _multi_hot("No Finding"),
+                    _multi_hot("No Finding"),
+                ],
+                "val": [_multi_hot("Effusion"), _multi_hot("Effusion", "Mass")],
+            },
+        )
+        expected = np.ones(schema.NUM_LABELS, np.float32)
+        expected[[_FINDING["Atelectasis"], _FINDING["No Finding"]]] = 1.5
+        expected[[_FINDING["Cardiomegaly"], _FINDING["Edema"]]] = 4.0
+        weights = dataset_lib.positive_weights(manifest)
+        self.assertEqual(weights.dtype, np.float32)
+        self.assertAllClose(weights, expected)
+        val_weights = dataset_lib.positive_weights(manifest, "val")
+        self.assertEqual(val_weights[_FINDING["Effusion"]], 1.0)
+        self.assertEqual(val_weights[_FINDING["Mass"]], 1.0)  # 1 positive, 1 negative
+        with self.assertRaisesRegex(manifest_lib.ManifestError, "no split 'test'"):
+            dataset_lib.positive_weights(manifest, "test")
+
+    def test_augment_fn_in_the_dataset(self):
+        records_dir = self._records()
+        build = lambda: dataset_lib.build_dataset(  # noqa: E731
+            records_dir, "train", batch_size=4, training=True, seed=3, augment_fn=augment.make_augment_fn()
+        )
+        images, labels = next(iter(build()))
+        self.assertEqual(images.dtype, tf.float32)
+        self.assertEqual(images.shape, [4, 32, 32, 1])
+        self.assertAllClose(tf.reduce_mean(images, axis=[1, 2, 3]), np.zeros(4), atol=1e-4)
+        self.assertAllClose(tf.math.reduce_std(images, axis=[1, 2, 3]), np.ones(4), atol=1e-3)
+        again, _ = next(iter(build()))
+        self.assertAllEqual(images, again)  # seeded: reproducible
+
+    def test_data_service_yields_the_same_records(self):
+        records_dir = self._records()
+        # An in-process dispatcher and worker on localhost (ports picked by the OS).
+        dispatcher = tf.data.experimental.service.DispatchServer(
+            tf.data.experimental.service.DispatcherConfig(port=0)
+        )
+        worker = tf.data.experimental.service.WorkerServer(
+            tf.data.experimental.service.WorkerConfig(
+                dispatcher_address=dispatcher.target.split("://")[1],
+                worker_address="localhost:%port%",
+                port=0,
+            )
+        )
+        self.addCleanup(dispatcher._stop)  # Servers have no public stop; both also stop at exit.
+        self.addCleanup(worker._stop)
+
+        def read(split, training, **kwargs):
+            dataset = dataset_lib.build_dataset(
+                records_dir, split, batch_size=4, training=training, seed=0, with_metadata=True, **kwargs
+            )
+            # Training repeats forever: 10 batches of 4 are exactly two epochs of 20 records.
+            return _indices(dataset, batches=10 if training else None)
+
+        for split, training in (("val", False), ("train", True)):
+            direct = read(split, training)
+            served = read(split, training, data_service=dispatcher.target)
+            self.assertCountEqual(served, direct, msg=split)
+            self.assertEqual(collections.Counter(served).most_common(1)[0][1], 2 if training else 1)
+
+    def test_resample_weights(self):
+        labels = np.array(
+            [_multi_hot("No Finding"), _multi_hot("Mass", "Edema"), _multi_hot(*schema.FINDINGS)]
+        )
+        self.assertAllClose(dataset_lib.resample_weights(labels), [1.04, 2.04, 14.04])
+
+
+if __name__ == "__main__":
+    tf.test.main()
