@@ -1,0 +1,215 @@
+"""Tests of beam_pipelines/transforms.py: the pure helpers, and each stage on in-memory input."""
+
+import collections
+import json
+import os
+
+import apache_beam as beam
+import tensorflow as tf
+from absl.testing import parameterized
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from beam_pipelines import nih, splits, transforms
+from tests import fake_data
+from tfrecords import manifest as manifest_lib
+from tfrecords import schema
+
+
+def _pipeline() -> TestPipeline:
+    # FnApiRunner: the DirectRunner's batch engine, without its first attempt (Prism), which
+    # downloads a binary at run time.
+    return TestPipeline(runner="FnApiRunner")
+
+
+def _row(name: str, line: int, *, patient_id: int = 1, labels: str = "Mass") -> nih.ParsedRow:
+    return nih.ParsedRow(
+        line=line,
+        image_index=name,
+        multi_hot=tuple(int(v) for v in schema.labels_to_multi_hot(labels)),
+        patient_id=patient_id,
+        follow_up=0,
+        age=40,
+        sex="F",
+        view_position="PA",
+    )
+
+
+class PureFunctionsTest(parameterized.TestCase, tf.test.TestCase):
+    def test_automatic_shards_hold_100_to_200_mb(self):
+        record = nih.estimated_record_bytes(256, "raw")
+        for count in (1600, 3100, 9000, 78000):
+            (plan,) = transforms.plan_shards({"train": count}, image_size=256, image_format="raw").values()
+            shard_mb = count * record / plan.num_shards / 1e6
+            self.assertLessEqual(shard_mb, 200.0)
+            self.assertGreater(shard_mb, 100.0)
+
+    def test_small_splits_get_one_shard_and_empty_splits_none(self):
+        plans = transforms.plan_shards({"train": 30, "val": 0, "test": 5}, image_size=64, image_format="png")
+        self.assertEqual(plans, {"train": transforms.ShardPlan(1, 1), "test": transforms.ShardPlan(1, 1)})
+
+    def test_num_shards_flag_and_chunks(self):
+        plans = transforms.plan_shards(
+            {"train": 1000}, image_size=64, image_format="raw", num_shards=4, chunk_size=100
+        )
+        # 1000 rows / 4 shards = 250 per shard = 3 chunks of at most 100.
+        self.assertEqual(plans["train"], transforms.ShardPlan(4, 3))
+
+    def test_shard_and_chunk_are_stable_and_spread(self):
+        plan = transforms.ShardPlan(num_shards=4, chunks_per_shard=3)
+        names = [f"{i:08d}_000.png" for i in range(4000)]
+        keys = [transforms.shard_and_chunk(name, plan) for name in names]
+        self.assertEqual(keys, [transforms.shard_and_chunk(name, plan) for name in names])
+        counts = collections.Counter(keys)
+        self.assertLen(counts, 12)
+        # 4000 / 12 = 333 per key, binomial std ~18: within 20% everywhere.
+        self.assertBetween(min(counts.values()), 266, 400)
+        self.assertBetween(max(counts.values()), 266, 400)
+
+    def test_shard_file_name_is_the_manifests(self):
+        for split, index, total in (("train", 0, 1), ("val", 3, 12), ("test", 99, 100)):
+            self.assertEqual(
+                transforms.shard_file_name(split, index, total), manifest_lib.shard_name(split, index, total)
+            )
+
+    def test_resolve_keeps_the_first_row_and_reports_the_rest(self):
+        config = splits.SplitConfig(mode="patient")
+        rows = [(_row("a.png", 9), None), (_row("a.png", 4), None)]
+        task, rejects = transforms.resolve_image("a.png", rows, ["/d/2/a.png", "/d/1/a.png"], config)
+        self.assertEqual(task.row.line, 4)
+        self.assertEqual(task.path, "/d/1/a.png")
+        self.assertEqual([(r.reason, r.line) for r in rejects], [(nih.DUPLICATE, 9)])
+        self.assertIn("line 4 is kept", rejects[0].detail)
+
+    def test_resolve_missing_image_and_unlisted_row(self):
+        config = splits.SplitConfig(mode="official")
+        task, rejects = transforms.resolve_image("a.png", [(_row("a.png", 2), "test")], [], config)
+        self.assertIsNone(task)
+        self.assertEqual([(r.reason, r.line) for r in rejects], [(nih.MISSING_IMAGE, 2)])
+        task, rejects = transforms.resolve_image("b.png", [(_row("b.png", 3), None)], ["/d/b.png"], config)
+        self.assertIsNone(task)
+        self.assertEqual([r.reason for r in rejects], [nih.NOT_IN_SPLIT_LISTS])
+
+
+class ReadRowsTest(tf.test.TestCase):
+    def test_rows_rejects_and_official_lists(self):
+        root = fake_data.write_nih_layout(
+            self.get_temp_dir() + "/read",
+            [
+                fake_data.nih_row("00000001_000.png", "Mass", patient_id=1),
+                fake_data.nih_row("00000002_000.png", "Infiltrate", patient_id=2),
+                fake_data.nih_row("00000003_000.png", "Mass", patient_id=3, age="abc"),
+                fake_data.nih_row("00000004_000.png", "No Finding", patient_id=4),
+            ],
+            {},
+            train_val=["00000001_000.png", "00000002_000.png", "00000003_000.png"],
+            test=["00000004_000.png"],
+        )
+        with _pipeline() as p:
+            read = (
+                p
+                | beam.Create([os.path.join(root, "Data_Entry_2017.csv")])
+                | transforms.ReadRows(
+                    train_val_list=os.path.join(root, "train_val_list.txt"),
+                    test_list=os.path.join(root, "test_list.txt"),
+                    max_images=3,
+                )
+            )
+            names = read["rows"] | "Names" >> beam.Map(lambda kv: (kv[0], kv[1][0].line, kv[1][1]))
+            assert_that(names, equal_to([("00000001_000.png", 2, "train_val")]), label="Rows")
+            reasons = read["rejects"] | "Reasons" >> beam.Map(lambda r: (r.reason, r.line, r.image_index))
+            assert_that(
+                reasons,
+                equal_to([("unknown_label", 3, "00000002_000.png"), ("bad_row", 4, "00000003_000.png")]),
+                label="Rejects",
+            )
+            assert_that(read["beyond_limit"], equal_to(["00000004_000.png"]), label="BeyondLimit")
+
+
+class JoinAndConvertTest(tf.test.TestCase):
+    def test_join_then_convert_streams_into_shards(self):
+        temp = self.get_temp_dir()
+        pixels = fake_data.gray_pixels(32, 32, seed=2)
+        good = {
+            f"0000000{i}_000.png": fake_data.png_bytes(pixels, mode="RGBA" if i == 2 else "L")
+            for i in (1, 2, 3)
+        }
+        images = dict(
+            good, **{"00000004_000.png": b"not a png", "99999999_000.png": fake_data.png_bytes(pixels)}
+        )
+        data_dir = fake_data.write_nih_layout(temp + "/data", [], images)
+        rows = [
+            (name, (_row(name, i + 2, patient_id=i + 1), None)) for i, name in enumerate(sorted(images)[:4])
+        ]
+        rows.append(("00000005_000.png", (_row("00000005_000.png", 9, patient_id=5), None)))
+        out_dir, parts_dir = temp + "/out", temp + "/out/_parts"
+        with _pipeline() as p:
+            joined = {
+                "rows": p | "Rows" >> beam.Create(rows),
+                "beyond_limit": p | "Beyond" >> beam.Create([]),
+                "data_dir": p | "DataDir" >> beam.Create([data_dir]),
+            } | transforms.JoinRowsAndFiles(splits.SplitConfig(mode="patient", fractions=(1.0, 0.0, 0.0)))
+            converted = joined["tasks"] | transforms.ConvertToShards(
+                output_dir=out_dir, parts_dir=parts_dir, image_size=16, image_format="raw", chunk_size=2
+            )
+            assert_that(joined["unlisted"], equal_to(["99999999_000.png"]), label="Unlisted")
+            assert_that(
+                joined["rejects"] | "JoinReasons" >> beam.Map(lambda r: (r.reason, r.image_index)),
+                equal_to([("missing_image", "00000005_000.png")]),
+                label="JoinRejects",
+            )
+            assert_that(
+                converted["rejects"] | "ConvertReasons" >> beam.Map(lambda r: (r.reason, r.image_index)),
+                equal_to([("bad_image", "00000004_000.png")]),
+                label="ConvertRejects",
+            )
+            assert_that(
+                converted["shards"] | "ShardSummary" >> beam.Map(lambda s: (s.name, s.records, s.patients)),
+                equal_to([("train-00000-of-00001.tfrecord", 3, (1, 2, 3))]),
+                label="Shards",
+            )
+        records = list(tf.data.TFRecordDataset(os.path.join(out_dir, "train-00000-of-00001.tfrecord")))
+        names = [schema.parse_example(r)["image_index"].numpy().decode() for r in records]
+        # 4 tasks (the bad image included), 2 per chunk: 2 chunks, written one after the other,
+        # each sorted by name.
+        plan = transforms.ShardPlan(num_shards=1, chunks_per_shard=2)
+        self.assertEqual(names, sorted(good, key=lambda n: (transforms.shard_and_chunk(n, plan)[1], n)))
+        expected = nih.resize_area(pixels, 16)
+        for record in records:
+            image = schema.decode_image(schema.parse_example(record), image_size=16, image_format="raw")
+            self.assertAllEqual(image[..., 0], expected)
+        self.assertFalse(tf.io.gfile.exists(parts_dir) and tf.io.gfile.listdir(parts_dir))
+
+
+class WriteSummaryTest(tf.test.TestCase):
+    def test_summary_and_sorted_rejects(self):
+        temp = self.get_temp_dir()
+        rejects = [
+            nih.Reject(nih.BAD_IMAGE, "b.png", 7, "x"),
+            nih.Reject(nih.DUPLICATE, "a.png", 3, "y"),
+            nih.Reject(nih.BAD_IMAGE, "c.png", 5, "z"),
+        ]
+        shard = transforms.ShardResult("test", 0, 1, "test-00000-of-00001.tfrecord", 2, "ab", (0,) * 15, (1,))
+        with _pipeline() as p:
+            _ = {
+                "csv_rows": p | "Rows" >> beam.Create(range(5)),
+                "unlisted": p | "Unlisted" >> beam.Create(["u.png"]),
+                "rejects": p | "Rejects" >> beam.Create(rejects),
+                "shards": p | "Shards" >> beam.Create([shard]),
+            } | transforms.WriteSummary(
+                rejects_path=temp + "/rejects.jsonl", summary_path=temp + "/summary.json"
+            )
+        with open(temp + "/summary.json") as f:
+            summary = json.load(f)
+        self.assertEqual(summary["input_rows"], 5)
+        self.assertEqual(summary["unlisted_images"], 1)
+        self.assertEqual(summary["rejects"], {"bad_image": 2, "duplicate": 1})
+        self.assertEqual(summary["shards"][0]["name"], "test-00000-of-00001.tfrecord")
+        with open(temp + "/rejects.jsonl") as f:
+            lines = [json.loads(line) for line in f]
+        self.assertEqual([line["line"] for line in lines], [3, 5, 7])
+        self.assertEqual(set(lines[0]), {"image_index", "line", "reason", "detail"})
+
+
+if __name__ == "__main__":
+    tf.test.main()
