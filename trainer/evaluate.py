@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 from trainer import metrics
@@ -138,24 +139,6 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
     return Predictor(keras_fn, checkpoint, "checkpoint", image_size)
 
 
-def _read_split(
-    records_dir: str, manifest: manifest_lib.Manifest, split: str, batch_size: int
-) -> tf.data.Dataset:
-    """(images uint8 [B,N,N,1], labels [B,15], metadata) batches of `split`, in record order."""
-    paths = manifest_lib.shard_paths(records_dir, manifest, split)
-
-    def parse(serialized):
-        features = schema.parse_example(serialized)
-        image = schema.decode_image(
-            features, image_size=manifest.image_size, image_format=manifest.image_format
-        )
-        metadata = {key: features[key] for key in schema.METADATA_KEYS}
-        return image, features[schema.LABELS_KEY], metadata
-
-    # Fixed file and record order (no interleave): the report must not depend on scheduling.
-    return tf.data.TFRecordDataset(paths).map(parse).batch(batch_size).prefetch(2)
-
-
 def predict_split(
     predictor: Predictor,
     records_dir: str,
@@ -178,7 +161,11 @@ def predict_split(
             f"the run was trained on (--records_dir)."
         )
     probabilities, labels, metadata = [], [], {key: [] for key in schema.METADATA_KEYS}
-    for images, batch_labels, batch_metadata in _read_split(records_dir, manifest, split, batch_size):
+    # Evaluation mode: fixed order, one pass, the last partial batch kept.
+    batches = dataset_lib.build_dataset(
+        records_dir, split, batch_size=batch_size, training=False, with_metadata=True
+    )
+    for images, batch_labels, batch_metadata in batches:
         probabilities.append(predictor.fn(images.numpy()))
         labels.append(batch_labels.numpy())
         for key, value in batch_metadata.items():
@@ -190,7 +177,7 @@ def predict_split(
     return SplitPredictions(
         split=split,
         probabilities=np.concatenate(probabilities).astype(np.float32),
-        labels=np.concatenate(labels).astype(np.int64),
+        labels=np.rint(np.concatenate(labels)).astype(np.int64),
         metadata=meta,
     )
 
