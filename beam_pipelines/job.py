@@ -269,9 +269,13 @@ def build_pipeline(root: beam.Pipeline, config: JobConfig, inputs: Inputs, stagi
         )
     )
     data_dir = root | "DataDir" >> beam.Create([config.data_dir])
+    accounted = (
+        read["rejects"] | "RejectedNames" >> beam.Map(transforms.image_index_of),
+        read["beyond_limit"],
+    ) | "AccountedNames" >> beam.Flatten()
     joined = {
         "rows": read["rows"],
-        "beyond_limit": read["beyond_limit"],
+        "accounted": accounted,
         "data_dir": data_dir,
     } | "JoinRowsAndFiles" >> transforms.JoinRowsAndFiles(config.split)
     converted = joined["tasks"] | "ConvertToShards" >> transforms.ConvertToShards(

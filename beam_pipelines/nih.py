@@ -66,6 +66,7 @@ IMAGE_SUFFIX = ".png"
 _AGE_RE = re.compile(r"^\s*(\d{1,3})\s*([YMDW]?)\s*$", re.IGNORECASE)
 # Days per unit, to turn 011M or 001D into whole years (rounded down: a 11-month-old is 0).
 _AGE_UNIT_DAYS = {"Y": 365.25, "M": 365.25 / 12, "W": 7.0, "D": 1.0}
+_BUFFER_REPR_RE = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 _SEXES = ("M", "F")
 _VIEWS = ("PA", "AP")
 # Pixel modes Pillow gives 16-bit grayscale PNGs (I;16 on little-endian machines, I when converted).
@@ -464,8 +465,10 @@ def decode_gray(data: bytes) -> np.ndarray:
                 return np.asarray(image.getchannel("L"))
             return np.asarray(image.convert("L"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        # Pillow raises OSError for truncated data, SyntaxError for broken PNG chunks.
-        raise ValueError(f"{type(e).__name__}: {e}") from None
+        # Pillow raises OSError for truncated data, SyntaxError for broken PNG chunks. Its message
+        # names the in-memory buffer by address, which would make rejects differ between runs.
+        message = _BUFFER_REPR_RE.sub("the file", str(e))
+        raise ValueError(f"{type(e).__name__}: {message}") from None
 
 
 def resize_area(pixels: np.ndarray, image_size: int) -> np.ndarray:

@@ -192,8 +192,8 @@ def resolve_image(
 class ReadCsvRowsFn(beam.DoFn):
     """Reads the labels CSV and the official lists; yields (CsvRow, official list or None).
 
-    With `max_images`, rows past the limit go to the `unlisted` tag's sibling `beyond_limit`
-    (as names only), so their images are neither converted nor counted as unlisted.
+    With `max_images`, rows past the limit go to the `beyond_limit` tag (as names only), so their
+    images are neither converted nor counted as unlisted.
     """
 
     BEYOND_LIMIT_TAG = "beyond_limit"
@@ -275,7 +275,8 @@ class ResolveImageFn(beam.DoFn):
         rows = list(joined["rows"])
         paths = list(joined["files"])
         if not rows:
-            if paths and not list(joined["beyond_limit"]):
+            # An image whose row was rejected or left out by --max_images is not "unlisted".
+            if paths and not list(joined["accounted"]):
                 self._unlisted.inc()
                 yield beam.pvalue.TaggedOutput(UNLISTED_TAG, image_index)
             return
@@ -489,18 +490,22 @@ class ReadRows(beam.PTransform):
 
 
 class JoinRowsAndFiles(beam.PTransform):
-    """{rows, beyond_limit} + data_dir -> {tasks: ImageTask, rejects, unlisted}."""
+    """{rows, accounted, data_dir} -> {tasks: ImageTask, rejects, unlisted}.
+
+    `accounted` holds the names of CSV rows that do not reach the join (rejected while parsing, or
+    beyond --max_images): their files are listed by the CSV, so not counted as unlisted.
+    """
 
     def __init__(self, split_config: splits.SplitConfig):
         super().__init__()
         self._split_config = split_config
 
     def expand(self, inputs):
-        rows, beyond_limit, data_dir = inputs["rows"], inputs["beyond_limit"], inputs["data_dir"]
+        rows, accounted, data_dir = inputs["rows"], inputs["accounted"], inputs["data_dir"]
         files = data_dir | "ListImages" >> beam.ParDo(ListImagesFn())
-        beyond = beyond_limit | "KeyBeyondLimit" >> beam.Map(lambda name: (name, None))
+        accounted = accounted | "KeyAccounted" >> beam.Map(lambda name: (name, None))
         resolved = (
-            {"rows": rows, "files": files, "beyond_limit": beyond}
+            {"rows": rows, "files": files, "accounted": accounted}
             | "CoGroupByName" >> beam.CoGroupByKey()
             | "Resolve"
             >> beam.ParDo(ResolveImageFn(self._split_config)).with_outputs(
@@ -575,6 +580,10 @@ class ConvertToShards(beam.PTransform):
             | "MergeShards" >> beam.ParDo(MergeShardFn(self._output_dir))
         )
         return {"shards": shards, "rejects": converted[REJECTS_TAG]}
+
+
+def image_index_of(reject: nih.Reject) -> str:
+    return reject.image_index
 
 
 def _reason(reject: nih.Reject) -> str:

@@ -146,7 +146,7 @@ class JoinAndConvertTest(tf.test.TestCase):
         with _pipeline() as p:
             joined = {
                 "rows": p | "Rows" >> beam.Create(rows),
-                "beyond_limit": p | "Beyond" >> beam.Create([]),
+                "accounted": p | "Accounted" >> beam.Create([]),
                 "data_dir": p | "DataDir" >> beam.Create([data_dir]),
             } | transforms.JoinRowsAndFiles(splits.SplitConfig(mode="patient", fractions=(1.0, 0.0, 0.0)))
             converted = joined["tasks"] | transforms.ConvertToShards(
