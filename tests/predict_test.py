@@ -156,6 +156,16 @@ class PredictTest(parameterized.TestCase, tf.test.TestCase):
             actual = gradcam.GradCam(model).maps(pixels, [k], output_size=(32, 32))[0]
             self.assertAllClose(actual, expected, atol=1e-5)
 
+    def test_gradcam_on_the_resunet(self):
+        from trainer import models
+
+        model = models.build_model("resunet", image_size=32, depth=2, base_filters=4)
+        maps = gradcam.GradCam(model).maps(_pattern(32, 32)[..., None], [0, 4, 13], output_size=(45, 61))
+        self.assertEqual(maps.shape, (3, 45, 61))
+        for one in maps:
+            self.assertGreater(one.std(), 0.01)
+            self.assertBetween(float(one.min()), 0.0, 1.0)
+
     def test_gradcam_needs_the_decoder_layer(self):
         inputs = keras.Input((8, 8, 1))
         outputs = keras.layers.Dense(15, name="probabilities")(keras.layers.Flatten()(inputs))

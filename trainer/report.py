@@ -31,6 +31,7 @@ import tensorflow as tf
 matplotlib.use("Agg")  # Headless: reports are written on servers and in CI.
 
 from matplotlib import colors as mpl_colors  # noqa: E402  (after choosing the backend)
+from matplotlib import ticker as mpl_ticker  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn import metrics as sk_metrics  # noqa: E402
 
@@ -459,6 +460,7 @@ def plot_training_curves(path: str, history: Mapping[str, Sequence[float]], *, t
                     color="tab:red",
                 )
         ax.set_title(name)
+        ax.xaxis.set_major_locator(mpl_ticker.MaxNLocator(integer=True))
         ax.set_xlabel("Epoch")
         ax.set_ylabel(name.split(" (")[0])
         ax.grid(alpha=0.3)
@@ -468,6 +470,7 @@ def plot_training_curves(path: str, history: Mapping[str, Sequence[float]], *, t
     if "lr" in history:
         ax.plot(epochs, np.asarray(history["lr"], dtype=float), "-o", color="tab:purple", markersize=4)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    ax.xaxis.set_major_locator(mpl_ticker.MaxNLocator(integer=True))
     ax.set_title("Learning rate")
     ax.set_xlabel("Epoch")
     ax.set_ylabel("Learning rate")

@@ -1,0 +1,68 @@
+"""Slow end-to-end check: a real tiny training run, then evaluate and predict with Grad-CAM.
+
+The default suite covers evaluate and predict on a fake exported run (tests/evaluate_test.py,
+tests/predict_test.py); this one trains the real ResUNet for two epochs through
+`trainer.train_lib.train`, so the trainer's run directory, export and history are the inputs.
+"""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tests import fake_data
+from trainer import evaluate, predict, report, train_lib
+
+
+@pytest.mark.slow
+class ReportsEndToEndTest(tf.test.TestCase):
+    def test_train_evaluate_predict(self):
+        records_dir = os.path.join(self.get_temp_dir(), "records")
+        run_dir = os.path.join(self.get_temp_dir(), "run")
+        fake_data.write_records(records_dir, image_size=32, split_sizes={"train": 48, "val": 16, "test": 24})
+        config = train_lib.TrainConfig(
+            records_dir=records_dir,
+            run_dir=run_dir,
+            depth=2,
+            base_filters=4,
+            batch_size=8,
+            epochs=2,
+            rampup_epochs=1,
+            verbose=0,
+        )
+        train_lib.train(config, train_lib.create_strategy("one_device"))
+
+        data = evaluate.evaluate(run_dir, bootstrap_resamples=200)
+        reports = os.path.join(run_dir, "reports")
+        for name in (
+            report.AUC_JSON,
+            report.AUC_MD,
+            report.TRAINING_PNG,
+            report.ROC_PNG,
+            report.THRESHOLDS_JSON,
+        ):
+            self.assertTrue(os.path.exists(os.path.join(reports, name)), msg=name)
+        self.assertEqual(data["model_source"], "export")
+        with open(os.path.join(reports, report.AUC_JSON)) as f:
+            self.assertEqual(json.load(f)["splits"]["test"]["images"], 24)
+
+        images = os.path.join(self.get_temp_dir(), "images")
+        os.makedirs(images)
+        for i, mode in enumerate(("L", "RGBA", "I;16")):
+            with open(os.path.join(images, f"x{i}.png"), "wb") as f:
+                f.write(fake_data.png_bytes(fake_data.gray_pixels(70, 90, seed=i), mode=mode))
+        results, used, path = predict.predict(run_dir, images, gradcam=True, gradcam_top_k=1)
+        self.assertIn("Youden J on val", used.source)
+        frame = pd.read_csv(path, keep_default_na=False)
+        self.assertEqual(list(frame["error"]), ["", "", ""])
+        for result in results:
+            self.assertLen(result.gradcam_paths, 1)
+            self.assertEqual(np.asarray(Image.open(result.gradcam_paths[0])).shape, (70, 90, 3))
+
+
+if __name__ == "__main__":
+    tf.test.main()
