@@ -28,8 +28,11 @@ from tfrecords import schema
 # Age bands of the subgroup table: lower edges of the bands after the first ("0-17").
 DEFAULT_AGE_EDGES: tuple[int, ...] = (18, 40, 60, 80)
 # Bootstrap AUCs are computed in blocks of resamples so that a block's [resamples, images]
-# arrays stay around this many elements (~80 MB of float64), whatever the split's size.
-_BLOCK_ELEMENTS = 10_000_000
+# arrays stay around this many elements (16 MB of float64 each), whatever the split's size.
+# Measured at the NIH test split's size (benchmarks/bench_bootstrap.py --nih_scale): 10M
+# elements: 30.2 s and 1.7 GB peak resident; 2M elements: 21.7 s and 1.2 GB (TensorFlow's
+# import included), side by side on 2 busy cores.
+_BLOCK_ELEMENTS = 2_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,9 +168,10 @@ def weighted_roc_auc(y_true: np.ndarray, y_score: np.ndarray, weights: np.ndarra
     counted as one half: AUC = sum over positives i of w_i * (W_neg(score < s_i) +
     W_neg(score == s_i) / 2), divided by W_pos * W_neg.
 
-    Measured side by side on 2 shared cores, 1000 resamples x 2,000 images x 15 findings
-    (`bootstrap_aucs`): this function 0.75 s, a loop over `roc_auc_score(..., sample_weight=w)`
-    29.7 s with a max difference of 2e-16; hence this one (tests check they agree).
+    Measured side by side (benchmarks/bench_bootstrap.py), 1000 resamples x 2,000 images x 15
+    findings: this function 2.15 s, a loop over `roc_auc_score(..., sample_weight=w)` 101.9 s
+    (47x) on 2 busy cores (0.75 s vs 29.7 s on quieter ones), max difference 1e-16; hence this
+    one (tests check they agree). The NIH test split's size (25,596 images) takes 21.7 s.
 
     Args:
       y_true: [N] 0/1 labels.
