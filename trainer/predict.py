@@ -328,7 +328,8 @@ def run() -> None:
             gradcam_top_k=top_k.value,
         )
         failed = [r for r in results if r.error]
-        print(f"Thresholds: {used.source}")
+        if not used.defaulted:  # Otherwise `predict` has already warned with the same text.
+            print(f"Thresholds: {used.source}")
         print(f"Predicted {len(results) - len(failed)} of {len(results)} images; wrote {path}")
         for result in failed:
             print(f"  error: {result.path}: {result.error}")
