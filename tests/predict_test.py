@@ -146,9 +146,8 @@ class PredictTest(parameterized.TestCase, tf.test.TestCase):
         # the class activation map (Zhou et al. 2016). Checked at the model's own size.
         model = keras.models.load_model(os.path.join(self.run_dir, "checkpoints", "best.keras"))
         pixels = _pattern(32, 32)[..., None].astype(np.float32)
-        features = keras.Model(model.inputs, model.get_layer("decoder_output").output)(pixels[None])[
-            0
-        ].numpy()
+        feature_model = keras.Model(model.inputs, model.get_layer("decoder_output").output)
+        features = feature_model([pixels[None]])[0].numpy()
         kernel = model.get_layer("probabilities").kernel.numpy()
         for k in (0, 5):
             expected = np.maximum(features @ kernel[:, k], 0)
