@@ -22,6 +22,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -259,9 +260,47 @@ def metric_label(label: str) -> str:
     return label.replace(" ", "_")
 
 
+def _defined_labels(metric: keras.metrics.AUC) -> keras.KerasTensor:
+    """1.0 for each label that has seen both positives and negatives, else 0.0.
+
+    At any threshold TP + FN counts the positives and FP + TN the negatives.
+    """
+    positives = metric.true_positives[0] + metric.false_negatives[0]
+    negatives = metric.false_positives[0] + metric.true_negatives[0]
+    return keras.ops.cast(keras.ops.logical_and(positives > 0, negatives > 0), "float32")
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class MeanAUC(keras.metrics.AUC):
+    """Mean ROC AUC over the labels (logged as `auc`), skipping labels without both classes.
+
+    Keras' multi-label AUC counts a label with no positive in the data as AUC 0, which on a
+    small validation split (the demo's, or a rare finding like Hernia) pulls the mean down for
+    no reason; like sklearn-based reports, this averages only the labels where AUC is defined.
+    """
+
+    def __init__(self, num_labels: int = schema.NUM_LABELS, name: str = "auc", **kwargs):
+        kwargs.update(multi_label=True, num_labels=num_labels)
+        super().__init__(name=name, **kwargs)
+
+    def result(self):
+        saved = self.label_weights
+        self.label_weights = _defined_labels(self)
+        try:
+            return super().result()
+        finally:
+            self.label_weights = saved
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("multi_label", None)
+        return config
+
+
 @keras.saving.register_keras_serializable(package="cxr")
 class ClassAUC(keras.metrics.AUC):
-    """ROC AUC of one label of a multi-label output (logged as `auc_<Label>`)."""
+    """ROC AUC of one label of a multi-label output (logged as `auc_<Label>`; NaN while the
+    label has not seen both a positive and a negative)."""
 
     def __init__(self, class_index: int, name: str | None = None, **kwargs):
         name = name or f"auc_{metric_label(schema.LABELS[class_index])}"
@@ -272,6 +311,10 @@ class ClassAUC(keras.metrics.AUC):
         return super().update_state(
             y_true[:, self.class_index], y_pred[:, self.class_index], sample_weight=sample_weight
         )
+
+    def result(self):
+        defined = _defined_labels(self)
+        return keras.ops.where(defined > 0, super().result(), float("nan"))
 
     def get_config(self):
         config = super().get_config()
@@ -541,7 +584,7 @@ def train(
                 loss=loss,
                 metrics=[
                     keras.metrics.BinaryAccuracy(name="binary_accuracy"),
-                    keras.metrics.AUC(multi_label=True, num_labels=schema.NUM_LABELS, name="auc"),
+                    MeanAUC(name="auc"),
                     *[ClassAUC(i) for i in range(schema.NUM_LABELS)],
                 ],
                 jit_compile=jit_compile,
@@ -608,15 +651,19 @@ def train(
         callbacks += list(extra_callbacks)
 
         initial_epoch = _backup_epoch(backup_dir)
-        fit = model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=config.epochs,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=callbacks,
-            verbose=config.verbose,
-            shuffle=False,  # build_dataset shuffles; Keras cannot shuffle a tf.data pipeline.
-        )
+        with warnings.catch_warnings():
+            # Validation has no fixed step count (each worker's share of the val files
+            # differs); Keras warns when it first runs to the end, which is the intent here.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            fit = model.fit(
+                train_data,
+                validation_data=val_data,
+                epochs=config.epochs,
+                steps_per_epoch=steps_per_epoch,
+                callbacks=callbacks,
+                verbose=config.verbose,
+                shuffle=False,  # build_dataset shuffles; Keras cannot shuffle a tf.data pipeline.
+            )
         history = {k: [float(v) for v in values] for k, values in fit.history.items()}
         if is_chief and tf.io.gfile.exists(history_path):
             val_aucs = read_history(config.run_dir).get("val_auc", [])
