@@ -118,12 +118,16 @@ class JobConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
-    """What `prepare_inputs` found: resolved paths and the row count to expect."""
+    """What `prepare_inputs` found: resolved paths, the rows to expect and the images among them.
+
+    `expected_images` (rows whose file exists) is only the progress total; the pipeline decides.
+    """
 
     labels_csv: str
     train_val_list: str | None
     test_list: str | None
     expected_rows: int
+    expected_images: int = 0
 
 
 def _find(data_dir: str, patterns: Sequence[str]) -> list[str]:
@@ -196,9 +200,12 @@ def prepare_inputs(config: JobConfig) -> Inputs:
             )
 
     pattern = FileSystems.join(data_dir.rstrip("/"), "**")
-    if not any(
-        m.path.lower().endswith(nih.IMAGE_SUFFIX) for m in FileSystems.match([pattern])[0].metadata_list
-    ):
+    on_disk = {
+        nih.image_name(m.path)
+        for m in FileSystems.match([pattern])[0].metadata_list
+        if m.path.lower().endswith(nih.IMAGE_SUFFIX)
+    }
+    if not on_disk:
         raise InputError(f"No .png images anywhere under --data_dir {data_dir!r}.")
 
     output_dir = config.output_dir
@@ -210,8 +217,13 @@ def prepare_inputs(config: JobConfig) -> Inputs:
                 f"{existing[0].path!r}); pass --overwrite to replace its records, or choose another directory."
             )
     rows = len(data) if not config.max_images else min(len(data), config.max_images)
+    names = data[header.index(nih.IMAGE_INDEX)].iloc[:rows].dropna().str.strip()
     return Inputs(
-        labels_csv=labels_csv, train_val_list=train_val_list, test_list=test_list, expected_rows=rows
+        labels_csv=labels_csv,
+        train_val_list=train_val_list,
+        test_list=test_list,
+        expected_rows=rows,
+        expected_images=len(set(names) & on_disk),
     )
 
 
@@ -323,16 +335,22 @@ class _ProgressMonitor(threading.Thread):
         return total
 
     def run(self):
-        first_time, first_done = None, 0
+        first_time, first_done, finished = None, 0, False
         while not self._stop.wait(self._interval_s):
             done = self.done()
             now = time.monotonic()
-            if done and first_time is None:
+            if finished or not done:
+                continue
+            if first_time is None:  # Conversion started: measure the rate from here.
                 first_time, first_done = now, done
+            if done >= self._total:
+                finished = True
+                _LOG.info("progress: all %d images converted; merging shards.", done)
                 continue
-            if first_time is None or now <= first_time:
-                continue
-            rate = (done - first_done) / (now - first_time)
+            if done > first_done:
+                rate = (done - first_done) / (now - first_time)
+            else:
+                rate = done / (now - self._start)
             eta = (self._total - done) / rate if rate > 0 else float("inf")
             _LOG.info(
                 "progress: %d/%d images (%.0f%%), %.1f images/s, ETA %s",
@@ -381,9 +399,10 @@ def run_job(config: JobConfig, beam_args: Sequence[str] = ()) -> JobResult:
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
     staging = StagingPaths.create(config.output_dir, run_id)
     _LOG.info(
-        "Converting %d rows of %s (images under %s) to %s at %dx%d %s, split=%s.",
+        "Converting %d rows of %s (%d of their images found under %s) to %s at %dx%d %s, split=%s.",
         inputs.expected_rows,
         inputs.labels_csv,
+        inputs.expected_images,
         config.data_dir,
         config.output_dir,
         config.image_size,
@@ -394,7 +413,7 @@ def run_job(config: JobConfig, beam_args: Sequence[str] = ()) -> JobResult:
     options = pipeline_options(beam_args)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config, inputs, staging)
-    monitor = _ProgressMonitor(staging.progress, inputs.expected_rows, config.progress_interval_s)
+    monitor = _ProgressMonitor(staging.progress, inputs.expected_images, config.progress_interval_s)
     monitor.start()
     try:
         result = pipeline.run()

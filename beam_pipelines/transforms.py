@@ -44,9 +44,11 @@ PART_SUFFIX = ".part"
 SUMMARY_NAME = "_job_summary.json"
 # Shards of at most this size, so between 100 and 200 MB once a split exceeds 100 MB.
 MAX_SHARD_BYTES = 200 * 1000 * 1000
-# Images per work unit (one part file). Small enough to spread 2,000 images over the workers of a
-# cluster, large enough that the full data set makes under 2,000 part files.
+# Images per work unit (one part file) at most: the full data set makes under 2,000 part files.
 DEFAULT_CHUNK_SIZE = 64
+# Work units at least, over all splits: a small run still spreads evenly over the workers (the
+# last unit of a worker is the others' idle time; 64 units of ~30 images for 2,000 images).
+MIN_WORK_UNITS = 64
 _COPY_CHUNK = 1 << 22
 
 
@@ -110,6 +112,7 @@ def plan_shards(
     image_format: str,
     num_shards: int = 0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    min_work_units: int = MIN_WORK_UNITS,
 ) -> dict[str, ShardPlan]:
     """Shards per split: `num_shards` when given, else ceil(bytes / 200 MB), at least one.
 
@@ -117,18 +120,22 @@ def plan_shards(
       counts: rows to convert per split (an upper bound on the records: bad images drop out).
       image_size, image_format: give the record size (`nih.estimated_record_bytes`).
       num_shards: the `--num_shards` flag; 0 means automatic.
-      chunk_size: images per part file.
+      chunk_size: at most this many images per part file.
+      min_work_units: at least this many part files over all splits (shared by row count),
+        never smaller than one image each.
 
     Returns:
       A plan for every split with at least one row.
     """
     record_bytes = nih.estimated_record_bytes(image_size, image_format)
+    total = sum(max(0, count) for count in counts.values())
     plans = {}
     for split, count in counts.items():
         if count <= 0:
             continue
         shards = num_shards or max(1, math.ceil(count * record_bytes / MAX_SHARD_BYTES))
-        chunks = max(1, math.ceil(count / shards / chunk_size))
+        units = max(math.ceil(count / chunk_size), math.ceil(min_work_units * count / total))
+        chunks = max(1, min(math.ceil(units / shards), math.ceil(count / shards)))
         plans[split] = ShardPlan(num_shards=shards, chunks_per_shard=chunks)
     return plans
 

@@ -278,7 +278,7 @@ class BeforePipelineErrorsTest(parameterized.TestCase, tf.test.TestCase):
 
     def test_good_layout_passes(self):
         inputs = self._prepare(self._layout("good"))
-        self.assertEqual(inputs.expected_rows, 1)
+        self.assertEqual((inputs.expected_rows, inputs.expected_images), (1, 1))
         self.assertTrue(inputs.labels_csv.endswith("Data_Entry_2017.csv"))
 
     def test_missing_data_dir(self):

@@ -45,12 +45,26 @@ class PureFunctionsTest(parameterized.TestCase, tf.test.TestCase):
             self.assertGreater(shard_mb, 100.0)
 
     def test_small_splits_get_one_shard_and_empty_splits_none(self):
-        plans = transforms.plan_shards({"train": 30, "val": 0, "test": 5}, image_size=64, image_format="png")
+        plans = transforms.plan_shards(
+            {"train": 30, "val": 0, "test": 5}, image_size=64, image_format="png", min_work_units=1
+        )
         self.assertEqual(plans, {"train": transforms.ShardPlan(1, 1), "test": transforms.ShardPlan(1, 1)})
+
+    def test_small_runs_are_cut_into_enough_work_units(self):
+        plans = transforms.plan_shards(
+            {"train": 1400, "val": 200, "test": 400}, image_size=256, image_format="raw", min_work_units=64
+        )
+        # 64 units shared by rows: train ceil(64 * 0.7) = 45, val 7, test 13 (one shard each).
+        self.assertEqual(
+            {k: p.chunks_per_shard for k, p in plans.items()}, {"train": 45, "val": 7, "test": 13}
+        )
+        # Never more units than images.
+        (plan,) = transforms.plan_shards({"test": 3}, image_size=256, image_format="raw").values()
+        self.assertEqual(plan.chunks_per_shard, 3)
 
     def test_num_shards_flag_and_chunks(self):
         plans = transforms.plan_shards(
-            {"train": 1000}, image_size=64, image_format="raw", num_shards=4, chunk_size=100
+            {"train": 1000}, image_size=64, image_format="raw", num_shards=4, chunk_size=100, min_work_units=1
         )
         # 1000 rows / 4 shards = 250 per shard = 3 chunks of at most 100.
         self.assertEqual(plans["train"], transforms.ShardPlan(4, 3))
@@ -170,9 +184,9 @@ class JoinAndConvertTest(tf.test.TestCase):
             )
         records = list(tf.data.TFRecordDataset(os.path.join(out_dir, "train-00000-of-00001.tfrecord")))
         names = [schema.parse_example(r)["image_index"].numpy().decode() for r in records]
-        # 4 tasks (the bad image included), 2 per chunk: 2 chunks, written one after the other,
-        # each sorted by name.
-        plan = transforms.ShardPlan(num_shards=1, chunks_per_shard=2)
+        # Chunks (planned for the 4 tasks, the bad image included) are written one after the
+        # other, each sorted by name.
+        plan = transforms.plan_shards({"train": 4}, image_size=16, image_format="raw", chunk_size=2)["train"]
         self.assertEqual(names, sorted(good, key=lambda n: (transforms.shard_and_chunk(n, plan)[1], n)))
         expected = nih.resize_area(pixels, 16)
         for record in records:
