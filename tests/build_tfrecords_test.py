@@ -342,6 +342,19 @@ class BeforePipelineErrorsTest(parameterized.TestCase, tf.test.TestCase):
             job.JobConfig(**{"data_dir": "data/demo", **kwargs})
 
 
+class ProgressTest(tf.test.TestCase):
+    def test_monitor_sums_the_workers_files(self):
+        progress_dir = self.get_temp_dir() + "/progress"
+        os.makedirs(progress_dir)
+        for name, done in (("a", 7), ("b", 5)):
+            with open(os.path.join(progress_dir, name + ".json"), "w") as f:
+                json.dump({"done": done}, f)
+        with open(os.path.join(progress_dir, "c.json"), "w") as f:
+            f.write("{")  # Being rewritten: skipped this time.
+        self.assertEqual(job._ProgressMonitor(progress_dir, total=20, interval_s=1.0).done(), 12)
+        self.assertEqual(job._format_seconds(3725), "1:02:05")
+
+
 class EntryPointTest(parameterized.TestCase, tf.test.TestCase):
     @classmethod
     def setUpClass(cls):
