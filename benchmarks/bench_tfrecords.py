@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -275,6 +276,27 @@ def run_decode_cases(data_dir: str, image_size: int) -> list[dict]:
     return cases
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU of this process and of every child it has waited for (pool workers,
+    Beam's SDK worker processes): the work done, whatever share of the CPU the others left us."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def _with_cpu(fn, *args, **kwargs) -> dict:
+    before = _cpu_seconds()
+    result = fn(*args, **kwargs)
+    cpu = _cpu_seconds() - before
+    result["cpu_seconds"] = round(cpu, 2)
+    result["cpu_ms_per_image"] = round(1000 * cpu / max(1, result["images"]), 2)
+    # Share of the cores' time spent working: 1.0 = all cores busy for the whole wall time.
+    result["core_utilization"] = round(cpu / (result["seconds"] * (os.cpu_count() or 1)), 3)
+    return result
+
+
 def _load() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -297,15 +319,33 @@ def main(argv: list[str]) -> None:
     # Alternate floor and job so both see the same background load; keep every run.
     for repeat in range(_REPEATS.value):
         if "floor" in cases:
-            floor = run_floor(
-                data_dir, work + "/floor.tfrecord", image_size=size, num_images=n, workers=workers
+            floor = _with_cpu(
+                run_floor, data_dir, work + "/floor.tfrecord", image_size=size, num_images=n, workers=workers
             )
             results.append({"case": "floor", "run": repeat, "workers": workers, "load": _load(), **floor})
         if "job" in cases:
-            raw = run_job_case(
-                data_dir, work + "/raw", image_size=size, image_format="raw", num_images=n, workers=workers
+            raw = _with_cpu(
+                run_job_case,
+                data_dir,
+                work + "/raw",
+                image_size=size,
+                image_format="raw",
+                num_images=n,
+                workers=workers,
             )
             results.append({"case": "job", "run": repeat, "workers": workers, "load": _load(), **raw})
+    if "job" in cases:
+        # The job's fixed cost (worker start-up, pipeline graph, stages, manifest) on 20 images.
+        tiny = _with_cpu(
+            run_job_case,
+            data_dir,
+            work + "/tiny",
+            image_size=size,
+            image_format="raw",
+            num_images=20,
+            workers=workers,
+        )
+        results.append({"case": "job_tiny", "workers": workers, "load": _load(), **tiny})
     if "job_png" in cases:
         results.append(
             {
@@ -356,6 +396,10 @@ def main(argv: list[str]) -> None:
             )
         ]
         ratios["job_vs_floor_per_pair"] = [round(j / f, 3) for f, j in pairs]
+        # CPU per image does not depend on how much of the CPU the other users took.
+        floor_cpu = min(r["cpu_ms_per_image"] for r in results if r["case"] == "floor")
+        job_cpu = min(r["cpu_ms_per_image"] for r in results if r["case"] == "job")
+        ratios["floor_vs_job_cpu_per_image"] = round(floor_cpu / job_cpu, 3)
     if "floor" in by_case and "job_png" in by_case:
         ratios["job_png_vs_floor"] = round(
             by_case["job_png"]["images_per_s"] / by_case["floor"]["images_per_s"], 3
@@ -378,12 +422,26 @@ def main(argv: list[str]) -> None:
         marginal = (large["images"] - small["images"]) / (
             large["seconds_with_startup"] - small["seconds_with_startup"]
         )
-        fixed = small["seconds_with_startup"] - small["images"] / marginal
-        ratios["marginal_images_per_s"] = round(marginal, 1)
-        ratios["fixed_seconds"] = round(fixed, 1)
-        ratios["projected_full_nih_hours"] = round((fixed + FULL_NIH_IMAGES / marginal) / 3600, 2)
-        if "floor" in by_case:
-            ratios["marginal_job_vs_floor"] = round(marginal / by_case["floor"]["images_per_s"], 3)
+        ratios["memory_runs_marginal_images_per_s"] = round(marginal, 1)
+    if "floor" in by_case and "job" in by_case and "job_tiny" in by_case:
+        # Load-independent: CPU seconds per image. The job's marginal cost per image is its CPU
+        # minus the fixed CPU of a 20-image run; the projection assumes the cores are ours.
+        cores = os.cpu_count() or 1
+        tiny = by_case["job_tiny"]
+        job_runs = [r for r in results if r["case"] == "job"]
+        job_cpu = min(r["cpu_seconds"] for r in job_runs)
+        floor_ms = min(r["cpu_ms_per_image"] for r in results if r["case"] == "floor")
+        marginal_ms = 1000 * (job_cpu - tiny["cpu_seconds"]) / (n - tiny["images"])
+        ratios["job_fixed_cpu_seconds"] = tiny["cpu_seconds"]
+        ratios["job_fixed_wall_seconds"] = tiny["seconds"]
+        ratios["floor_cpu_ms_per_image"] = floor_ms
+        ratios["job_marginal_cpu_ms_per_image"] = round(marginal_ms, 2)
+        ratios["floor_vs_job_marginal_cpu_per_image"] = round(floor_ms / marginal_ms, 3)
+        job_seconds = tiny["seconds"] + FULL_NIH_IMAGES * marginal_ms / 1000 / cores
+        floor_seconds = FULL_NIH_IMAGES * floor_ms / 1000 / cores
+        ratios["projected_full_nih_job_hours"] = round(job_seconds / 3600, 2)
+        ratios["projected_full_nih_floor_hours"] = round(floor_seconds / 3600, 2)
+        ratios["projected_full_nih_job_vs_floor"] = round(floor_seconds / job_seconds, 3)
 
     report = {
         "bench": "bench-tfrecords",
