@@ -497,7 +497,7 @@ def render_image(
     Each finding has its own pattern, with position, size and intensity drawn from `rng`:
       Atelectasis         dense triangular wedge with straight edges: upper lobe collapse against
                           the upper mediastinum, or lower lobe collapse on the diaphragm
-      Cardiomegaly        heart silhouette 1.35-1.6x wider and 1.1-1.2x taller
+      Cardiomegaly        heart silhouette 1.4-1.7x wider and 1.1-1.25x taller
       Consolidation       large homogeneous opacity against the chest wall, with dark branching air
                           bronchograms
       Edema               bilateral, symmetric perihilar "bat wing" haze, Kerley B lines at the
@@ -509,7 +509,7 @@ def render_image(
       Fibrosis            coarse reticular mesh in the peripheral lower zones of both lungs
       Hernia              round retrocardiac bubble with an air-fluid level, above the diaphragm
       Infiltration        a cluster of 4-8 fuzzy, ill-defined patches
-      Mass                one large (radius 5-8% of the width), lobulated, sharp round opacity
+      Mass                one large (radius 5.5-8.5% of the width), lobulated, sharp round opacity
       Nodule              1-3 small (radius 1.7-2.6%), bright, sharp round opacities
       Pleural_Thickening  bright band along the lateral chest wall and apex, inside the lung edge
       Pneumonia           opacity with a sharp straight upper border (a fissure) fading downwards
@@ -569,7 +569,7 @@ def render_image(
         anatomy.heart_scale = (anatomy.heart_scale[0] * 0.85, anatomy.heart_scale[1])
     if "Cardiomegaly" in wanted:
         r = finding_rngs["Cardiomegaly"]
-        anatomy.heart_scale = (r.uniform(1.35, 1.6), r.uniform(1.1, 1.2))
+        anatomy.heart_scale = (r.uniform(1.4, 1.7), r.uniform(1.1, 1.25))
         anatomy.heart_shift = r.uniform(0.0, 0.03)
 
     t_of = {-1: (0.5 - x), 1: (x - 0.5)}
@@ -601,16 +601,17 @@ def render_image(
     markings *= 0.6 + 0.4 * _smooth_noise(base_rng, size, 16)
     lung_texture = lung_texture + 0.13 * anatomy.markings * markings
 
+    air = np.zeros_like(x)
     if "Pneumothorax" in wanted:
         r = finding_rngs["Pneumothorax"]
         side = _pick_side(r)
         t = t_of[side]
-        shrink = r.uniform(0.6, 0.78)
+        shrink = r.uniform(0.5, 0.7)
         cx, cy = 0.08, 0.72  # The lung collapses towards its base and the hilum.
         collapsed = _lung_field(cx + (t - cx) / shrink, cy + (y - cy) / shrink, anatomy, side, edge=0.005)
         air = lungs[side] * (1.0 - collapsed)
-        lung_texture = _lerp(lung_texture, 0.07, air)
-        lung_texture = lung_texture + 0.3 * (4.0 * collapsed * (1.0 - collapsed)) * lungs[side]
+        lung_texture = _lerp(lung_texture, 0.04, air)
+        lung_texture = lung_texture + 0.45 * (4.0 * collapsed * (1.0 - collapsed)) * lungs[side]
     image = _lerp(image, lung_texture, lung)
 
     # Ribs over each hemithorax: posterior arcs (convex upwards, falling laterally) and fainter
@@ -620,7 +621,8 @@ def render_image(
         t = t_of[side]
         cage = _ramp(t - 0.045, 0.02) * _ramp(anatomy.lateral + 0.045 - t, 0.03)
         cage *= _ramp(y - 0.1, 0.03) * _ramp(_diaphragm(t, anatomy, side) + 0.04 - y, 0.04)
-        weight = cage * (0.45 + 0.55 * lung)
+        # Ribs show less over the pneumothorax's air, which is otherwise featureless.
+        weight = cage * (0.45 + 0.55 * lung) * (1.0 - 0.6 * air)
         posterior = (warped_y - 1.5 * np.clip(t - 0.12, 0.0, None) ** 2 + 0.1 * t) / anatomy.rib_period
         frac = posterior + anatomy.rib_phase - np.floor(posterior + anatomy.rib_phase)
         image += 0.085 * weight * np.clip(1.0 - np.abs(frac - 0.5) / 0.23, 0.0, 1.0) ** 0.5
@@ -684,8 +686,8 @@ def _plant_findings(image, wanted, rngs, x, y, t_of, lungs, anatomy, size):
 
     if "Edema" in wanted:
         r = rngs["Edema"]
-        strength = r.uniform(0.2, 0.27)
-        sx, sy = r.uniform(0.09, 0.12), r.uniform(0.1, 0.14)
+        strength = r.uniform(0.24, 0.32)
+        sx, sy = r.uniform(0.1, 0.13), r.uniform(0.11, 0.15)
         for side in (-1, 1):
             t = t_of[side]
             haze = np.exp(-(((t - _HILUM[0] - 0.03) / sx) ** 2) - ((y - _HILUM[1] - 0.02) / sy) ** 2)
@@ -706,28 +708,28 @@ def _plant_findings(image, wanted, rngs, x, y, t_of, lungs, anatomy, size):
                 sigma = r.uniform(0.022, 0.036)
                 patches += np.exp(-((x - px_) ** 2 + (y - py_) ** 2) / (2 * sigma * sigma))
             patches *= 0.7 + 0.3 * _smooth_noise(r, size, 24)
-            image = image + r.uniform(0.2, 0.28) * np.clip(patches, 0.0, 1.2) * lungs[side]
+            image = image + r.uniform(0.24, 0.32) * np.clip(patches, 0.0, 1.2) * lungs[side]
 
     if "Pneumonia" in wanted:
         r = rngs["Pneumonia"]
         side = _pick_side(r)
         t = t_of[side]
         fissure = r.uniform(0.36, 0.48) + 0.04 * (t - 0.2)
-        fade = r.uniform(0.1, 0.16)
+        fade = r.uniform(0.14, 0.2)
         below = np.clip(y - fissure, 0.0, None)
-        opacity = r.uniform(0.65, 0.85) * _ramp(y - fissure, 0.006) * np.exp(-below / fade)
+        opacity = r.uniform(0.8, 0.95) * _ramp(y - fissure, 0.006) * np.exp(-below / fade)
         opacity *= 0.75 + 0.25 * _smooth_noise(r, size, 32)
-        image = _lerp(image, 0.7, np.clip(opacity, 0.0, 1.0) * lungs[side])
+        image = _lerp(image, 0.76, np.clip(opacity, 0.0, 1.0) * lungs[side])
 
     if "Consolidation" in wanted:
         r = rngs["Consolidation"]
         side = _pick_side(r)
         t = t_of[side]
-        a, b = r.uniform(0.1, 0.14), r.uniform(0.09, 0.12)
+        a, b = r.uniform(0.12, 0.16), r.uniform(0.1, 0.13)
         ct, cy = anatomy.lateral - r.uniform(0.03, 0.07), r.uniform(0.38, 0.55)
         rho = np.sqrt(((t - ct) / a) ** 2 + ((y - cy) / b) ** 2) + 0.12 * _smooth_noise(r, size, 8)
         region = _ramp((1.0 - rho) * b, 0.012) * lungs[side]
-        image = _lerp(image, 0.72, r.uniform(0.85, 0.95) * region)
+        image = _lerp(image, 0.76, r.uniform(0.85, 0.95) * region)
         # Air bronchograms: dark branching tubes inside the opacity.
         bronchi = np.zeros_like(x)
         for _ in range(r.integers(2, 4)):
@@ -759,35 +761,36 @@ def _plant_findings(image, wanted, rngs, x, y, t_of, lungs, anatomy, size):
         for side in _sides(r, bilateral=0.3):
             t = t_of[side]
             k = 0 if side < 0 else 1
-            height = r.uniform(0.1, 0.22)
+            height = r.uniform(0.12, 0.25)
             across = np.clip((t - 0.06) / 0.33, 0.0, 1.0)
             # Meniscus: the fluid climbs the lateral chest wall.
             level = anatomy.bottom[k] + 0.01 - height * (0.35 + 0.65 * across**2)
             hemithorax = _ramp(t - 0.06, 0.01) * _ramp(anatomy.lateral + 0.01 - t, 0.01)
             fluid = _ramp(y - level, 0.012) * hemithorax
-            image = _lerp(image, 0.7, r.uniform(0.85, 1.0) * fluid)
+            image = _lerp(image, 0.78, r.uniform(0.9, 1.0) * fluid)
 
     if "Pleural_Thickening" in wanted:
         r = rngs["Pleural_Thickening"]
         for side in _sides(r, bilateral=0.4):
             t = t_of[side]
-            thickness = r.uniform(0.025, 0.04)
+            # Lumpy plaques: the thickness varies along the wall.
+            thickness = r.uniform(0.022, 0.034) * (1.0 + 0.4 * _smooth_noise(r, size, 10))
             rim = lungs[side] - _lung_field(t, y, anatomy, side, inset=thickness)
             rim = np.clip(rim, 0.0, 1.0) * _ramp(0.64 - y, 0.08)
-            rim *= 0.8 + 0.2 * _smooth_noise(r, size, 10)
-            image = _lerp(image, 0.74, np.clip(rim, 0.0, 1.0))
+            image = _lerp(image, 0.86, 0.95 * rim)
 
     if "Mass" in wanted:
         r = rngs["Mass"]
         side = _pick_side(r)
-        radius = r.uniform(0.05, 0.08)
-        cx, cy = _random_lung_point(r, side, margin=radius * 0.6)
+        radius = r.uniform(0.055, 0.085)
+        # In the upper and lateral lung, clear of the heart, whose silhouette it would merge with.
+        cx, cy = 0.5 + side * r.uniform(0.2, 0.27), r.uniform(0.24 + radius * 0.5, 0.5)
         theta = np.arctan2(y - cy, x - cx)
         bumps = (
             1.0 + 0.08 * np.cos(3 * theta + r.uniform(0, 6.3)) + 0.05 * np.cos(5 * theta + r.uniform(0, 6.3))
         )
         distance = np.sqrt((x - cx) ** 2 + (y - cy) ** 2)
-        image = _lerp(image, 0.78, r.uniform(0.65, 0.9) * _ramp(radius * bumps - distance, 0.008))
+        image = _lerp(image, 0.86, r.uniform(0.8, 0.95) * _ramp(radius * bumps - distance, 0.008))
 
     if "Nodule" in wanted:
         r = rngs["Nodule"]
@@ -799,13 +802,13 @@ def _plant_findings(image, wanted, rngs, x, y, t_of, lungs, anatomy, size):
 
     if "Hernia" in wanted:
         r = rngs["Hernia"]
-        radius = r.uniform(0.045, 0.065)
+        radius = r.uniform(0.05, 0.07)
         cx = 0.5 + r.uniform(-0.03, 0.04)
         cy = float(min(anatomy.bottom)) - radius - r.uniform(0.0, 0.04)
         distance = np.sqrt((x - cx) ** 2 + (y - cy) ** 2)
         sac = _ramp(radius - distance, 0.006)
         level = cy + r.uniform(-0.2, 0.3) * radius
-        image = _lerp(image, 0.18, 0.85 * sac * _ramp(level - y, 0.004))
+        image = _lerp(image, 0.12, 0.9 * sac * _ramp(level - y, 0.004))
         image = _lerp(image, 0.8, 0.6 * sac * _ramp(y - level, 0.004))
         image = image + 0.15 * (_ramp(radius + 0.006 - distance, 0.006) - sac)
 
