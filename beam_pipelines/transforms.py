@@ -510,7 +510,7 @@ class JoinRowsAndFiles(beam.PTransform):
     def expand(self, inputs):
         rows, accounted, data_dir = inputs["rows"], inputs["accounted"], inputs["data_dir"]
         files = data_dir | "ListImages" >> beam.ParDo(ListImagesFn())
-        accounted = accounted | "KeyAccounted" >> beam.Map(lambda name: (name, None))
+        accounted = accounted | "KeyAccounted" >> beam.Map(_keyed_none)
         resolved = (
             {"rows": rows, "files": files, "accounted": accounted}
             | "CoGroupByName" >> beam.CoGroupByKey()
@@ -520,6 +520,10 @@ class JoinRowsAndFiles(beam.PTransform):
             )
         )
         return {"tasks": resolved.tasks, "rejects": resolved[REJECTS_TAG], "unlisted": resolved[UNLISTED_TAG]}
+
+
+def _keyed_none(name: str) -> tuple[str, None]:
+    return name, None
 
 
 def _split_of(task: ImageTask) -> str:
@@ -571,7 +575,7 @@ class ConvertToShards(beam.PTransform):
             | "SplitOf" >> beam.Map(_split_of)
             | "CountPerSplit" >> beam.combiners.Count.PerElement()
             | "CountsToDict" >> beam.combiners.ToDict()
-            | "PlanShards" >> beam.Map(lambda counts: plan_shards(counts, **plan_args))
+            | "PlanShards" >> beam.Map(plan_shards, **plan_args)
         )
         converted = (
             tasks

@@ -48,6 +48,9 @@ _WORKERS = flags.DEFINE_integer("workers", 0, "Processes for the floor and the j
 _REPEATS = flags.DEFINE_integer(
     "repeats", 3, "floor and job run this many times, alternating; the best of each counts (shared CPU)."
 )
+_REAL_IMAGES_DIR = flags.DEFINE_string(
+    "real_images_dir", "", "Optional folder of real NIH PNGs: adds their one-core decode rate (decode_real)."
+)
 _CASES = flags.DEFINE_list(
     "cases",
     "decode,floor,job,job_png,read,memory",
@@ -119,8 +122,15 @@ def run_floor(data_dir: str, out_path: str, *, image_size: int, num_images: int,
 
 
 def run_job_case(
-    data_dir: str, output_dir: str, *, image_size: int, image_format: str, num_images: int, workers: int
-):
+    data_dir: str,
+    output_dir: str,
+    *,
+    image_size: int,
+    image_format: str,
+    num_images: int,
+    workers: int,
+    extra_args: tuple[str, ...] = (),
+) -> dict:
     shutil.rmtree(output_dir, ignore_errors=True)
     config = job.JobConfig(
         data_dir=data_dir,
@@ -130,7 +140,7 @@ def run_job_case(
         max_images=num_images,
         split=splits.SplitConfig(mode="patient"),
     )
-    result = job.run_job(config, [f"--direct_num_workers={workers}"])
+    result = job.run_job(config, [f"--direct_num_workers={workers}", *extra_args])
     written = result.manifest.records_written
     shard_mb = [
         os.path.getsize(os.path.join(output_dir, s.name)) / 1e6
@@ -316,6 +326,9 @@ def main(argv: list[str]) -> None:
     if "decode" in cases:
         # One core, so the comparison is per core (tf.image would otherwise use several threads).
         results.extend(run_decode_cases(data_dir, size))
+        if _REAL_IMAGES_DIR.value:
+            (real, _) = run_decode_cases(_REAL_IMAGES_DIR.value, size)
+            results.append(dict(real, case="decode_real"))
     # Alternate floor and job so both see the same background load; keep every run.
     for repeat in range(_REPEATS.value):
         if "floor" in cases:
@@ -346,6 +359,19 @@ def main(argv: list[str]) -> None:
             workers=workers,
         )
         results.append({"case": "job_tiny", "workers": workers, "load": _load(), **tiny})
+        # For comparison only (the default is multi-processing): threads start in no time, and
+        # Pillow releases the GIL while it decodes and resizes.
+        threads = _with_cpu(
+            run_job_case,
+            data_dir,
+            work + "/threads",
+            image_size=size,
+            image_format="raw",
+            num_images=n,
+            workers=workers,
+            extra_args=("--direct_running_mode=multi_threading",),
+        )
+        results.append({"case": "job_threads", "workers": workers, "load": _load(), **threads})
     if "job_png" in cases:
         results.append(
             {
@@ -411,6 +437,14 @@ def main(argv: list[str]) -> None:
     if "job" in by_case and "job_png" in by_case:
         ratios["png_vs_raw_bytes"] = round(
             by_case["job_png"]["bytes_per_record"] / by_case["job"]["bytes_per_record"], 3
+        )
+    if "floor" in by_case and "job_threads" in by_case:
+        ratios["job_threads_vs_floor"] = round(
+            by_case["job_threads"]["images_per_s"] / by_case["floor"]["images_per_s"], 3
+        )
+    if "decode_real" in by_case and "decode_pil" in by_case:
+        ratios["decode_real_vs_demo"] = round(
+            by_case["decode_real"]["images_per_s"] / by_case["decode_pil"]["images_per_s"], 3
         )
     if "decode_pil" in by_case and "decode_tf" in by_case:
         ratios["decode_pil_vs_tf"] = round(
