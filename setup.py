@@ -25,6 +25,9 @@ EXTRAS_REQUIRE = {
     "dev": ["pytest==9.2.0", "ruff==0.17.6"],
     # Dataflow runner and gs:// paths: pip install -e '.[gcp]'.
     "gcp": ["apache-beam[gcp]==2.77.0"],
+    # Only for `make bench-input`'s baseline (the original's Keras 2 ImageDataGenerator), in the
+    # separate .venv-bench/: tf-keras must never enter the product's environment.
+    "bench-baseline": ["tf-keras==2.21.0", "scipy==1.17.1"],
 }
 
 setuptools.setup(
@@ -40,6 +43,9 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "cxr-demo-data=beam_pipelines.demo_data:run",
+            "cxr-build-tfrecords=beam_pipelines.build_tfrecords:run",
+            "cxr-evaluate=trainer.evaluate:run",
+            "cxr-predict=trainer.predict:run",
         ],
     },
 )
