@@ -272,6 +272,13 @@ class LayersTest(tf.test.TestCase):
         # Inference never augments: the loaded model predicts like the trained one.
         self.assertAllClose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5)
 
+    def test_augments_in_a_step_compiled_without_xla(self):
+        # The layer compiles its own warp with XLA inside a plain (non-XLA) train step.
+        model = self._model()
+        model.compile(optimizer="sgd", loss="mse", jit_compile=False)
+        history = model.fit(_images(batch=4, height=16, width=16), np.zeros([4, 1]), epochs=1, verbose=0)
+        self.assertTrue(np.isfinite(history.history["loss"][0]))
+
     def test_standardize_layer(self):
         images = _images(batch=2, height=8, width=8)
         self.assertAllClose(augment.Standardize()(images), augment.standardize(images))

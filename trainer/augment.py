@@ -333,6 +333,12 @@ def make_augment_fn(
     return augment_fn
 
 
+# The layer's warp is XLA-compiled even when the model's train step is not (jit_compile=False):
+# measured 5x faster on this CPU (1,620 vs 323 images/s, 8 images of 256x256, warp +
+# standardization). Inside a jit-compiled step it is simply inlined.
+_compiled_augment_batch = tf.function(augment_batch, jit_compile=True, reduce_retracing=True)
+
+
 @keras.saving.register_keras_serializable(package="cxr")
 class RandomAffine(keras.layers.Layer):
     """Random affine augmentation of a batch, active only when `training=True`.
@@ -361,7 +367,7 @@ class RandomAffine(keras.layers.Layer):
         if not training:
             return inputs
         seed = tf.cast(self.seed_generator.next(), tf.int64)
-        return augment_batch(inputs, seed, self.config)
+        return _compiled_augment_batch(inputs, seed, self.config)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return input_shape
