@@ -121,15 +121,17 @@ ORIGINAL_GEOMETRIES = (
 # ---------------------------------------------------------------------------------------------
 # Rendering.
 
-# Images are rendered at most at this size and scaled up with bilinear interpolation. The patterns
-# are defined by analytic soft edges, so nothing is lost that survives the Beam job's resize to 256
-# or the trainer's 128. Measured on this machine (2 cores, shared; benchmarks/demo_render.py), one
-# 1024x1024 image, single process: rendered at 1024: 205 ms + PNG 24 ms; rendered at 256 + upscale:
-# 14 ms + 16 ms PNG; 2,000 images on 2 workers: 252 s vs 21 s.
-# TODO(demo): fill in final numbers.
+# Images are rendered at most at this size and scaled up bilinearly. The patterns are drawn with
+# analytic soft edges a few render pixels wide, so what survives the Beam job's resize to 256 and the
+# trainer's 128 is the same either way. Measured side by side in one process on this machine
+# (benchmarks/demo_render.py, 20 images to 1024x1024, shared 2 cores under load ~8), per image:
+# render at 256 + upscale 19.6 ms, at 512 100 ms, at 1024 459 ms (23x the 256 path); with the PNG at
+# zlib level 1 the 256 path is 15x faster end to end (31.8 vs 487 ms).
 RENDER_SIZE = 256
-# zlib level 1: measured 16 ms and 0.50 MB per 1024x1024 image vs 50 ms and 0.46 MB at PIL's
-# default level 6. TODO(demo): fill in final numbers.
+# zlib level 1, Up-filtered rows (`encode_png`), measured in the same run on the 256 path: 12 ms and
+# 242 KB per 1024x1024 image; level 3: 23 ms, 204 KB; level 6: 111 ms, 173 KB. PIL's encoder: 52 ms
+# and 303 KB at level 1, 192 ms and 244 KB at its default level 6. Disk is cheap next to the
+# 15-minute `make train` budget: 2,000 images take 480 MB.
 PNG_COMPRESS_LEVEL = 1
 
 # Output intensities (0 black .. 1 white) of the anatomy before exposure and noise.
@@ -819,9 +821,10 @@ def encode_png(pixels: np.ndarray, *, compress_level: int = PNG_COMPRESS_LEVEL) 
     """Encodes a uint8 [H, W] array as an 8-bit grayscale PNG.
 
     Written by hand rather than with PIL: every row uses PNG's "Up" filter (the difference to the
-    row above, computed in numpy), which suits these smooth images. Measured on 1024x1024 demo
-    images at zlib level 1 (benchmarks/demo_render.py): PIL 21 ms and 304 KB per image, this 8 ms
-    and 244 KB; any PNG decoder reads it (tests decode it with PIL and tf.io.decode_png).
+    row above, computed in numpy), which suits these smooth images. Measured side by side on
+    1024x1024 demo images at zlib level 1 (benchmarks/demo_render.py): PIL 52 ms and 303 KB per
+    image, this 12 ms and 242 KB (4.2x faster). Any PNG decoder reads it (the tests decode it with
+    PIL and tf.io.decode_png).
 
     Args:
       pixels: uint8 array [H, W].

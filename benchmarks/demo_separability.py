@@ -7,7 +7,8 @@ Reads the generated set like the product does (CSV + official lists, PNGs downsi
 filter), trains on train_val_list.txt and tests on test_list.txt (patient-disjoint):
   - a per-label logistic regression (sklearn) on the standardized pixels at each of --sizes;
   - if --cnn_epochs > 0, a tiny Keras CNN (4 conv blocks, sigmoid head over the 15 labels) at
-    --cnn_size, as a quick stand-in for the trainer.
+    --cnn_size, as a quick stand-in for the trainer: random flips, shifts and zoom, cosine LR decay,
+    and the weights of the epoch with the best mean AUC on the last 10% of train_val_list.txt.
 Writes runs/bench/demo_separability.json (per model: per-label AUC, mean AUC, seconds) and prints a
 table.
 """
@@ -92,11 +93,18 @@ def logistic(images, labels, is_test, c):
 
 
 def cnn(images, labels, is_test, epochs):
-    import keras  # Only this check needs TensorFlow's Keras; imported here to keep the LR path light.
+    """A tiny CNN trained like the trainer: flips/shifts/zoom, cosine LR, best epoch by val mean AUC."""
+    import keras  # Only this check needs Keras; imported here to keep the logistic path light.
 
     keras.utils.set_random_seed(0)
+    train = np.flatnonzero(~is_test)
+    # The last 10% of the train_val rows (sorted by patient, so nearly patient-disjoint) pick the epoch.
+    val, train = train[int(0.9 * len(train)) :], train[: int(0.9 * len(train))]
     inputs = keras.Input(images.shape[1:] + (1,))
     x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    x = keras.layers.RandomFlip("horizontal")(x)
+    x = keras.layers.RandomTranslation(0.05, 0.1, fill_mode="reflect")(x)
+    x = keras.layers.RandomZoom(0.1, fill_mode="reflect")(x)
     for filters in (16, 32, 64, 96):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         x = keras.layers.BatchNormalization()(x)
@@ -106,8 +114,22 @@ def cnn(images, labels, is_test, epochs):
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(len(schema.LABELS), activation="sigmoid")(x)
     model = keras.Model(inputs, outputs)
-    model.compile(keras.optimizers.Adam(2e-3), "binary_crossentropy")
-    model.fit(images[~is_test, ..., None], labels[~is_test], batch_size=32, epochs=epochs, verbose=2)
+    steps = epochs * -(-len(train) // 32)
+    model.compile(
+        keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, steps)),
+        "binary_crossentropy",
+        metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(schema.LABELS), name="auc")],
+    )
+    best = keras.callbacks.EarlyStopping("val_auc", mode="max", patience=epochs, restore_best_weights=True)
+    model.fit(
+        images[train, ..., None],
+        labels[train],
+        validation_data=(images[val, ..., None], labels[val]),
+        batch_size=32,
+        epochs=epochs,
+        callbacks=[best],
+        verbose=2,
+    )
     scores = model.predict(images[is_test, ..., None], batch_size=64, verbose=0)
     return per_label_auc(labels[is_test], scores)
 
