@@ -9,6 +9,7 @@ import textwrap
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from absl.testing import parameterized
 
@@ -18,6 +19,7 @@ from tfrecords import schema
 from trainer import export, lr_schedule, train_lib
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_STRATEGY = lambda: train_lib.create_strategy("auto")  # noqa: E731
 _TINY = dict(depth=2, base_filters=4, batch_size=8, verbose=0, early_stopping_patience=0)
 
 
@@ -119,28 +121,26 @@ class TrainTest(tf.test.TestCase):
         fake_data.write_records(cls.records, image_size=32)
 
     def _config(self, run_name, **kwargs):
-        return train_lib.TrainConfig(
-            records_dir=self.records,
-            run_dir=os.path.join(self.get_temp_dir(), run_name),
-            **{**_TINY, **kwargs},
-        )
+        values = {"records_dir": self.records, **_TINY, **kwargs}
+        return train_lib.TrainConfig(run_dir=os.path.join(self.get_temp_dir(), run_name), **values)
 
     def test_train_resume_and_export(self):
         strategy = train_lib.create_strategy("one_device")
-        config = self._config("resume", epochs=4, rampup_epochs=2, lr_start=1e-3, lr_max=2e-3)
-        lr_fn = lr_schedule.build_lr_fn(lr_start=1e-3, lr_max=2e-3, rampup_epochs=2)
-        with self.assertRaisesRegex(KeyboardInterrupt, "simulated crash after epoch 1"):
-            train_lib.train(config, strategy, extra_callbacks=[_RaiseAfterEpoch(1)])
-        self.assertEqual([row["epoch"] for row in _history_rows(config.run_dir)], ["0", "1"])
+        config = self._config("resume", epochs=3, rampup_epochs=1, lr_start=1e-3, lr_max=2e-3, exp_decay=0.5)
+        # 1e-3, then 2e-3, then 2e-3 * 0.5.
+        lr_fn = lr_schedule.build_lr_fn(lr_start=1e-3, lr_max=2e-3, rampup_epochs=1, exp_decay=0.5)
+        with self.assertRaisesRegex(KeyboardInterrupt, "simulated crash after epoch 0"):
+            train_lib.train(config, strategy, extra_callbacks=[_RaiseAfterEpoch(0)])
+        self.assertEqual([row["epoch"] for row in _history_rows(config.run_dir)], ["0"])
         self.assertTrue(os.path.exists(os.path.join(config.run_dir, train_lib.BACKUP_DIR)))
 
-        # The same command again continues at epoch 2 with epoch 2's learning rate.
+        # The same command again continues at epoch 1 with epoch 1's learning rate.
         result = train_lib.train(config, strategy)
-        self.assertEqual(result.initial_epoch, 2)
+        self.assertEqual(result.initial_epoch, 1)
         self.assertEqual(result.epochs_run, 2)
         rows = _history_rows(config.run_dir)
-        self.assertEqual([int(row["epoch"]) for row in rows], [0, 1, 2, 3])
-        self.assertAllClose([float(row["lr"]) for row in rows], [lr_fn(e) for e in range(4)], rtol=1e-6)
+        self.assertEqual([int(row["epoch"]) for row in rows], [0, 1, 2])
+        self.assertAllClose([float(row["lr"]) for row in rows], [lr_fn(e) for e in range(3)], rtol=1e-6)
         for column in ("loss", "binary_accuracy", "auc", "val_loss", "val_auc", "val_binary_accuracy"):
             self.assertIn(column, rows[0])
         for label in schema.LABELS:
@@ -162,29 +162,29 @@ class TrainTest(tf.test.TestCase):
         self.assertEqual(served.shape, (1, schema.NUM_LABELS))
         self.assertTrue(np.isfinite(result.best_val_auc))
 
-        # A different config in the same run dir is refused, then replaced with overwrite.
+        # A different config in the same run dir is refused; with overwrite its outputs go.
         other = self._config("resume", epochs=1, lr_max=1e-3)
-        with self.assertRaisesRegex(ValueError, r"holds a different run .*epochs: 4 -> 1"):
+        with self.assertRaisesRegex(ValueError, r"holds a different run .*epochs: 3 -> 1"):
             train_lib.train(other, strategy)
-        result = train_lib.train(dataclasses_replace(other, overwrite=True), strategy)
-        self.assertEqual([int(row["epoch"]) for row in _history_rows(other.run_dir)], [0])
+        self.assertFalse(train_lib.prepare_run_dir(dataclasses_replace(other, overwrite=True), is_chief=True))
+        self.assertFalse(os.path.exists(os.path.join(config.run_dir, train_lib.HISTORY_FILE)))
+        self.assertFalse(os.path.exists(result.export_dir))
 
-    def test_imbalance_augment_placement_and_precision_variants(self):
-        strategy = train_lib.create_strategy("auto")
-        for name, kwargs in {
-            "weights_dataset_bf16": dict(
-                class_imbalance="weights", augment_placement="dataset", mixed_precision="bf16"
-            ),
-            "resample_xla": dict(class_imbalance="resample", xla="on", steps_per_epoch=2),
-        }.items():
-            with self.subTest(name):
-                result = train_lib.train(self._config(name, epochs=1), strategy)
-                self.assertEqual(result.epochs_run, 1)
-                self.assertTrue(np.isfinite(result.history["loss"][0]))
-                self.assertEqual(result.jit_compile, kwargs.get("xla") == "on")
-                self.assertTrue(os.path.exists(os.path.join(result.export_dir, "saved_model.pb")))
-        # The mixed-precision run left the global policy as it found it.
+    def _train_variant(self, **kwargs):
+        result = train_lib.train(self._config("variant", epochs=1, steps_per_epoch=2, **kwargs), _STRATEGY())
+        self.assertEqual(result.epochs_run, 1)
+        self.assertTrue(np.isfinite(result.history["loss"][0]))
+        self.assertEqual(result.jit_compile, kwargs.get("xla") == "on")
+        self.assertTrue(os.path.exists(os.path.join(result.export_dir, "saved_model.pb")))
+        # A mixed-precision run leaves the global policy as it found it.
         self.assertEqual(keras.config.dtype_policy().name, "float32")
+
+    def test_weighted_loss_dataset_augmentation_bf16(self):
+        self._train_variant(class_imbalance="weights", augment_placement="dataset", mixed_precision="bf16")
+
+    @pytest.mark.slow
+    def test_resample_with_xla(self):
+        self._train_variant(class_imbalance="resample", xla="on")
 
     def test_errors_before_training(self):
         strategy = train_lib.create_strategy("one_device")
@@ -200,9 +200,9 @@ class TrainTest(tf.test.TestCase):
         odd = os.path.join(self.get_temp_dir(), "odd")
         fake_data.write_records(odd, image_size=36, split_sizes={"train": 4, "val": 2})
         with self.assertRaisesRegex(ValueError, r"image_size 36 is not a multiple of 2\*\*depth = 8"):
-            train_lib.train(self._config("odd", records_dir=odd, depth=3), strategy)
+            train_lib.train(self._config("odd_run", records_dir=odd, depth=3), strategy)
         # Nothing was written for the refused runs.
-        self.assertFalse(os.path.exists(os.path.join(self.get_temp_dir(), "odd")))
+        self.assertFalse(os.path.exists(os.path.join(self.get_temp_dir(), "odd_run")))
 
     def test_binary_refuses_bad_flags_without_traceback(self):
         run = subprocess.run(
@@ -261,7 +261,7 @@ class MirroredStrategyTest(tf.test.TestCase):
         self.assertEqual(config["num_replicas"], 2)
         self.assertEqual(config["strategy"], "MirroredStrategy")
         # lr_max scaled by the 2 replicas.
-        self.assertAllClose(config["lr_max_scaled"], 2e-4)
+        self.assertAllClose(config["lr_max_scaled"], 2 * train_lib.TrainConfig().lr_max)
         self.assertEqual(len(_history_rows(run_dir)), 2)
 
 

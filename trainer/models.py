@@ -58,17 +58,22 @@ def validate_architecture(name: str, *, image_size: int, depth: int = 4, base_fi
 
 
 def residual_block(x: keras.KerasTensor, filters: int, *, name: str) -> keras.KerasTensor:
-    """Two 3x3 conv + batch norm + ReLU with an identity (or 1x1 projection) shortcut."""
+    """Two 3x3 conv + batch norm + ReLU with an identity (or 1x1 projection) shortcut.
+
+    Batch norm is synchronized across replicas: statistics of the global batch (per-replica
+    batches are small), and moving averages that stay identical on every worker, so
+    multi-worker training ends with one set of weights. Without a strategy it is plain BN.
+    """
     shortcut = x
     if x.shape[-1] != filters:
         # A 1x1 projection only where the channel count changes; identity otherwise.
         shortcut = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = keras.layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = keras.layers.BatchNormalization(synchronized=True, name=f"{name}_proj_bn")(shortcut)
     y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = keras.layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = keras.layers.BatchNormalization(synchronized=True, name=f"{name}_bn1")(y)
     y = keras.layers.Activation("relu", name=f"{name}_relu1")(y)
     y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = keras.layers.BatchNormalization(synchronized=True, name=f"{name}_bn2")(y)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.Activation("relu", name=f"{name}_out")(y)
 

@@ -56,20 +56,22 @@ _RUN_OUTPUTS = (CONFIG_FILE, HISTORY_FILE, "checkpoints", BACKUP_DIR, TENSORBOAR
 # Fields that do not change what a run computes; a resumed run may differ in them.
 _NON_IDENTITY_FIELDS = ("overwrite", "verbose")
 
-# XLA (`jit_compile`) measured by `python -m benchmarks.bench_train` (ResUNet 256x256, widths
-# 32-64-128-256, batch 4, training steps, images/s; see runs/bench/bench-train.json):
-# XLA_SPEEDUP_BY_DEVICE is XLA/no-XLA at fp32 and bf16; `--xla=auto` turns XLA on only where
-# both measured ratios are > 1. Only a CPU was available to measure; on other devices `auto`
-# follows Keras' own default ("auto" jit_compile: on for GPU/TPU).
-XLA_SPEEDUP_BY_DEVICE = {"CPU": {"fp32": None, "bf16": None}}
+# XLA (`jit_compile`) as measured by `python -m benchmarks.bench_train` (ResUNet 256x256, widths
+# 32-64-128-256, batch 4, augmentation in the step; runs/bench/bench-train.json), 2026-11-25 on
+# this 2-core CPU (load 4-10 from other jobs; best of 2 alternating rounds, images/s):
+# fp32 0.41, bf16 1.33, XLA fp32 0.30, XLA bf16 0.33; so XLA/no-XLA = 0.75 (fp32), 0.24 (bf16)
+# and bf16/fp32 = 3.3. `--xla=auto` turns XLA on only where every measured ratio is > 1, i.e.
+# not on this CPU. No GPU/TPU was available to measure; there `auto` follows Keras' own default
+# ("auto" jit_compile: on).
+XLA_SPEEDUP_BY_DEVICE = {"CPU": {"fp32": 0.75, "bf16": 0.24}}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run; validated once on construction.
 
-    Defaults are the demo profile (see README "make train"); `full_profile()` gives the
-    configuration for the real data set.
+    Defaults are the demo profile (64x64 demo records: about 0.97 validation mean AUC in 12
+    epochs on 2 CPU cores); FULL_PROFILE holds the configuration for the real data set.
     """
 
     records_dir: str = "data/tfrecords"
@@ -83,17 +85,23 @@ class TrainConfig:
     batch_size: int = 32  # Global batch, split evenly among the replicas.
     epochs: int = 12
     steps_per_epoch: int | None = None  # None: one pass over the train split per epoch.
-    lr_start: float = 2e-6
-    lr_max: float = 1e-4
+    # The demo schedule: a short ramp to a high rate, as 12 epochs leave no room for the
+    # original's 8-epoch ramp from 2e-6 (FULL_PROFILE keeps that one).
+    lr_start: float = 1e-4
+    lr_max: float = 2e-3
     lr_min: float = 0.0
-    rampup_epochs: int = 8
-    sustain_epochs: int = 0
-    exp_decay: float = 0.8
+    rampup_epochs: int = 2
+    sustain_epochs: int = 3
+    exp_decay: float = 0.85
     scale_lr: bool = True  # lr_max *= number of replicas.
-    class_imbalance: str = "none"
+    # Measured on the demo data (64x64, this profile, 12 epochs, best val mean AUC):
+    # none 0.934, resample 0.942, weights 0.976.
+    class_imbalance: str = "weights"
     augment: bool = True
     augment_placement: str = "model"
-    mixed_precision: str = "none"
+    # bf16 measured 3.3x fp32 for ResUNet training steps on this CPU (avx512_bf16;
+    # benchmarks/bench_train.py); use "none" on hardware without fast bfloat16.
+    mixed_precision: str = "bf16"
     xla: str = "auto"
     seed: int = 0
     early_stopping_patience: int = 5  # 0 disables early stopping.
@@ -442,6 +450,67 @@ def read_history(run_dir: str) -> dict[str, list[float]]:
     return {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
 
 
+def _use_local_batch_for_symbolic_build(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
+    """Works around Keras 3.15's first-batch build under MultiWorkerMirroredStrategy.
+
+    Before training, Keras' TF trainer takes one batch and calls `strategy.reduce("MEAN", batch)`
+    to get shapes for building the metrics and optimizer. Under MultiWorkerMirroredStrategy that
+    reduce fails on an (images, labels) tuple ("Attempt to convert a value (PerReplica...)"),
+    and would all-reduce uint8 pixels if it did not. Only shapes and dtypes matter there, so
+    this instance-level override builds from this worker's first replica's batch instead.
+    """
+    from keras.src import tree  # Keras' own nest utilities, as the method it replaces uses.
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(
+                    lambda value: strategy.experimental_local_results(value)[0], next(it)
+                )
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+
+
+def _reduce_scalar_logs_across_workers() -> None:
+    """Works around Keras 3.15 averaging per-step logs with `axis=0` under multi-worker.
+
+    Keras' TF trainer reduces each step's outputs (scalar loss and metric values) with
+    `strategy.reduce("MEAN", value, axis=0)` under MultiWorkerMirroredStrategy, which fails on
+    scalars ("Invalid reduction dimension 0 for input with 0 dimensions"). This wraps its
+    `reduce_per_replica` so scalars are averaged over all replicas with `axis=None` (the same
+    value on every worker, so every worker's callbacks decide alike); everything else, and
+    every other strategy, goes to the original. Installed once; a no-op where Keras works.
+    """
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as keras_tf_trainer
+
+    original = keras_tf_trainer.reduce_per_replica
+    if getattr(original, "_cxr_patched", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or reduction not in (
+            "auto",
+            "mean",
+        ):
+            return original(values, strategy, reduction)
+
+        def reduce(value):
+            # With one device per worker, `strategy.run` returns plain tensors, not PerReplica.
+            local = strategy.experimental_local_results(value)[0]
+            if tf.is_tensor(local) and local.shape.rank == 0:
+                return strategy.reduce("MEAN", value, axis=None)
+            return original(value, strategy, reduction)
+
+        return tree.map_structure(reduce, values)
+
+    reduce_per_replica._cxr_patched = True
+    keras_tf_trainer.reduce_per_replica = reduce_per_replica
+
+
 def _tensorboard_installed() -> bool:
     # tf.summary needs the tensorboard package, which TF 2.21 no longer pulls in.
     try:
@@ -463,6 +532,38 @@ def weights_digest(model: keras.Model) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Training.
+
+
+def distributed_dataset(
+    config: TrainConfig,
+    strategy: tf.distribute.Strategy,
+    split: str,
+    *,
+    training: bool,
+    augment_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+) -> tf.distribute.DistributedDataset:
+    """The input of `train`: `build_dataset` per input pipeline, distributed over the replicas.
+
+    Training input goes through `config.data_service` when set; validation is read directly
+    (it must be complete and is small).
+    """
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return dataset_lib.build_dataset(
+            config.records_dir,
+            split,
+            batch_size=config.batch_size,  # Global; build_dataset splits it per replica.
+            training=training,
+            seed=config.seed,
+            shuffle_buffer=config.shuffle_buffer,
+            cache=config.cache,
+            balance="resample" if training and config.class_imbalance == "resample" else "none",
+            input_context=input_context,
+            data_service=config.data_service if training else None,
+            augment_fn=augment_fn if training else None,
+        )
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def train(
@@ -596,28 +697,11 @@ def train(
             # nothing, so one exported model serves both placements.
             augment_fn = augment_lib.make_augment_fn(augment_config)
 
-        def make_dataset(
-            split: str, training: bool
-        ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
-            def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-                return dataset_lib.build_dataset(
-                    config.records_dir,
-                    split,
-                    batch_size=config.batch_size,  # Global; build_dataset splits it per replica.
-                    training=training,
-                    seed=config.seed,
-                    shuffle_buffer=config.shuffle_buffer,
-                    cache=config.cache,
-                    balance="resample" if training and config.class_imbalance == "resample" else "none",
-                    input_context=input_context,
-                    data_service=config.data_service if training else None,
-                    augment_fn=augment_fn if training else None,
-                )
-
-            return dataset_fn
-
-        train_data = strategy.distribute_datasets_from_function(make_dataset("train", True))
-        val_data = strategy.distribute_datasets_from_function(make_dataset("val", False))
+        if multi_worker:
+            _use_local_batch_for_symbolic_build(model, strategy)
+            _reduce_scalar_logs_across_workers()
+        train_data = distributed_dataset(config, strategy, "train", training=True, augment_fn=augment_fn)
+        val_data = distributed_dataset(config, strategy, "val", training=False)
 
         callbacks: list[keras.callbacks.Callback] = [
             lr_schedule.LearningRateSchedule(lr_fn),
@@ -665,6 +749,15 @@ def train(
                 shuffle=False,  # build_dataset shuffles; Keras cannot shuffle a tf.data pipeline.
             )
         history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+        shared_backup = os.path.join(config.run_dir, BACKUP_DIR)
+        if (
+            multi_worker
+            and is_chief
+            and tf.io.gfile.isdir(shared_backup)
+            and not tf.io.gfile.listdir(shared_backup)
+        ):
+            # Each worker deleted its own backup/<task>/ on success; drop the empty parent.
+            tf.io.gfile.rmtree(shared_backup)
         if is_chief and tf.io.gfile.exists(history_path):
             val_aucs = read_history(config.run_dir).get("val_auc", [])
         else:
