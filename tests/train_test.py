@@ -126,7 +126,9 @@ class TrainTest(tf.test.TestCase):
 
     def test_train_resume_and_export(self):
         strategy = train_lib.create_strategy("one_device")
-        config = self._config("resume", epochs=3, rampup_epochs=1, lr_start=1e-3, lr_max=2e-3, exp_decay=0.5)
+        config = self._config(
+            "resume", epochs=3, rampup_epochs=1, sustain_epochs=0, lr_start=1e-3, lr_max=2e-3, exp_decay=0.5
+        )
         # 1e-3, then 2e-3, then 2e-3 * 0.5.
         lr_fn = lr_schedule.build_lr_fn(lr_start=1e-3, lr_max=2e-3, rampup_epochs=1, exp_decay=0.5)
         with self.assertRaisesRegex(KeyboardInterrupt, "simulated crash after epoch 0"):
