@@ -63,8 +63,10 @@ _BASELINE_SETTINGS = flags.DEFINE_list(
     ["main", "threads:2", "processes:2", "processes:3"],
     "Keras 2 worker settings: main (no enqueuer), threads:N, processes:N.",
 )
+_BASELINE_ROUNDS = flags.DEFINE_integer("baseline_rounds", 2, "Rounds of the baseline settings.")
 _BASELINE_BATCHES = flags.DEFINE_integer("baseline_batches", 12, "Timed baseline batches per setting.")
-_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 8, "Timed training steps per placement; 0 skips training.")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 3, "Timed training steps per segment; 0 skips training.")
+_TRAIN_ROUNDS = flags.DEFINE_integer("train_rounds", 4, "Alternating segments per placement.")
 # Batch 32 of the 256x256 ResUNet needs > 5 GB on the CPU; the machine is shared (4 GB each).
 _TRAIN_BATCH_SIZE = flags.DEFINE_integer("train_batch_size", 8, "Batch size of the training runs.")
 _TRAIN_JIT = flags.DEFINE_list("train_jit", ["true", "false"], "jit_compile settings of the training runs.")
@@ -292,49 +294,68 @@ def baseline(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def train_run(
-    records_dir: str, *, placement: str, jit_compile: bool, image_size: int, batch_size: int, steps: int
-) -> dict[str, float]:
-    """Short ResUNet training; images/s and the share of step time spent waiting for input."""
+def train_placements(
+    records_dir: str, *, jit_compile: bool, image_size: int, batch_size: int, steps: int, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """Short ResUNet training with the augmentation in the model and in tf.data, alternated.
+
+    Both models are built, compiled and warmed up first; then `rounds` segments of `steps`
+    steps alternate between them, so a change of the shared machine's load hits both alike.
+
+    Returns:
+      Per placement: images/s and the share of step time spent waiting for input.
+    """
     import keras
 
     from trainer import models
 
-    keras.utils.set_random_seed(0)
     config = augment_lib.AugmentConfig()
-    model = models.build_model(
-        "resunet", image_size=image_size, augment=config if placement == "model" else None
-    )
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy", jit_compile=jit_compile)
-    dataset = dataset_lib.build_dataset(
-        records_dir,
-        "train",
-        batch_size=batch_size,
-        training=True,
-        seed=0,
-        augment_fn=augment_lib.make_augment_fn(config) if placement == "dataset" else None,
-    )
-    batches = iter(dataset)
-    for _ in range(2):  # compile, fill the shuffle buffer
-        model.train_on_batch(*next(batches))
-    wait = total = 0.0
-    for _ in range(steps):
-        start = time.perf_counter()
-        images, labels = next(batches)
-        got = time.perf_counter()
-        model.train_on_batch(images, labels)  # returns host numbers: the step has finished
-        end = time.perf_counter()
-        wait += got - start
-        total += end - start
+    runs = {}
+    for placement in ("model", "dataset"):
+        keras.utils.set_random_seed(0)
+        model = models.build_model(
+            "resunet", image_size=image_size, augment=config if placement == "model" else None
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy", jit_compile=jit_compile
+        )
+        dataset = dataset_lib.build_dataset(
+            records_dir,
+            "train",
+            batch_size=batch_size,
+            training=True,
+            seed=0,
+            augment_fn=augment_lib.make_augment_fn(config) if placement == "dataset" else None,
+        )
+        batches = iter(dataset)
+        for _ in range(2):  # compile, fill the shuffle buffer
+            model.train_on_batch(*next(batches))
+        runs[placement] = {"model": model, "batches": batches, "wait": 0.0, "total": 0.0}
+    for round_index in range(rounds):
+        order = ("model", "dataset") if round_index % 2 == 0 else ("dataset", "model")
+        for placement in order:
+            run = runs[placement]
+            for _ in range(steps):
+                start = time.perf_counter()
+                images, labels = next(run["batches"])
+                got = time.perf_counter()
+                run["model"].train_on_batch(images, labels)  # returns host numbers: the step is done
+                end = time.perf_counter()
+                run["wait"] += got - start
+                run["total"] += end - start
     return {
-        "model": "trainer.models.build_model('resunet', image_size=256) (depth 4, base_filters 16)",
-        "placement": placement,
-        "batch_size": batch_size,
-        "jit_compile": jit_compile,
-        "steps": steps,
-        "images_per_second": steps * batch_size / total,
-        "input_wait_share": wait / total,
-        "seconds": total,
+        placement: {
+            "model": "trainer.models.build_model('resunet', image_size=256) (depth 4, base_filters 16)",
+            "placement": placement,
+            "batch_size": batch_size,
+            "jit_compile": jit_compile,
+            "steps": steps * rounds,
+            "images_per_second": steps * rounds * batch_size / run["total"],
+            "input_wait_share": run["wait"] / run["total"],
+            "seconds": run["total"],
+            "load_average": _load_average(),
+        }
+        for placement, run in runs.items()
     }
 
 
@@ -397,27 +418,58 @@ def main(argv: list[str]) -> None:
     for name, result in augment_alone(image_size, batch_size, 40).items():
         cases[f"augment_alone_{name}"] = {**result, "load_average": _load_average()}
     if _BASELINE_PYTHON.value:
-        for setting in _BASELINE_SETTINGS.value:
-            run(
-                f"baseline_keras2[{setting}]",
-                lambda setting=setting: baseline(
-                    _BASELINE_PYTHON.value, demo_dir, setting, _BASELINE_BATCHES.value, batch_size, image_size
-                ),
-            )
+        # The baseline against our augmented pipeline, alternated in rounds so both see the
+        # same load; each keeps its best round.
+        augment_fn = augment_lib.make_augment_fn()
+        side_by_side: dict[str, list[dict]] = {}
+        for round_index in range(_BASELINE_ROUNDS.value):
+            for setting in _BASELINE_SETTINGS.value:
+                name = f"baseline_keras2[{setting}]"
+                side_by_side.setdefault(name, []).append(
+                    {
+                        **baseline(
+                            _BASELINE_PYTHON.value,
+                            demo_dir,
+                            setting,
+                            _BASELINE_BATCHES.value,
+                            batch_size,
+                            image_size,
+                        ),
+                        "load_average": _load_average(),
+                    }
+                )
+                logging.info(
+                    "round %d %s: %.1f images/s",
+                    round_index,
+                    name,
+                    side_by_side[name][-1]["images_per_second"],
+                )
+                side_by_side.setdefault("ours_augment_beside_baseline", []).append(
+                    {
+                        **ours(records_dir, batch_size, read_batches, augment_fn=augment_fn),
+                        "load_average": _load_average(),
+                    }
+                )
+        for name, results in side_by_side.items():
+            rates = [result["images_per_second"] for result in results]
+            cases[name] = {
+                **max(results, key=lambda r: r["images_per_second"]),
+                "rounds_images_per_second": rates,
+            }
     if _TRAIN_STEPS.value > 0:
         for jit in _TRAIN_JIT.value:
-            for placement in ("model", "dataset"):
-                run(
-                    f"train_{placement}_jit_{jit}",
-                    lambda placement=placement, jit=jit: train_run(
-                        records_dir,
-                        placement=placement,
-                        jit_compile=jit.lower() == "true",
-                        image_size=image_size,
-                        batch_size=_TRAIN_BATCH_SIZE.value,
-                        steps=_TRAIN_STEPS.value,
-                    ),
-                )
+            logging.info("Training placements, jit_compile=%s (load %s)", jit, _load_average())
+            results = train_placements(
+                records_dir,
+                jit_compile=jit.lower() == "true",
+                image_size=image_size,
+                batch_size=_TRAIN_BATCH_SIZE.value,
+                steps=_TRAIN_STEPS.value,
+                rounds=_TRAIN_ROUNDS.value,
+            )
+            for placement, result in results.items():
+                cases[f"train_{placement}_jit_{jit}"] = result
+                logging.info("train_%s_jit_%s: %s", placement, jit, result)
 
     rate = {name: case["images_per_second"] for name, case in cases.items()}
     ratios: dict[str, Any] = {
@@ -433,6 +485,9 @@ def main(argv: list[str]) -> None:
         best = max(baselines, key=baselines.get)
         ratios["baseline_best_setting"] = best
         ratios["ours_augment_vs_best_baseline"] = rate["ours_augment"] / baselines[best]
+        ratios["ours_augment_beside_baseline_vs_best_baseline"] = (
+            rate["ours_augment_beside_baseline"] / baselines[best]
+        )
         ratios["ours_read_vs_best_baseline"] = rate["ours_read"] / baselines[best]
     for jit in _TRAIN_JIT.value if _TRAIN_STEPS.value > 0 else []:
         model_case, dataset_case = f"train_model_jit_{jit}", f"train_dataset_jit_{jit}"

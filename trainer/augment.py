@@ -310,18 +310,11 @@ def standardize(images: tf.Tensor, *, epsilon: float = STANDARDIZE_EPSILON) -> t
       float32 [B, H, W, C].
     """
     images = tf.cast(images, tf.float32)
-    shape = tf.shape(images)
-    flat = tf.reshape(images, tf.stack([shape[0], -1]))
-    # Means as matrix-vector products: under XLA on a CPU a reduction is a plain loop while a
-    # dot calls the optimized GEMM; measured 3.1x tf.nn.moments (16,130 vs 5,250 images/s,
-    # 32 images of 256x256, jit-compiled), and two passes keep it exact for constant images.
-    pixels = tf.shape(flat)[1]
-    average = tf.fill(tf.stack([pixels, 1]), 1.0 / tf.cast(pixels, tf.float32))
-    centered = flat - tf.matmul(flat, average)
-    std = tf.sqrt(tf.matmul(tf.square(centered), average))
-    standardized = tf.reshape(centered / tf.maximum(std, epsilon), shape)
-    standardized.set_shape(images.shape)
-    return standardized
+    # tf.nn.moments, which XLA fuses with the warp before it: measured faster in the fused
+    # augment_fn than means as matrix-vector products (1,972 vs 629 images/s, 32 images of
+    # 256x256), although the products win for standardization alone.
+    mean, variance = tf.nn.moments(images, axes=[1, 2, 3], keepdims=True)
+    return (images - mean) / tf.maximum(tf.sqrt(variance), epsilon)
 
 
 def make_augment_fn(
