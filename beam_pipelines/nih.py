@@ -9,21 +9,18 @@ The CSV comes in two formats, both read by `read_labels_table`:
   - `Data_Entry_2017_v2020.csv`: no trailing comma, plain integers.
 Either may be gzip-compressed (`.csv.gz`).
 
-Why this module does not import TensorFlow (nor `tfrecords.schema`, which does): every Beam
-worker process imports it, and `import tensorflow` costs 4.4 s and 800 MB RSS per process here
-(measured with /usr/bin/time), which on the 2-core DirectRunner benchmark is a third of the
-conversion time of 2,000 images and, on a 24-core machine, 19 GB of RAM for nothing. The record
-keys and labels are therefore read from `tfrecords/schema.py`'s source (one definition, see
-`_schema_literals`), and `serialize_example` writes the `tf.train.Example` wire format directly;
-tests check both against `schema.make_example` / `schema.parse_example`.
+Why this module does not import TensorFlow: every Beam worker process imports it, and
+`import tensorflow` costs 4.4 s and 800 MB RSS per process here (measured with /usr/bin/time),
+which on the 2-core DirectRunner benchmark is a third of the conversion time of 2,000 images
+and, on a 24-core machine, 19 GB of RAM for nothing. The record keys, labels and label parsing
+come from `tfrecords.schema` (which loads TensorFlow only in its TensorFlow functions), and
+`serialize_example` writes the `tf.train.Example` wire format directly; tests check it against
+`schema.make_example` / `schema.parse_example`.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
-import importlib.util
 import io
 import math
 import re
@@ -34,6 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
+
+from tfrecords import schema
 
 # The CSV columns the job needs, by their names in both formats.
 IMAGE_INDEX = "Image Index"
@@ -79,81 +78,6 @@ class CsvError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # The record contract, without TensorFlow.
-
-
-@functools.cache
-def _schema_literals() -> dict[str, Any]:
-    """The literal constants of `tfrecords/schema.py`, read from its source without importing it.
-
-    `schema.py` imports TensorFlow at module level; see the module docstring for why the workers
-    must not. Only plain literal assignments (strings, tuples of strings) are taken.
-    """
-    spec = importlib.util.find_spec("tfrecords.schema")
-    if spec is None or spec.origin is None:
-        raise ImportError("Cannot locate tfrecords/schema.py; is the package installed?")
-    with open(spec.origin, encoding="utf-8") as f:
-        tree = ast.parse(f.read(), filename=spec.origin)
-    literals: dict[str, Any] = {}
-    for node in tree.body:
-        if isinstance(node, ast.AnnAssign):
-            targets, value = [node.target], node.value
-        elif isinstance(node, ast.Assign):
-            targets, value = node.targets, node.value
-        else:
-            continue
-        for target in targets:
-            if isinstance(target, ast.Name) and value is not None:
-                try:
-                    literals[target.id] = ast.literal_eval(value)
-                except ValueError:
-                    pass  # Not a literal (e.g. FEATURE_SPEC); not needed here.
-    return literals
-
-
-def labels() -> tuple[str, ...]:
-    """`schema.LABELS`: the 15 labels in record order."""
-    return tuple(_schema_literals()["LABELS"])
-
-
-def parse_finding_labels(finding_labels: str) -> np.ndarray:
-    """`schema.labels_to_multi_hot` without TensorFlow: a `Finding Labels` string to multi-hot.
-
-    Same rules (tests check it against the schema's function): names split on "|", stripped;
-    an unknown name, an empty string, a repeated name and "No Finding" next to a finding are
-    errors.
-
-    Returns:
-      int64 [15] multi-hot in `schema.LABELS` order.
-
-    Raises:
-      UnknownLabelError: a name that is not a label (the message names it).
-      ValueError: the other malformed cases.
-    """
-    literals = _schema_literals()
-    all_labels, no_finding = literals["LABELS"], literals["NO_FINDING"]
-    names = [name.strip() for name in str(finding_labels).split(literals["LABEL_SEPARATOR"])]
-    if not any(names):
-        raise ValueError(f"Finding Labels is empty: {finding_labels!r}; expected e.g. 'No Finding'.")
-    multi_hot = np.zeros([len(all_labels)], dtype=np.int64)
-    for name in names:
-        if name not in all_labels:
-            raise UnknownLabelError(
-                f"Unknown label {name!r} in Finding Labels {finding_labels!r}; "
-                f"known labels are: {', '.join(all_labels)}."
-            )
-        index = all_labels.index(name)
-        if multi_hot[index]:
-            raise ValueError(f"Label {name!r} repeated in Finding Labels {finding_labels!r}.")
-        multi_hot[index] = 1
-    if multi_hot[all_labels.index(no_finding)] and multi_hot.sum() > 1:
-        raise ValueError(
-            f"'No Finding' is exclusive of the other labels, got Finding Labels {finding_labels!r}."
-        )
-    return multi_hot
-
-
-class UnknownLabelError(ValueError):
-    """A `Finding Labels` name that is not one of `schema.LABELS`."""
 
 
 def _varint(value: int) -> bytes:
@@ -206,18 +130,17 @@ def serialize_example(
     Measured at 256x256 raw: 93 us per record, against 187 us for
     `schema.make_example(...).SerializeToString()`; either is under 1% of the decoding.
     """
-    k = _schema_literals()
     small_features = (
-        (k["FORMAT_KEY"], _bytes_feature(image_format.encode())),
-        (k["HEIGHT_KEY"], _int64_feature([height])),
-        (k["WIDTH_KEY"], _int64_feature([width])),
-        (k["LABELS_KEY"], _int64_feature(multi_hot)),
-        (k["IMAGE_INDEX_KEY"], _bytes_feature(image_index.encode())),
-        (k["PATIENT_ID_KEY"], _int64_feature([patient_id])),
-        (k["FOLLOW_UP_KEY"], _int64_feature([follow_up])),
-        (k["AGE_KEY"], _int64_feature([age])),
-        (k["SEX_KEY"], _bytes_feature(sex.encode())),
-        (k["VIEW_POSITION_KEY"], _bytes_feature(view_position.encode())),
+        (schema.FORMAT_KEY, _bytes_feature(image_format.encode())),
+        (schema.HEIGHT_KEY, _int64_feature([height])),
+        (schema.WIDTH_KEY, _int64_feature([width])),
+        (schema.LABELS_KEY, _int64_feature(multi_hot)),
+        (schema.IMAGE_INDEX_KEY, _bytes_feature(image_index.encode())),
+        (schema.PATIENT_ID_KEY, _int64_feature([patient_id])),
+        (schema.FOLLOW_UP_KEY, _int64_feature([follow_up])),
+        (schema.AGE_KEY, _int64_feature([age])),
+        (schema.SEX_KEY, _bytes_feature(sex.encode())),
+        (schema.VIEW_POSITION_KEY, _bytes_feature(view_position.encode())),
     )
     # Features.feature is a map<string, Feature>: each entry is a message {key = 1; value = 2}.
     entries = [
@@ -229,7 +152,7 @@ def serialize_example(
     bytes_list = _varint(0x0A) + _varint(len(encoded_image))  # BytesList.value = 1.
     feature = _varint(0x0A) + _varint(len(bytes_list) + len(encoded_image))  # Feature.bytes_list = 1.
     value_len = len(feature) + len(bytes_list) + len(encoded_image)
-    key = _length_delimited(1, k["IMAGE_KEY"].encode())
+    key = _length_delimited(1, schema.IMAGE_KEY.encode())
     entry_head = key + _varint(0x12) + _varint(value_len)  # MapEntry.value = 2.
     entry_len = len(entry_head) + value_len
     image_entry_head = _varint(0x0A) + _varint(entry_len)  # Features.feature = 1.
@@ -390,7 +313,7 @@ def parse_row(row: CsvRow) -> ParsedRow:
     """Validates and converts one CSV row.
 
     Raises:
-      UnknownLabelError: a finding that is not a label (reject `unknown_label`).
+      schema.UnknownLabelError: a finding that is not a label (reject `unknown_label`).
       ValueError: any other malformed field or a wrong number of fields (reject `bad_row`).
     """
     if row.num_fields != row.expected_fields:
@@ -408,7 +331,7 @@ def parse_row(row: CsvRow) -> ParsedRow:
     patient_id = _parse_int(fields[PATIENT_ID], PATIENT_ID)
     follow_up = _parse_int(fields[FOLLOW_UP], FOLLOW_UP)
     age = parse_age(fields[PATIENT_AGE])
-    multi_hot = parse_finding_labels(fields[FINDING_LABELS])
+    multi_hot = schema.labels_to_multi_hot(fields[FINDING_LABELS])
     return ParsedRow(
         line=row.line,
         image_index=image_index,

@@ -36,6 +36,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from beam_pipelines import nih, splits
+from tfrecords import manifest as manifest_lib
+from tfrecords import schema
 
 NAMESPACE = "build_tfrecords"
 REJECTS_TAG = "rejects"
@@ -50,11 +52,6 @@ DEFAULT_CHUNK_SIZE = 64
 # last unit of a worker is the others' idle time; 64 units of ~30 images for 2,000 images).
 MIN_WORK_UNITS = 64
 _COPY_CHUNK = 1 << 22
-
-
-def shard_file_name(split: str, index: int, num_shards: int) -> str:
-    """`tfrecords.manifest.shard_name` (which imports TensorFlow; tests check they agree)."""
-    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +237,7 @@ class ParseRowFn(beam.DoFn):
         row, official_list = element
         try:
             parsed = nih.parse_row(row)
-        except nih.UnknownLabelError as e:
+        except schema.UnknownLabelError as e:
             self._rejected[nih.UNKNOWN_LABEL].inc()
             yield beam.pvalue.TaggedOutput(
                 REJECTS_TAG, nih.Reject(nih.UNKNOWN_LABEL, row.fields[nih.IMAGE_INDEX], row.line, str(e))
@@ -352,7 +349,7 @@ class ConvertChunkFn(beam.DoFn):
     def setup(self):
         # Per worker, not per element; and not in __init__, which runs in the launcher.
         self._progress = _ProgressFile(self._progress_dir, self._progress_interval_s)
-        self._num_labels = len(nih.labels())
+        self._num_labels = schema.NUM_LABELS
 
     def process(self, element: tuple[tuple[str, int, int], Iterable[ImageTask]]) -> Iterator[Any]:
         (split, shard, chunk), tasks = element
@@ -407,9 +404,9 @@ class MergeShardFn(beam.DoFn):
         (split, index), joined = element
         (num_shards,) = list(joined["num_shards"])
         parts = sorted(joined["parts"], key=lambda part: part.chunk)
-        name = shard_file_name(split, index, num_shards)
+        name = manifest_lib.shard_name(split, index, num_shards)
         digest = hashlib.sha256()
-        num_labels = len(nih.labels())
+        num_labels = schema.NUM_LABELS
         label_counts = [0] * num_labels
         patients: set[int] = set()
         with FileSystems.create(

@@ -12,7 +12,6 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipelines import nih, splits, transforms
 from tests import fake_data
-from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 
 
@@ -79,12 +78,6 @@ class PureFunctionsTest(parameterized.TestCase, tf.test.TestCase):
         # 4000 / 12 = 333 per key, binomial std ~18: within 20% everywhere.
         self.assertBetween(min(counts.values()), 266, 400)
         self.assertBetween(max(counts.values()), 266, 400)
-
-    def test_shard_file_name_is_the_manifests(self):
-        for split, index, total in (("train", 0, 1), ("val", 3, 12), ("test", 99, 100)):
-            self.assertEqual(
-                transforms.shard_file_name(split, index, total), manifest_lib.shard_name(split, index, total)
-            )
 
     def test_resolve_keeps_the_first_row_and_reports_the_rest(self):
         config = splits.SplitConfig(mode="patient")

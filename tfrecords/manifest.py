@@ -34,9 +34,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import tensorflow as tf
-
 from tfrecords import schema
+
+# TensorFlow (for tf.io.gfile) is imported inside the functions that touch files, so that
+# `shard_name` and the dataclasses are usable in Beam workers that must not load it (see schema).
 
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.jsonl"
@@ -238,6 +239,8 @@ def read_manifest(records_dir: str, *, check_shards: bool = True, verify_checksu
       ManifestError: the directory or manifest is missing, the manifest is malformed or
         inconsistent, or the shards on disk do not match it; the message names the directory.
     """
+    import tensorflow as tf
+
     path = manifest_path(records_dir)
     if not tf.io.gfile.isdir(records_dir):
         raise ManifestError(
@@ -268,6 +271,8 @@ def write_manifest(records_dir: str, manifest: Manifest) -> str:
     Returns:
       The path written.
     """
+    import tensorflow as tf
+
     manifest.validate(where=f"manifest for {records_dir}")
     if not manifest.created:
         created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -296,6 +301,8 @@ def shard_paths(records_dir: str, manifest: Manifest, split: str) -> list[str]:
 
 def sha256_file(path: str, *, chunk_size: int = 1 << 22) -> str:
     """The hex sha256 of a file, read through `tf.io.gfile`."""
+    import tensorflow as tf
+
     digest = hashlib.sha256()
     with tf.io.gfile.GFile(path, "rb") as f:
         while chunk := f.read(chunk_size):
@@ -309,6 +316,8 @@ def manifest_sha256(records_dir: str) -> str:
 
 
 def _check_shards(records_dir: str, manifest: Manifest, *, verify_checksums: bool) -> None:
+    import tensorflow as tf
+
     listed = {shard.name for split in manifest.splits.values() for shard in split.shards}
     on_disk = {name for name in tf.io.gfile.listdir(records_dir) if _SHARD_RE.match(name.rstrip("/"))}
     missing = sorted(listed - on_disk)

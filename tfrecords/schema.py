@@ -15,16 +15,25 @@ One record is one grayscale image:
   age             int64   years
   sex             bytes   b"M" / b"F"
   view_position   bytes   b"PA" / b"AP"
+
+This module imports TensorFlow only inside the functions that need it (and on first access to
+`FEATURE_SPEC`): the Beam workers import the labels, keys and `labels_to_multi_hot` from here,
+and `import tensorflow` costs 4.4 s and 800 MB per worker process (measured by the Beam job's
+author; see `beam_pipelines/nih.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # The 14 NIH ChestX-ray14 findings in the order of the published tables, then "No Finding",
 # which is a label of its own and exclusive of the other 14.
@@ -68,19 +77,42 @@ VIEW_POSITION_KEY = "view_position"
 # Metadata keys, as yielded next to the images for reports.
 METADATA_KEYS = (IMAGE_INDEX_KEY, PATIENT_ID_KEY, FOLLOW_UP_KEY, AGE_KEY, SEX_KEY, VIEW_POSITION_KEY)
 
-FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
-    IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-    FORMAT_KEY: tf.io.FixedLenFeature([], tf.string),
-    HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64),
-    WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64),
-    LABELS_KEY: tf.io.FixedLenFeature([NUM_LABELS], tf.int64),
-    IMAGE_INDEX_KEY: tf.io.FixedLenFeature([], tf.string),
-    PATIENT_ID_KEY: tf.io.FixedLenFeature([], tf.int64),
-    FOLLOW_UP_KEY: tf.io.FixedLenFeature([], tf.int64),
-    AGE_KEY: tf.io.FixedLenFeature([], tf.int64),
-    SEX_KEY: tf.io.FixedLenFeature([], tf.string),
-    VIEW_POSITION_KEY: tf.io.FixedLenFeature([], tf.string),
+# Every key with its type and shape; `FEATURE_SPEC` turns it into TensorFlow's feature spec.
+FEATURE_TYPES: dict[str, tuple[str, tuple[int, ...]]] = {
+    IMAGE_KEY: ("string", ()),
+    FORMAT_KEY: ("string", ()),
+    HEIGHT_KEY: ("int64", ()),
+    WIDTH_KEY: ("int64", ()),
+    LABELS_KEY: ("int64", (NUM_LABELS,)),
+    IMAGE_INDEX_KEY: ("string", ()),
+    PATIENT_ID_KEY: ("int64", ()),
+    FOLLOW_UP_KEY: ("int64", ()),
+    AGE_KEY: ("int64", ()),
+    SEX_KEY: ("string", ()),
+    VIEW_POSITION_KEY: ("string", ()),
 }
+
+
+@functools.cache
+def feature_spec() -> dict[str, tf.io.FixedLenFeature]:
+    """The `tf.io` feature spec of one record (`FEATURE_SPEC`), built on first use."""
+    import tensorflow as tf
+
+    return {
+        key: tf.io.FixedLenFeature(list(shape), tf.dtypes.as_dtype(dtype))
+        for key, (dtype, shape) in FEATURE_TYPES.items()
+    }
+
+
+def __getattr__(name: str) -> Any:
+    # `schema.FEATURE_SPEC` without importing TensorFlow at module import.
+    if name == "FEATURE_SPEC":
+        return feature_spec()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class UnknownLabelError(ValueError):
+    """A `Finding Labels` name that is not one of `LABELS`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +138,8 @@ def labels_to_multi_hot(finding_labels: str) -> np.ndarray:
       int64 array of shape [NUM_LABELS] with ones at the named labels.
 
     Raises:
-      ValueError: the string is empty, names a label not in `LABELS` (the message names
-        it), repeats a label, or combines "No Finding" with a finding.
+      UnknownLabelError: (a ValueError) a name not in `LABELS`; the message names it.
+      ValueError: the string is empty, repeats a label, or combines "No Finding" with a finding.
     """
     names = [name.strip() for name in str(finding_labels).split(LABEL_SEPARATOR)]
     if not any(names):
@@ -115,7 +147,7 @@ def labels_to_multi_hot(finding_labels: str) -> np.ndarray:
     multi_hot = np.zeros([NUM_LABELS], dtype=np.int64)
     for name in names:
         if name not in LABELS:
-            raise ValueError(
+            raise UnknownLabelError(
                 f"Unknown label {name!r} in Finding Labels {finding_labels!r}; "
                 f"known labels are: {', '.join(LABELS)}."
             )
@@ -197,6 +229,8 @@ def make_example(
         encoded = encode_image(pixels, image_format)
     height, width = pixels.shape
 
+    import tensorflow as tf
+
     def _bytes(value: bytes | str) -> tf.train.Feature:
         if isinstance(value, str):
             value = value.encode("utf-8")
@@ -227,12 +261,16 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     Works eagerly and inside `tf.data.Dataset.map`. The image stays encoded; see
     `decode_image`.
     """
-    return tf.io.parse_single_example(serialized, FEATURE_SPEC)
+    import tensorflow as tf
+
+    return tf.io.parse_single_example(serialized, feature_spec())
 
 
 def parse_examples(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     """Parses a batch (a 1-D string tensor) of serialized records; see `parse_example`."""
-    return tf.io.parse_example(serialized, FEATURE_SPEC)
+    import tensorflow as tf
+
+    return tf.io.parse_example(serialized, feature_spec())
 
 
 def decode_image(
@@ -254,6 +292,8 @@ def decode_image(
     Returns:
       uint8 tensor [H, W, 1].
     """
+    import tensorflow as tf
+
     height = tf.cast(features[HEIGHT_KEY], tf.int32)
     width = tf.cast(features[WIDTH_KEY], tf.int32)
 
