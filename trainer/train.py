@@ -1,12 +1,13 @@
 r"""Trains a chest X-ray classifier on a records directory, then exports it.
 
+    python -m beam_pipelines.build_tfrecords --data_dir=data/demo --output_dir=data/tfrecords --image_size=64
     python -m trainer.train --records_dir=data/tfrecords --run_dir=runs/demo
 
 writes runs/demo/{config.json, history.csv, checkpoints/best.keras, backup/, tensorboard/,
 export/}. Killed (even with kill -9) and started again with the same command, it continues
 from the last finished epoch at that epoch's learning rate. The defaults are the demo
-profile (small ResUNet, measured to reach validation mean AUC >= 0.85 on the demo data in a
-few minutes on 2 CPU cores); `--profile=full` is the original work's configuration for the
+profile for 64x64 demo records (ResUNet depth 3, widths 8-16-32-64, bf16, positive-weighted
+loss, 12 epochs): validation mean AUC 0.977 after about 4 minutes on 2 shared CPU cores); `--profile=full` is the original work's configuration for the
 real ChestX-ray14 records (any flag given explicitly overrides the profile).
 
 Multi-worker: set TF_CONFIG on every worker and pass `--strategy=multi_worker`; only the chief
