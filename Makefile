@@ -38,7 +38,7 @@ PREDICT_ARGS ?=
 DATA_DEP := $(if $(filter $(DEMO_DIR),$(DATA_DIR)),$(DEMO_DIR)/Data_Entry_2017.csv,)
 
 .PHONY: help setup demo-data tfrecords train evaluate predict test test-slow lint format clean \
-	bench bench-tfrecords bench-input bench-train bench-bootstrap
+	bench bench-tfrecords bench-input bench-train bench-bootstrap bench-demo
 
 help:
 	@echo "make train      demo data -> TFRecords -> train -> export -> reports (runs/demo/)"
@@ -93,7 +93,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 # Benchmarks: side-by-side ratios in one run each, written to runs/bench/*.json.
-bench: bench-tfrecords bench-input bench-train bench-bootstrap
+bench: bench-tfrecords bench-input bench-train bench-bootstrap bench-demo
 
 bench-tfrecords: $(STAMP)
 	$(PY) -m benchmarks.bench_tfrecords
@@ -106,6 +106,11 @@ bench-train: $(STAMP)
 
 bench-bootstrap: $(STAMP)
 	$(PY) -m benchmarks.bench_bootstrap --nih_scale
+
+# Demo renderer speed, and how separable the planted findings are (logistic regression, tiny CNN).
+bench-demo: demo-data
+	$(PY) -m benchmarks.demo_render --num_images=20
+	$(PY) -m benchmarks.demo_separability --data_dir=$(DEMO_DIR) --sizes=32,64 --cnn_size=128 --cnn_epochs=12
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
