@@ -1,6 +1,6 @@
 r"""Training-step throughput of the ResUNet: fp32, bf16, XLA and XLA+bf16, side by side.
 
-    python -m benchmarks.bench_train          # ~3 minutes on 2 cores
+    python -m benchmarks.bench_train          # ~4 minutes on 2 idle cores
 
 writes runs/bench/bench-train.json (one object per case with images/s, plus the ratios to
 fp32) and prints a table. The model is the full profile's ResUNet (256x256, widths

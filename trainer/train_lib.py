@@ -56,14 +56,16 @@ _RUN_OUTPUTS = (CONFIG_FILE, HISTORY_FILE, "checkpoints", BACKUP_DIR, TENSORBOAR
 # Fields that do not change what a run computes; a resumed run may differ in them.
 _NON_IDENTITY_FIELDS = ("overwrite", "verbose")
 
-# XLA (`jit_compile`) as measured by `python -m benchmarks.bench_train` (ResUNet 256x256, widths
-# 32-64-128-256, batch 4, augmentation in the step; runs/bench/bench-train.json), 2026-11-25 on
-# this 2-core CPU (load 4-10 from other jobs; best of 2 alternating rounds, images/s):
-# fp32 0.41, bf16 1.33, XLA fp32 0.30, XLA bf16 0.33; so XLA/no-XLA = 0.75 (fp32), 0.24 (bf16)
-# and bf16/fp32 = 3.3. `--xla=auto` turns XLA on only where every measured ratio is > 1, i.e.
-# not on this CPU. No GPU/TPU was available to measure; there `auto` follows Keras' own default
-# ("auto" jit_compile: on).
-XLA_SPEEDUP_BY_DEVICE = {"CPU": {"fp32": 0.75, "bf16": 0.24}}
+# XLA (`jit_compile`) as measured by `python -m benchmarks.bench_train` (runs/bench/bench-train.json;
+# training steps with augmentation in the step, best of 2 alternating rounds, images/s), on this
+# 2-core CPU (avx512_bf16), 2026-11-25 at load average ~2:
+#   ResUNet 256x256, widths 32-64-128-256, batch 4:  fp32 2.49, bf16 3.53, XLA fp32 1.93, XLA bf16 2.05
+#   demo profile 64x64, widths 8-16-32-64, batch 32:  fp32 189,  bf16 274,  XLA fp32 196,  XLA bf16 133
+# XLA/no-XLA: 0.77 and 1.04 (fp32), 0.58 and 0.48 (bf16); bf16/fp32: 1.42 and 1.45. `--xla=auto`
+# turns XLA on only where every ratio listed for the device is > 1: not on this CPU (the
+# worst, i.e. full-size, ratios are listed). No GPU/TPU was available to measure; there `auto`
+# follows Keras' own default ("auto" jit_compile: on).
+XLA_SPEEDUP_BY_DEVICE = {"CPU": {"fp32": 0.77, "bf16": 0.58}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +101,8 @@ class TrainConfig:
     class_imbalance: str = "weights"
     augment: bool = True
     augment_placement: str = "model"
-    # bf16 measured 3.3x fp32 for ResUNet training steps on this CPU (avx512_bf16;
-    # benchmarks/bench_train.py); use "none" on hardware without fast bfloat16.
+    # bf16 measured 1.45x fp32 for this profile's training steps (1.42x at 256x256) on this
+    # CPU (avx512_bf16; benchmarks/bench_train.py); use "none" where bfloat16 is slow.
     mixed_precision: str = "bf16"
     xla: str = "auto"
     seed: int = 0
