@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 # configuration for the real data at IMAGE_SIZE.
 PROFILE ?= demo
 ifeq ($(PROFILE),demo)
-TRAIN_IMAGE_SIZE ?= 128
+TRAIN_IMAGE_SIZE ?= 64
 else
 TRAIN_IMAGE_SIZE ?= $(IMAGE_SIZE)
 endif
