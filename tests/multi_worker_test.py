@@ -140,7 +140,7 @@ class DataServiceTest(tf.test.TestCase):
         self.assertEqual(through_service, one_epoch(direct))
 
         # And fit() trains through it.
-        result = train_lib.train(dataclasses.replace(served, epochs=1, steps_per_epoch=2), strategy)
+        result = train_lib.train(dataclasses.replace(served, epochs=1, steps_per_epoch=1), strategy)
         self.assertTrue(np.isfinite(result.history["loss"][0]))
         self.assertTrue(os.path.exists(os.path.join(result.export_dir, "saved_model.pb")))
         del worker, dispatcher
