@@ -9,6 +9,8 @@ import setuptools
 # Pinned together on Python 3.11 (resolved and tested on 2026-11-25).
 INSTALL_REQUIRES = [
     "tensorflow==2.21.0",
+    # TensorFlow 2.21 does not pull it in; Keras' TensorBoard callback needs it.
+    "tensorboard==2.21.0",
     "keras==3.15.1",
     "apache-beam==2.77.0",
     # WriteToTFRecord's CRC; plain apache-beam lacks it.
@@ -44,6 +46,7 @@ setuptools.setup(
         "console_scripts": [
             "cxr-demo-data=beam_pipelines.demo_data:run",
             "cxr-build-tfrecords=beam_pipelines.build_tfrecords:run",
+            "cxr-train=trainer.train:run",
             "cxr-evaluate=trainer.evaluate:run",
             "cxr-predict=trainer.predict:run",
         ],

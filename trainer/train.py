@@ -142,5 +142,10 @@ def main(argv: list[str]) -> None:
     )
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point (`cxr-train`)."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()
