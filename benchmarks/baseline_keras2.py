@@ -22,23 +22,8 @@ import pandas as pd
 import tf_keras
 from tf_keras.preprocessing.image import ImageDataGenerator
 
-LABELS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Effusion",
-    "Emphysema",
-    "Fibrosis",
-    "Hernia",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pleural_Thickening",
-    "Pneumonia",
-    "Pneumothorax",
-    "No Finding",
-)
+# The bench env installs this project too (`make bench-input`); schema loads no TensorFlow.
+from tfrecords.schema import LABELS
 
 
 def main() -> None:
