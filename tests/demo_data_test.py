@@ -310,7 +310,9 @@ class GenerateArgumentsTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_logs_progress(self):
         output_dir = os.path.join(self.get_temp_dir(), "progress")
-        with self.assertLogs(level="INFO") as logs:
+        # On absl's logger itself: another test may have lowered absl's verbosity, which the root
+        # logger would not see.
+        with self.assertLogs(logger="absl", level="INFO") as logs:
             demo_data.generate(output_dir, num_images=12, image_size=16, num_workers=1)
         self.assertTrue(any(re.search(r"12/12 images, [\d.]+ images/s, ETA", line) for line in logs.output))
 
