@@ -57,6 +57,12 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, message):
             train_lib.TrainConfig(**kwargs)
 
+    def test_resolve_augment_placement(self):
+        self.assertEqual(train_lib.resolve_augment_placement("model", "CPU"), "model")
+        self.assertEqual(train_lib.resolve_augment_placement("dataset", "GPU"), "dataset")
+        self.assertEqual(train_lib.resolve_augment_placement("auto", "CPU"), "dataset")
+        self.assertEqual(train_lib.resolve_augment_placement("auto", "GPU"), "model")
+
     def test_resolve_jit_compile(self):
         self.assertTrue(train_lib.resolve_jit_compile("on", "CPU"))
         self.assertFalse(train_lib.resolve_jit_compile("off", "GPU"))

@@ -70,7 +70,8 @@ _AUGMENT_PLACEMENT = flags.DEFINE_enum(
     "augment_placement",
     _DEFAULTS.augment_placement,
     list(train_lib.AUGMENT_PLACEMENTS),
-    "model: inside the training step; dataset: in tf.data after batching.",
+    "model: inside the training step; dataset: in tf.data after batching; auto: dataset on CPU "
+    "(measured 1.15x faster there), model on GPU/TPU.",
 )
 _MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision",

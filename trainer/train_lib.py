@@ -40,7 +40,7 @@ from trainer import lr_schedule, models
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 CLASS_IMBALANCE_MODES = ("none", "weights", "resample")
-AUGMENT_PLACEMENTS = ("model", "dataset")
+AUGMENT_PLACEMENTS = ("auto", "model", "dataset")
 # Flag value -> Keras dtype policy.
 MIXED_PRECISION_POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 XLA_MODES = ("auto", "on", "off")
@@ -100,7 +100,7 @@ class TrainConfig:
     # none 0.934, resample 0.942, weights 0.976.
     class_imbalance: str = "weights"
     augment: bool = True
-    augment_placement: str = "model"
+    augment_placement: str = "auto"  # See resolve_augment_placement.
     # bf16 measured 1.45x fp32 for this profile's training steps (1.42x at 256x256) on this
     # CPU (avx512_bf16; benchmarks/bench_train.py); use "none" where bfloat16 is slow.
     mixed_precision: str = "bf16"
@@ -249,6 +249,22 @@ def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, str]:
     cluster = resolver.cluster_spec().as_dict()
     is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
     return is_chief, f"{task_type}-{task_id}"
+
+
+# Augmentation placement, as measured by `python -m benchmarks.bench_input` (ResUNet 256x256,
+# batch 8, the two placements alternating in one run; images/s of the training step), on this
+# 2-core CPU: quiet machine 2026-11-25: dataset/model = 1.15 with XLA off (7.0 vs 6.1) and 1.00
+# with XLA on; an earlier run under load: 1.12 and 1.02. With XLA off (what `--xla=auto` picks on
+# CPU) the tf.data placement is faster there, so `auto` takes it on CPU; on GPU/TPU the batch
+# work belongs on the accelerator, inside the compiled step (not measured here: no accelerator).
+AUGMENT_PLACEMENT_BY_DEVICE = {"CPU": "dataset"}
+
+
+def resolve_augment_placement(placement: str, device_type: str) -> str:
+    """Turns `--augment_placement` into "model" or "dataset"; `auto` follows the measurement above."""
+    if placement in ("model", "dataset"):
+        return placement
+    return AUGMENT_PLACEMENT_BY_DEVICE.get(device_type, "model")
 
 
 def resolve_jit_compile(xla: str, device_type: str) -> bool:
@@ -615,6 +631,7 @@ def train(
 
     device_type = strategy.extended.worker_devices[0].split("device:")[-1].split(":")[0].upper()
     jit_compile = resolve_jit_compile(config.xla, device_type)
+    augment_placement = resolve_augment_placement(config.augment_placement, device_type)
     lr_max = config.lr_max * (replicas if config.scale_lr else 1)
     lr_fn = lr_schedule.build_lr_fn(
         lr_start=config.lr_start,
@@ -648,6 +665,7 @@ def train(
                     "num_replicas": replicas,
                     "strategy": type(strategy).__name__,
                     "jit_compile": jit_compile,
+                    "augment_placement": augment_placement,
                     "lr_max_scaled": lr_max,
                     "steps_per_epoch": steps_per_epoch,
                     "labels": list(schema.LABELS),
@@ -674,7 +692,7 @@ def train(
                 depth=config.depth,
                 base_filters=config.base_filters,
                 dropout=config.dropout,
-                augment=augment_config if config.augment_placement == "model" else None,
+                augment=augment_config if augment_placement == "model" else None,
                 weights=config.weights,
                 pool_bottleneck=config.pool_bottleneck,
             )
@@ -694,7 +712,7 @@ def train(
             )
 
         augment_fn = None
-        if augment_config is not None and config.augment_placement == "dataset":
+        if augment_config is not None and augment_placement == "dataset":
             # The model still rescales and standardizes; standardizing a standardized image changes
             # nothing, so one exported model serves both placements.
             augment_fn = augment_lib.make_augment_fn(augment_config)
