@@ -38,13 +38,22 @@ setuptools.setup(
     description="NIH ChestX-ray14 to sharded TFRecords (Apache Beam), tf.data, ResUNet training and AUC reports.",
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(
-        include=["beam_pipelines", "beam_pipelines.*", "tfrecords", "tfrecords.*", "trainer", "trainer.*"]
+        include=[
+            "beam_pipelines",
+            "beam_pipelines.*",
+            "demo_data",
+            "demo_data.*",
+            "tfrecords",
+            "tfrecords.*",
+            "trainer",
+            "trainer.*",
+        ]
     ),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={
         "console_scripts": [
-            "cxr-demo-data=beam_pipelines.demo_data:run",
+            "cxr-demo-data=demo_data.generate:run",
             "cxr-build-tfrecords=beam_pipelines.build_tfrecords:run",
             "cxr-train=trainer.train:run",
             "cxr-evaluate=trainer.evaluate:run",

@@ -1,21 +1,34 @@
-"""Tests for beam_pipelines.demo_data: NIH layout, 2017 CSV format, splits, labels, determinism."""
+"""Tests for demo_data.writer: the NIH layout on disk, same bytes as before, boxes, determinism."""
 
-import contextlib
+import hashlib
 import io
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from absl import flags
 from absl.testing import parameterized
 from PIL import Image
 
-from beam_pipelines import demo_data
+from demo_data import layout, writer
 from tfrecords import schema
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The regression anchors of "same seed, same bytes". Produced by the generator as it was before it
+# became this package (`beam_pipelines/demo_data.py` at commit d1bcc7a):
+#   generate(output_dir, num_images=24, image_size=128, seed=0, num_workers=1)
+#   generate(output_dir, num_images=200, image_size=64, seed=0, num_workers=2)
+# each digested with `_tree_digest` (every file it wrote: the label file, both lists, the PNGs).
+DIGEST_24_AT_128 = "c44fa1422a8e6ef420fcfac29f5804dcd1a1c2a5085122e4a5b4c48cac8ea6d3"
+DIGEST_200_AT_64 = "0c6c0cbe5b1151881f7047dd400a6bca0229738f5255a6cb58a5c724aa803ce3"
+# sha256 of the box file of the second set with box_share=1.0, as this package first wrote it.
+BBOX_SHA256_200_AT_64 = "7d32f89dc79f90e8633b7b051df7e9952f620bac5ff808c4fb6f5aa782deb7b4"
 
 # The real file's columns as pandas reads them: the bracketed names are split by their commas and
 # the trailing comma adds an unnamed 12th column.
@@ -35,12 +48,28 @@ REAL_2017_COLUMNS = [
 ]
 
 
-def _read_csv(data_dir):
-    return pd.read_csv(os.path.join(data_dir, demo_data.CSV_NAME), dtype=str, keep_default_na=False)
+def _tree_digest(data_dir, exclude=()):
+    """sha256 over "relative path NUL sha256 of the file" lines of every file, sorted by path."""
+    paths = sorted(
+        os.path.relpath(os.path.join(root, name), data_dir).replace(os.sep, "/")
+        for root, _, names in os.walk(data_dir)
+        for name in names
+    )
+    digest = hashlib.sha256()
+    for path in paths:
+        if path in exclude:
+            continue
+        with open(os.path.join(data_dir, path), "rb") as f:
+            digest.update(f"{path}\0{hashlib.sha256(f.read()).hexdigest()}\n".encode())
+    return digest.hexdigest()
 
 
-def _read_list(data_dir, name):
-    with open(os.path.join(data_dir, name)) as f:
+def _read_csv(data_dir, name=layout.CSV_NAME):
+    return pd.read_csv(os.path.join(data_dir, name), dtype=str, keep_default_na=False)
+
+
+def _read_text(data_dir, name):
+    with open(os.path.join(data_dir, name), newline="") as f:
         return f.read()
 
 
@@ -55,6 +84,21 @@ def _tree_bytes(data_dir):
     return files
 
 
+class SameBytesTest(tf.test.TestCase):
+    def test_same_bytes_as_before_for_the_same_seed(self):
+        output_dir = os.path.join(self.get_temp_dir(), "24")
+        writer.generate(output_dir, num_images=24, image_size=128, seed=0, num_workers=1)
+        self.assertEqual(_tree_digest(output_dir, exclude=(layout.BBOX_NAME,)), DIGEST_24_AT_128)
+
+    def test_boxes_change_no_other_byte_and_are_anchored(self):
+        output_dir = os.path.join(self.get_temp_dir(), "200")
+        summary = writer.generate(output_dir, num_images=200, image_size=64, num_workers=1, box_share=1.0)
+        self.assertEqual(_tree_digest(output_dir, exclude=(layout.BBOX_NAME,)), DIGEST_200_AT_64)
+        with open(os.path.join(output_dir, layout.BBOX_NAME), "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).hexdigest(), BBOX_SHA256_200_AT_64)
+        self.assertGreater(summary["boxed_images"], 10)
+
+
 class GeneratedSetTest(tf.test.TestCase):
     """Checks one generated set of 300 images at 32x32 (a few hundred, so every label shows up)."""
 
@@ -62,7 +106,9 @@ class GeneratedSetTest(tf.test.TestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.data_dir = tempfile.mkdtemp()
-        cls.summary = demo_data.generate(cls.data_dir, num_images=300, image_size=32, seed=0, num_workers=1)
+        cls.summary = writer.generate(
+            cls.data_dir, num_images=300, image_size=32, seed=0, num_workers=1, box_share=0.5
+        )
         cls.frame = _read_csv(cls.data_dir)
 
     @classmethod
@@ -73,7 +119,13 @@ class GeneratedSetTest(tf.test.TestCase):
     def test_layout_and_file_names(self):
         self.assertCountEqual(
             os.listdir(self.data_dir),
-            ["images_001", demo_data.CSV_NAME, demo_data.TRAIN_VAL_LIST_NAME, demo_data.TEST_LIST_NAME],
+            [
+                "images_001",
+                layout.CSV_NAME,
+                layout.TRAIN_VAL_LIST_NAME,
+                layout.TEST_LIST_NAME,
+                layout.BBOX_NAME,
+            ],
         )
         images_dir = os.path.join(self.data_dir, "images_001", "images")
         names = sorted(os.listdir(images_dir))
@@ -89,8 +141,7 @@ class GeneratedSetTest(tf.test.TestCase):
             self.assertEqual(tf.io.decode_png(png).shape, (32, 32, 1))
 
     def test_csv_has_the_real_2017_header_and_row_shape(self):
-        with open(os.path.join(self.data_dir, demo_data.CSV_NAME), newline="") as f:
-            text = f.read()
+        text = _read_text(self.data_dir, layout.CSV_NAME)
         self.assertTrue(text.endswith("\r\n"))
         lines = text.split("\r\n")[:-1]
         self.assertEqual(
@@ -127,8 +178,8 @@ class GeneratedSetTest(tf.test.TestCase):
         self.assertGreater(len(frame) / frame["Patient ID"].nunique(), 2.0)
 
     def test_lists_are_patient_disjoint_and_cover_the_csv(self):
-        train_text = _read_list(self.data_dir, demo_data.TRAIN_VAL_LIST_NAME)
-        test_text = _read_list(self.data_dir, demo_data.TEST_LIST_NAME)
+        train_text = _read_text(self.data_dir, layout.TRAIN_VAL_LIST_NAME)
+        test_text = _read_text(self.data_dir, layout.TEST_LIST_NAME)
         # NIH's lists have no newline after the last name.
         self.assertFalse(train_text.endswith("\n"))
         self.assertFalse(test_text.endswith("\n"))
@@ -156,120 +207,98 @@ class GeneratedSetTest(tf.test.TestCase):
             names = value.split("|")
             self.assertEqual(names, sorted(names, key=schema.LABELS.index))
 
+    def test_box_file_in_nih_format(self):
+        text = _read_text(self.data_dir, layout.BBOX_NAME)
+        # NIH's exact header bytes, LF line ends, a line end after the last row.
+        self.assertStartsWith(text, "Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
+        self.assertNotIn("\r", text)
+        self.assertTrue(text.endswith("\n"))
+        boxes = pd.read_csv(os.path.join(self.data_dir, layout.BBOX_NAME))
+        self.assertEqual(
+            list(boxes.columns),
+            [
+                "Image Index",
+                "Finding Label",
+                "Bbox [x",
+                "y",
+                "w",
+                "h]",
+                "Unnamed: 6",
+                "Unnamed: 7",
+                "Unnamed: 8",
+            ],
+        )
+        self.assertTrue(boxes[["Unnamed: 6", "Unnamed: 7", "Unnamed: 8"]].isna().all().all())
+        for line in text.split("\n")[1:-1]:
+            self.assertRegex(line, r"^\d{8}_\d{3}\.png,[A-Za-z]+(,\d+(\.\d+)?){4}$")
+
+    def test_boxes_on_a_share_of_the_test_images_with_boxed_findings(self):
+        boxes = _read_csv(self.data_dir, layout.BBOX_NAME)
+        self.assertNotEmpty(boxes)
+        test = set(_read_text(self.data_dir, layout.TEST_LIST_NAME).split("\n"))
+        findings = dict(zip(self.frame["Image Index"], self.frame["Finding Labels"].str.split("|")))
+        eligible = {n for n in test if set(findings[n]) & set(layout.BBOX_LABELS)}
+        boxed = set(boxes["Image Index"])
+        self.assertContainsSubset(boxed, eligible)
+        self.assertEqual(len(boxed), round(0.5 * len(eligible)))
+        self.assertEqual(self.summary["boxed_images"], len(boxed))
+        # Every boxed image has one box per boxed finding it carries, under NIH's label names.
+        nih_name = {v: k for k, v in layout.BBOX_LABELS.items()}
+        self.assertEqual(set(boxes["Finding Label"]) - set(nih_name), set())
+        for name in boxed:
+            got = sorted(nih_name[v] for v in boxes.loc[boxes["Image Index"] == name, "Finding Label"])
+            self.assertEqual(got, sorted(set(findings[name]) & set(layout.BBOX_LABELS)), msg=name)
+        x, y = boxes["Bbox [x"].astype(float), boxes["y"].astype(float)
+        w, h = boxes["w"].astype(float), boxes["h]"].astype(float)
+        self.assertTrue(((x >= 0) & (y >= 0) & (w > 0) & (h > 0) & (x + w <= 32) & (y + h <= 32)).all())
+
 
 class DeterminismTest(tf.test.TestCase):
     def test_same_seed_same_bytes_for_any_worker_count(self):
         one = os.path.join(self.get_temp_dir(), "one")
         two = os.path.join(self.get_temp_dir(), "two")
-        demo_data.generate(one, num_images=40, image_size=32, seed=3, num_workers=1)
-        demo_data.generate(two, num_images=40, image_size=32, seed=3, num_workers=2)
+        # This process has loaded TensorFlow, so the two workers are spawned, not forked.
+        self.assertEqual(writer.start_method(), "spawn")
+        writer.generate(one, num_images=40, image_size=32, seed=3, num_workers=1, box_share=1.0)
+        writer.generate(two, num_images=40, image_size=32, seed=3, num_workers=2, box_share=1.0)
         first, second = _tree_bytes(one), _tree_bytes(two)
-        self.assertLen(first, 43)
+        self.assertLen(first, 44)
         self.assertEqual(first, second)
 
     def test_different_seed_differs(self):
         a = os.path.join(self.get_temp_dir(), "a")
         b = os.path.join(self.get_temp_dir(), "b")
-        demo_data.generate(a, num_images=40, image_size=32, seed=0, num_workers=1)
-        demo_data.generate(b, num_images=40, image_size=32, seed=1, num_workers=1)
+        writer.generate(a, num_images=40, image_size=32, seed=0, num_workers=1)
+        writer.generate(b, num_images=40, image_size=32, seed=1, num_workers=1)
         first, second = _tree_bytes(a), _tree_bytes(b)
-        self.assertNotEqual(first[demo_data.CSV_NAME], second[demo_data.CSV_NAME])
-        common = set(first) & set(second) - {demo_data.CSV_NAME}
+        self.assertNotEqual(first[layout.CSV_NAME], second[layout.CSV_NAME])
+        common = set(first) & set(second) - {layout.CSV_NAME}
         different = [name for name in common if name.endswith(".png") and first[name] != second[name]]
         self.assertNotEmpty(different)
 
-
-class LabelStatisticsTest(tf.test.TestCase):
-    def test_prevalences_and_co_occurrence_like_nih(self):
-        rows = demo_data.sample_images(20000, seed=5)
-        multi_hot = np.stack([schema.labels_to_multi_hot(row.finding_labels) for row in rows])
-        share = dict(zip(schema.LABELS, multi_hot.mean(axis=0)))
-        # NIH: 60,412 / 112,120 = 53.9% No Finding, 18.5% of rows with several findings.
-        self.assertBetween(share["No Finding"], 0.51, 0.57)
-        self.assertBetween(np.mean(multi_hot[:, :-1].sum(axis=1) > 1), 0.14, 0.21)
-        by_share = sorted(schema.FINDINGS, key=share.get, reverse=True)
-        self.assertEqual(by_share[:3], ["Infiltration", "Effusion", "Atelectasis"])
-        self.assertEqual(by_share[-1], "Hernia")
-        self.assertBetween(share["Hernia"], 0.015, 0.03)
-        # The drawn shares follow finding_prevalences().
-        self.assertAllClose(multi_hot[:, :-1].mean(axis=0), demo_data.finding_prevalences(), atol=0.01)
-        # Findings co-occur more than independence would give, and the most common pair is NIH's.
-        # NIH: 3,990 Effusion+Infiltration rows, 1.7x independence; the one-factor copula gives ~1.45x.
-        findings = multi_hot[:, :-1].astype(np.float64)
-        pairs = findings.T @ findings
-        np.fill_diagonal(pairs, 0)
-        i, j = np.unravel_index(np.argmax(pairs), pairs.shape)
-        self.assertEqual({schema.FINDINGS[i], schema.FINDINGS[j]}, {"Effusion", "Infiltration"})
-        expected_independent = len(rows) * share["Effusion"] * share["Infiltration"]
-        self.assertGreater(pairs[i, j], 1.25 * expected_independent)
-
-    def test_follow_up_counts_sum_and_bounds(self):
-        counts = demo_data.sample_follow_up_counts(np.random.default_rng(0), 2000, 600)
-        self.assertEqual(counts.sum(), 2000)
-        self.assertGreaterEqual(counts.min(), 1)
-        self.assertLessEqual(counts.max(), demo_data.MAX_FOLLOW_UPS)
-        self.assertGreater(np.mean(counts == 1), 0.2)  # Many patients have a single image...
-        self.assertGreater(counts.max(), 10)  # ...and some have many, as in NIH.
-
-
-class RenderTest(tf.test.TestCase, parameterized.TestCase):
-    @parameterized.parameters(*schema.FINDINGS)
-    def test_each_finding_is_visible_at_64(self, finding):
-        # Each finding draws from its own random stream, so with the same generator seed the two
-        # images differ only by the finding's pattern.
-        normal = demo_data.render_image((), np.random.default_rng(7), 64).astype(np.float32)
-        planted = demo_data.render_image((finding,), np.random.default_rng(7), 64).astype(np.float32)
-        difference = np.abs(planted - normal)
-        self.assertGreater(difference.max(), 40, msg=finding)
-        self.assertGreater(np.sum(difference > 20), 6, msg=finding)
-
-    def test_findings_have_distinct_patterns(self):
-        normal = demo_data.render_image((), np.random.default_rng(11), 64).astype(np.float32)
-        differences = np.stack(
-            [
-                (
-                    demo_data.render_image((f,), np.random.default_rng(11), 64).astype(np.float32) - normal
-                ).ravel()
-                for f in schema.FINDINGS
-            ]
+    def test_tensorflow_free_and_forked_workers_give_the_same_bytes(self):
+        # In a fresh interpreter: the package never imports TensorFlow, so its workers fork.
+        output_dir = os.path.join(self.get_temp_dir(), "fresh")
+        script = (
+            "import pkgutil, sys, importlib, demo_data\n"
+            "for module in pkgutil.iter_modules(demo_data.__path__):\n"
+            "    importlib.import_module('demo_data.' + module.name)\n"
+            "from demo_data import writer\n"
+            "assert writer.start_method() == 'fork', writer.start_method()\n"
+            f"writer.generate({output_dir!r}, num_images=24, image_size=128, num_workers=2)\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+            "print('loaded:', loaded)\n"
         )
-        correlation = np.corrcoef(differences)
-        np.fill_diagonal(correlation, 0.0)
-        self.assertLess(correlation.max(), 0.9)
-
-    def test_size_and_dtype_when_scaled_up(self):
-        pixels = demo_data.render_image(("Mass", "Effusion"), np.random.default_rng(0), 300, render_size=64)
-        self.assertEqual(pixels.dtype, np.uint8)
-        self.assertEqual(pixels.shape, (300, 300))
-        self.assertGreater(pixels.std(), 20)
-
-    def test_same_generator_state_same_pixels(self):
-        a = demo_data.render_image(("Nodule",), demo_data.image_rng(4, 9), 48)
-        b = demo_data.render_image(("Nodule",), demo_data.image_rng(4, 9), 48)
-        c = demo_data.render_image(("Nodule",), demo_data.image_rng(4, 10), 48)
-        self.assertAllEqual(a, b)
-        self.assertNotAllEqual(a, c)
-
-    @parameterized.named_parameters(
-        ("unknown", ("Infiltrate",), "Unknown finding.*Infiltrate"),
-        ("no_finding_with_finding", ("No Finding", "Mass"), "No Finding"),
-    )
-    def test_bad_findings_raise(self, findings, message):
-        with self.assertRaisesRegex(ValueError, message):
-            demo_data.render_image(findings, np.random.default_rng(0), 32)
-
-    @parameterized.parameters((1, 1), (3, 5), (32, 32), (17, 64))
-    def test_png_round_trip(self, height, width):
-        pixels = np.random.default_rng(height * width).integers(0, 256, (height, width), dtype=np.uint8)
-        png = demo_data.encode_png(pixels)
-        with Image.open(io.BytesIO(png)) as image:
-            self.assertEqual(image.mode, "L")
-            self.assertAllEqual(np.asarray(image), pixels)
-        self.assertAllEqual(tf.io.decode_png(png)[..., 0], pixels)
-
-    def test_png_rejects_non_uint8(self):
-        with self.assertRaisesRegex(ValueError, "uint8"):
-            demo_data.encode_png(np.zeros((4, 4), np.float32))
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [_REPO, os.environ.get("PYTHONPATH")])),
+        }
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+        )
+        self.assertEqual(result.returncode, 0, msg=result.stderr)
+        self.assertIn("loaded: []", result.stdout)
+        self.assertEqual(_tree_digest(output_dir, exclude=(layout.BBOX_NAME,)), DIGEST_24_AT_128)
 
 
 class GenerateArgumentsTest(tf.test.TestCase, parameterized.TestCase):
@@ -282,19 +311,25 @@ class GenerateArgumentsTest(tf.test.TestCase, parameterized.TestCase):
         ("too_many_follow_ups", {"num_images": 2002, "num_patients": 2}, "num_patients"),
         ("zero_workers", {"num_workers": 0}, "num_workers"),
         ("compress_level", {"compress_level": 10}, "compress_level"),
+        ("negative_seed", {"seed": -1}, "seed"),
+        ("box_share", {"box_share": 1.5}, "box_share"),
     )
     def test_bad_arguments_raise_naming_them(self, kwargs, name):
         output_dir = os.path.join(self.get_temp_dir(), "out")
         with self.assertRaisesRegex(ValueError, name):
-            demo_data.generate(output_dir, **{"num_images": 10, "image_size": 16, **kwargs})
-        self.assertFalse(os.path.exists(os.path.join(output_dir, demo_data.CSV_NAME)))
+            writer.generate(output_dir, **{"num_images": 10, "image_size": 16, **kwargs})
+        self.assertFalse(os.path.exists(output_dir))
+
+    def test_unknown_option_raises(self):
+        with self.assertRaisesRegex(TypeError, "num_imgs"):
+            writer.generate(self.get_temp_dir(), num_imgs=3)
 
     def test_refuses_an_existing_data_set_unless_overwrite(self):
         output_dir = os.path.join(self.get_temp_dir(), "data")
-        demo_data.generate(output_dir, num_images=40, image_size=16, num_workers=1)
+        writer.generate(output_dir, num_images=40, image_size=16, num_workers=1)
         with self.assertRaisesRegex(FileExistsError, re.escape(output_dir) + ".*overwrite"):
-            demo_data.generate(output_dir, num_images=10, image_size=16, num_workers=1)
-        summary = demo_data.generate(output_dir, num_images=10, image_size=16, num_workers=1, overwrite=True)
+            writer.generate(output_dir, num_images=10, image_size=16, num_workers=1)
+        summary = writer.generate(output_dir, num_images=10, image_size=16, num_workers=1, overwrite=True)
         self.assertEqual(summary["num_images"], 10)
         # No image of the bigger set is left behind.
         images = os.listdir(os.path.join(output_dir, "images_001", "images"))
@@ -304,7 +339,7 @@ class GenerateArgumentsTest(tf.test.TestCase, parameterized.TestCase):
         output_dir = self.get_temp_dir()
         with open(os.path.join(output_dir, "notes.txt"), "w") as f:
             f.write("kept")
-        demo_data.generate(output_dir, num_images=5, image_size=16, num_workers=1)
+        writer.generate(output_dir, num_images=5, image_size=16, num_workers=1)
         self.assertTrue(os.path.exists(os.path.join(output_dir, "notes.txt")))
         self.assertLen(_read_csv(output_dir), 5)
 
@@ -313,44 +348,8 @@ class GenerateArgumentsTest(tf.test.TestCase, parameterized.TestCase):
         # On absl's logger itself: another test may have lowered absl's verbosity, which the root
         # logger would not see.
         with self.assertLogs(logger="absl", level="INFO") as logs:
-            demo_data.generate(output_dir, num_images=12, image_size=16, num_workers=1)
+            writer.generate(output_dir, num_images=12, image_size=16, num_workers=1)
         self.assertTrue(any(re.search(r"12/12 images, [\d.]+ images/s, ETA", line) for line in logs.output))
-
-
-class MainTest(tf.test.TestCase):
-    def _holders(self, argv):
-        flag_values = flags.FlagValues()
-        holders = demo_data._define_flags(flag_values)
-        flag_values(["demo_data", *argv])
-        return holders
-
-    def test_main_writes_the_set_and_prints_the_summary(self):
-        output_dir = os.path.join(self.get_temp_dir(), "cli")
-        holders = self._holders(
-            [f"--output_dir={output_dir}", "--num_images=8", "--image_size=16", "--num_workers=1"]
-        )
-        stdout = io.StringIO()
-        with contextlib.redirect_stdout(stdout):
-            demo_data.main(["demo_data"], holders=holders)
-        self.assertIn('"num_images": 8', stdout.getvalue())
-        self.assertLen(_read_csv(output_dir), 8)
-
-    def test_flag_defaults_work_on_the_demo(self):
-        holders = self._holders([])
-        self.assertEqual(holders["output_dir"].value, "data/demo")
-        self.assertEqual(holders["num_images"].value, 2000)
-        self.assertEqual(holders["image_size"].value, 1024)
-        self.assertEqual(holders["num_workers"].value, 0)
-
-    def test_negative_num_workers_flag_raises(self):
-        holders = self._holders(["--num_workers=-1", f"--output_dir={self.get_temp_dir()}"])
-        with self.assertRaisesRegex(ValueError, "--num_workers"):
-            demo_data.main(["demo_data"], holders=holders)
-
-    def test_zero_num_images_flag_raises(self):
-        holders = self._holders(["--num_images=0", f"--output_dir={self.get_temp_dir()}"])
-        with self.assertRaisesRegex(ValueError, "num_images"):
-            demo_data.main(["demo_data"], holders=holders)
 
 
 if __name__ == "__main__":
