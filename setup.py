@@ -41,6 +41,8 @@ setuptools.setup(
         include=[
             "beam_pipelines",
             "beam_pipelines.*",
+            "cxr_cli",
+            "cxr_cli.*",
             "demo_data",
             "demo_data.*",
             "tfrecords",
