@@ -56,6 +56,8 @@ class Stage(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
+    """A registered finding: its name, when it is painted, and its painter."""
+
     name: str
     stage: Stage
     paint: Painter

@@ -14,80 +14,37 @@ writes
                                                      images that carry one
 
 and prints a JSON summary (label, split and box counts, seconds). The same --seed gives the same
-bytes, for any --num_workers. Also installed as the `cxr-demo-data` console script.
+bytes, for any --num_workers. The flags are the fields of `writer.DemoDataConfig` (`--help`). Also
+installed as the `cxr-demo-data` console script.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Sequence
 
 from absl import app, flags
 
+from cxr_cli import config_flags
 from demo_data import writer
 
-_DEFAULTS = writer.DemoDataConfig()
+# One flag per field of the configuration, with its default and help.
+_CONFIG = config_flags.define_from_dataclass(writer.DemoDataConfig)
+# They are defined by config_flags; adopting them lists them in this binary's --help.
+flags.adopt_module_key_flags(config_flags)
 
 
-def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
-    """Defines the flags when the binary runs, not at import; tests pass their own FlagValues."""
-    fv = flag_values
-    return {
-        "output_dir": flags.DEFINE_string(
-            "output_dir", _DEFAULTS.output_dir, "Folder to write the data set into.", flag_values=fv
-        ),
-        "num_images": flags.DEFINE_integer(
-            "num_images", _DEFAULTS.num_images, "Images to generate.", flag_values=fv
-        ),
-        "image_size": flags.DEFINE_integer(
-            "image_size", _DEFAULTS.image_size, "Height and width of each PNG, in pixels.", flag_values=fv
-        ),
-        "seed": flags.DEFINE_integer(
-            "seed", _DEFAULTS.seed, "Random seed; the same seed gives the same bytes.", flag_values=fv
-        ),
-        "num_patients": flags.DEFINE_integer(
-            "num_patients", 0, "Patients; 0 for round(0.3 * num_images).", flag_values=fv
-        ),
-        "num_workers": flags.DEFINE_integer(
-            "num_workers", 0, "Rendering processes; 0 for one per CPU core.", flag_values=fv
-        ),
-        "box_share": flags.DEFINE_float(
-            "box_share",
-            _DEFAULTS.box_share,
-            "Share of the test images with one of NIH's 8 boxed findings that get boxes.",
-            flag_values=fv,
-        ),
-        "overwrite": flags.DEFINE_bool(
-            "overwrite", False, "Replace a data set already in --output_dir.", flag_values=fv
-        ),
-    }
-
-
-def main(argv: Sequence[str], *, holders: dict[str, flags.FlagHolder]) -> None:
+def main(argv: Sequence[str]) -> None:
     """Builds the configuration from the flags, writes the set and prints its summary as JSON."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    for name in ("num_patients", "num_workers"):
-        if holders[name].value < 0:
-            raise ValueError(f"--{name} must be >= 0 (0 for the default), got {holders[name].value}.")
-    config = writer.DemoDataConfig(
-        output_dir=holders["output_dir"].value,
-        num_images=holders["num_images"].value,
-        image_size=holders["image_size"].value,
-        seed=holders["seed"].value,
-        num_patients=holders["num_patients"].value or None,
-        num_workers=holders["num_workers"].value or None,
-        overwrite=holders["overwrite"].value,
-        box_share=holders["box_share"].value,
-    )
+    config = config_flags.build_config(writer.DemoDataConfig, _CONFIG)
     print(json.dumps(writer.write(config), indent=2))
 
 
 def run() -> None:
     """Entry point of `python -m demo_data.generate` and the `cxr-demo-data` console script."""
-    holders = _define_flags()
-    app.run(functools.partial(main, holders=holders))
+    app.run(main)
 
 
 if __name__ == "__main__":

@@ -52,11 +52,13 @@ class DemoDataConfig:
     def __post_init__(self):
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError(f"DemoDataConfig.output_dir must be a non-empty path, got {self.output_dir!r}.")
-        render.check_positive("image_size", self.image_size)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"DemoDataConfig.seed must be a non-negative integer, got {self.seed!r}.")
-        if self.num_workers is not None:
-            render.check_positive("num_workers", self.num_workers)
+        for name in ("num_images", "image_size", "num_patients", "num_workers", "seed"):
+            value = getattr(self, name)
+            if value is None and name in ("num_patients", "num_workers"):
+                continue
+            low = 0 if name == "seed" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"DemoDataConfig.{name} must be an integer >= {low}, got {value!r}.")
         if isinstance(self.compress_level, bool) or self.compress_level not in range(10):
             raise ValueError(f"DemoDataConfig.compress_level must be in 0..9, got {self.compress_level!r}.")
         if not 0.0 <= self.box_share <= 1.0:

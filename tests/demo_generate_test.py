@@ -1,68 +1,75 @@
-"""Tests for the demo_data.generate binary: flags to configuration, summary, flag errors."""
+"""Tests for the demo_data.generate binary, run as a user runs it (its flags live in the global
+flag registry, so it runs in its own process)."""
 
-import contextlib
-import io
 import json
 import os
+import subprocess
+import sys
 
 import pandas as pd
 import tensorflow as tf
-from absl import flags
 
-from demo_data import generate, layout
+from demo_data import layout
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class MainTest(tf.test.TestCase):
-    def _holders(self, argv):
-        flag_values = flags.FlagValues()
-        holders = generate._define_flags(flag_values)
-        flag_values(["generate", *argv])
-        return holders
+def _run(*args):
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [_REPO, os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "demo_data.generate", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
-    def test_main_writes_the_set_and_prints_the_summary(self):
+
+class GenerateBinaryTest(tf.test.TestCase):
+    def test_writes_the_set_and_prints_the_summary(self):
         output_dir = os.path.join(self.get_temp_dir(), "cli")
-        holders = self._holders(
-            [
-                f"--output_dir={output_dir}",
-                "--num_images=40",
-                "--image_size=16",
-                "--num_workers=1",
-                "--box_share=1",
-            ]
+        result = _run(
+            f"--output_dir={output_dir}",
+            "--num_images=40",
+            "--image_size=16",
+            "--num_workers=1",
+            "--box_share=1",
         )
-        stdout = io.StringIO()
-        with contextlib.redirect_stdout(stdout):
-            generate.main(["generate"], holders=holders)
-        summary = json.loads(stdout.getvalue())
+        self.assertEqual(result.returncode, 0, msg=result.stderr)
+        summary = json.loads(result.stdout)
         self.assertEqual(summary["num_images"], 40)
-        frame = pd.read_csv(os.path.join(output_dir, layout.CSV_NAME))
-        self.assertLen(frame, 40)
+        self.assertLen(pd.read_csv(os.path.join(output_dir, layout.CSV_NAME)), 40)
         boxes = pd.read_csv(os.path.join(output_dir, layout.BBOX_NAME))
         self.assertLen(boxes, sum(summary["boxes"].values()))
-        self.assertGreater(len(boxes), 0)
+        self.assertNotEmpty(boxes)
 
-    def test_flag_defaults_are_the_demo_set(self):
-        holders = self._holders([])
-        self.assertEqual(holders["output_dir"].value, "data/demo")
-        self.assertEqual(holders["num_images"].value, 2000)
-        self.assertEqual(holders["image_size"].value, 1024)
-        self.assertEqual(holders["num_workers"].value, 0)
-        self.assertAlmostEqual(holders["box_share"].value, 880 / 13984)
+    def test_flags_are_the_config_fields_with_the_demo_defaults(self):
+        result = _run("--help")
+        for name, default in [
+            ("output_dir", "'data/demo'"),
+            ("num_images", "'2000'"),
+            ("image_size", "'1024'"),
+            ("seed", "'0'"),
+            ("box_share", repr(str(880 / 13984))),
+        ]:
+            self.assertRegex(result.stdout, rf"--{name}: .*\n(.*\n)*?\s+\(default: {default}\)", msg=name)
+        for name in ("--num_patients", "--num_workers", "--[no]overwrite", "--compress_level"):
+            self.assertIn(name, result.stdout)
 
-    def test_negative_num_workers_flag_raises(self):
-        holders = self._holders(["--num_workers=-1", f"--output_dir={self.get_temp_dir()}"])
-        with self.assertRaisesRegex(ValueError, "--num_workers"):
-            generate.main(["generate"], holders=holders)
+    def test_bad_flag_value_names_the_field(self):
+        output_dir = os.path.join(self.get_temp_dir(), "bad")
+        result = _run(f"--output_dir={output_dir}", "--num_workers=0")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("DemoDataConfig.num_workers must be an integer >= 1, got 0", result.stderr)
+        self.assertFalse(os.path.exists(output_dir))
 
-    def test_zero_num_images_flag_raises(self):
-        holders = self._holders(["--num_images=0", f"--output_dir={self.get_temp_dir()}"])
-        with self.assertRaisesRegex(ValueError, "num_images"):
-            generate.main(["generate"], holders=holders)
-
-    def test_box_share_flag_out_of_range_raises(self):
-        holders = self._holders(["--box_share=2", f"--output_dir={self.get_temp_dir()}"])
-        with self.assertRaisesRegex(ValueError, "box_share"):
-            generate.main(["generate"], holders=holders)
+    def test_unexpected_argument_is_a_usage_error(self):
+        result = _run(f"--output_dir={self.get_temp_dir()}", "extra")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("Unexpected arguments: extra", result.stderr)
 
 
 if __name__ == "__main__":
