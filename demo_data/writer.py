@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import numbers
 import os
 import shutil
 import sys
@@ -52,17 +53,18 @@ class DemoDataConfig:
     def __post_init__(self):
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError(f"DemoDataConfig.output_dir must be a non-empty path, got {self.output_dir!r}.")
-        for name in ("num_images", "image_size", "num_patients", "num_workers", "seed"):
+        minimum = {"num_images": 1, "image_size": 1, "num_patients": 1, "num_workers": 1, "seed": 0}
+        for name, low in minimum.items():
             value = getattr(self, name)
             if value is None and name in ("num_patients", "num_workers"):
                 continue
-            low = 0 if name == "seed" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise ValueError(f"DemoDataConfig.{name} must be an integer >= {low}, got {value!r}.")
-        if isinstance(self.compress_level, bool) or self.compress_level not in range(10):
-            raise ValueError(f"DemoDataConfig.compress_level must be in 0..9, got {self.compress_level!r}.")
-        if not 0.0 <= self.box_share <= 1.0:
-            raise ValueError(f"DemoDataConfig.box_share must be in [0, 1], got {self.box_share!r}.")
+        level = self.compress_level
+        if isinstance(level, bool) or not isinstance(level, numbers.Integral) or not 0 <= level <= 9:
+            raise ValueError(f"DemoDataConfig.compress_level must be an integer in 0..9, got {level!r}.")
+        if not isinstance(self.box_share, numbers.Real) or not 0.0 <= self.box_share <= 1.0:
+            raise ValueError(f"DemoDataConfig.box_share must be a number in [0, 1], got {self.box_share!r}.")
         label_model.check_counts(self.num_images, self.num_patients)
 
 

@@ -311,8 +311,10 @@ class GenerateArgumentsTest(tf.test.TestCase, parameterized.TestCase):
         ("too_many_follow_ups", {"num_images": 2002, "num_patients": 2}, "num_patients"),
         ("zero_workers", {"num_workers": 0}, "num_workers"),
         ("compress_level", {"compress_level": 10}, "compress_level"),
+        ("float_compress_level", {"compress_level": 1.0}, "compress_level"),
         ("negative_seed", {"seed": -1}, "seed"),
         ("box_share", {"box_share": 1.5}, "box_share"),
+        ("text_box_share", {"box_share": "all"}, "box_share"),
     )
     def test_bad_arguments_raise_naming_them(self, kwargs, name):
         output_dir = os.path.join(self.get_temp_dir(), "out")
