@@ -44,6 +44,8 @@ setuptools.setup(
             "beam_pipelines.*",
             "cxr_cli",
             "cxr_cli.*",
+            "demo_data",
+            "demo_data.*",
             "tfrecords",
             "tfrecords.*",
             "trainer",
@@ -54,7 +56,7 @@ setuptools.setup(
     extras_require=EXTRAS_REQUIRE,
     entry_points={
         "console_scripts": [
-            "cxr-demo-data=beam_pipelines.demo_data:run",
+            "cxr-demo-data=demo_data.generate:run",
             "cxr-build-tfrecords=beam_pipelines.build_tfrecords:run",
             "cxr-train=trainer.train:run",
             "cxr-evaluate=trainer.evaluate:run",

@@ -87,7 +87,7 @@ def _load_average() -> list[float]:
 def ensure_demo(demo_dir: str, num_images: int) -> None:
     if tf.io.gfile.exists(os.path.join(demo_dir, "Data_Entry_2017.csv")):
         return
-    from beam_pipelines import demo_data
+    from demo_data import writer as demo_data
 
     logging.info("Generating %d demo images into %s", num_images, demo_dir)
     demo_data.generate(demo_dir, num_images=num_images, image_size=1024, seed=0)
