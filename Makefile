@@ -107,7 +107,7 @@ bench-train: $(STAMP)
 # Where the training loop's wall time goes (steps, metrics, input, validation, each callback),
 # the fit/bare-step ratio, CPU cores busy and epoch spread, for the demo and full profiles.
 profile-train: $(STAMP)
-	$(PY) -m benchmarks.profile_train
+	$(PY) -m benchmarks.profile_train --full_variants=before,after
 
 bench-bootstrap: $(STAMP)
 	$(PY) -m benchmarks.bench_bootstrap --nih_scale

@@ -49,10 +49,15 @@ from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 from trainer import augment as augment_lib
-from trainer import train_lib
+from trainer import config as config_lib
+from trainer import inputs, objectives, task, train_lib
+from trainer import run_dir as run_dir_lib
 
 _PROFILES = flags.DEFINE_list("profiles", ["demo", "full"], "Profiles to run (demo, full).")
 _VARIANTS = flags.DEFINE_list("variants", None, "Variants to run (default: all of VARIANTS).")
+_FULL_VARIANTS = flags.DEFINE_list(
+    "full_variants", None, "Variants of the full profile (default: --variants); its runs are the long ones."
+)
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/bench", "Where the synthetic records go (reused).")
 _RUN_ROOT = flags.DEFINE_string("run_root", "runs/bench", "Run directories: <run_root>/<profile>/<variant>.")
 _OUTPUT = flags.DEFINE_string("output", "runs/bench/train-attribution.json", "The JSON report.")
@@ -76,17 +81,54 @@ class Profile:
 # Full: the full profile at 256x256 with a short epoch and the NIH val/train ratio (~0.15).
 PROFILES = {
     "demo": Profile(64, {"train": 1348, "val": 192}, epochs=4, bare_steps=20, overrides={}),
-    "full": Profile(
-        256,
-        {"train": 128, "val": 16},
-        epochs=3,
-        bare_steps=3,
-        overrides={**train_lib.FULL_PROFILE, "steps_per_epoch": 6},
-    ),
+    "full": Profile(256, {"train": 128, "val": 16}, epochs=3, bare_steps=2, overrides={"steps_per_epoch": 4}),
 }
 
-# Variants: TrainConfig overrides on top of the profile. "current" is the trainer as it is.
-VARIANTS: dict[str, dict[str, Any]] = {"current": {}}
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """TrainConfig overrides, and whether to restore the loop as it was before (`before`)."""
+
+    overrides: dict[str, Any]
+    before: bool = False  # One AUC metric per label and a new validation iterator per epoch.
+
+
+# "after" is the trainer as it is (its profile's defaults); "before" restores the loop as it
+# was. Both use the precision `auto` picks (bf16 on an avx512_bf16 CPU, as the demo profile
+# used before), so both compute alike.
+VARIANTS: dict[str, Variant] = {
+    "before": Variant({"steps_per_execution": 1, "validation_batch_size_per_replica": None}, before=True),
+    "after": Variant({}),
+    # Several steps per compiled call (6 divides the demo's 42 steps and 6 validation steps).
+    "after_spe6": Variant({"steps_per_execution": 6}),
+}
+
+
+def _separate_class_aucs() -> list[keras.metrics.Metric]:
+    """The metrics as compiled before: the mean AUC and one AUC metric per label."""
+    return [
+        keras.metrics.BinaryAccuracy(name="binary_accuracy"),
+        objectives.MeanAUC(name="auc"),
+        *[objectives.ClassAUC(i) for i in range(schema.NUM_LABELS)],
+    ]
+
+
+@contextlib.contextmanager
+def _as_before(variant: Variant) -> Iterator[None]:
+    """Patches the task back to per-label AUC metrics and a validation pass without fixed steps."""
+    if not variant.before:
+        yield
+        return
+    plan_run, build_metrics = task.plan_run, task.build_metrics
+
+    def old_plan(*args, **kwargs):
+        return dataclasses.replace(plan_run(*args, **kwargs), validation_steps=None)
+
+    task.plan_run, task.build_metrics = old_plan, _separate_class_aucs
+    try:
+        yield
+    finally:
+        task.plan_run, task.build_metrics = plan_run, build_metrics
 
 
 def _load() -> float:
@@ -162,9 +204,9 @@ def runqueue_wait_seconds() -> float:
         tasks = os.listdir(task_dir)
     except OSError:
         return float("nan")
-    for task in tasks:
+    for thread in tasks:
         try:
-            with open(os.path.join(task_dir, task, "schedstat")) as f:
+            with open(os.path.join(task_dir, thread, "schedstat")) as f:
                 total += int(f.read().split()[1])
                 found = True
         except (OSError, IndexError, ValueError):
@@ -360,25 +402,19 @@ class ProfilerTrace(keras.callbacks.Callback):
 # The bare step.
 
 
-def _fit_metrics() -> list[keras.metrics.Metric]:
-    """The metrics `train_lib.train` compiles (kept in step with it)."""
-    return [
-        keras.metrics.BinaryAccuracy(name="binary_accuracy"),
-        train_lib.MeanAUC(name="auc"),
-        *[train_lib.ClassAUC(i) for i in range(schema.NUM_LABELS)],
-    ]
-
-
 def bare_step_seconds(
     model: keras.Model,
     strategy: tf.distribute.Strategy,
-    config: train_lib.TrainConfig,
+    config: config_lib.TrainConfig,
     augment_placement: str,
     *,
     steps: int,
     rounds: int,
 ) -> dict[str, float]:
     """Seconds per training step of `model` on one batch held in memory, with and without metrics.
+
+    Cases: "bare" (loss only), "bare_with_fit_metrics" (the trainer's metrics as compiled now)
+    and "bare_with_separate_class_aucs" (one AUC metric per label, as before).
 
     The batch comes from the run's own training records; with the "dataset" augmentation
     placement it is augmented in tf.data as in `fit`. The model is recompiled (fresh
@@ -387,13 +423,17 @@ def bare_step_seconds(
     images, labels = next(
         iter(
             dataset_lib.build_dataset(
-                config.records_dir, "train", batch_size=config.batch_size, training=True, seed=0
+                config.records_dir,
+                "train",
+                batch_size=config.batch_size_per_replica * strategy.num_replicas_in_sync,
+                training=True,
+                seed=0,
             )
         )
     )
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    if config.augment and augment_placement == "dataset":
-        augment_fn = augment_lib.make_augment_fn(augment_lib.AugmentConfig())
+    if augment_placement == "dataset":
+        augment_fn = augment_lib.make_augment_fn(config.augment_config())
         seeds = tf.data.Dataset.random(seed=0).batch(2)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
             lambda element, seed: (augment_fn(element[0], seed), element[1]),
@@ -405,7 +445,12 @@ def bare_step_seconds(
     functions = {}
     # Each case is compiled and traced once; a traced function keeps the optimizer and metric
     # variables it captured, so the cases can alternate after the model was recompiled.
-    for name, metrics in (("bare", None), ("bare_with_fit_metrics", _fit_metrics())):
+    cases = (
+        ("bare", None),
+        ("bare_with_fit_metrics", task.build_metrics()),
+        ("bare_with_separate_class_aucs", _separate_class_aucs()),
+    )
+    for name, metrics in cases:
         with strategy.scope():
             model.compile(
                 optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=metrics, jit_compile=jit_compile
@@ -430,21 +475,22 @@ def _finish(outputs) -> None:
 
 
 def input_only_images_per_second(
-    config: train_lib.TrainConfig, strategy: tf.distribute.Strategy, augment_placement: str, *, batches: int
+    config: config_lib.TrainConfig, strategy: tf.distribute.Strategy, augment_placement: str, *, batches: int
 ) -> float:
     """Images/s of the run's training input pipeline alone (the model idle)."""
     augment_fn = None
-    if config.augment and augment_placement == "dataset":
-        augment_fn = augment_lib.make_augment_fn(augment_lib.AugmentConfig())
+    if augment_placement == "dataset":
+        augment_fn = augment_lib.make_augment_fn(config.augment_config())
     iterator = iter(
-        train_lib.distributed_dataset(config, strategy, "train", training=True, augment_fn=augment_fn)
+        inputs.distributed_dataset(config, strategy, "train", training=True, augment_fn=augment_fn)
     )
     next(iterator)
     start = time.perf_counter()
     for _ in range(batches):
         element = next(iterator)
     _finish(element)
-    return batches * config.batch_size / (time.perf_counter() - start)
+    batch_size = config.batch_size_per_replica * strategy.num_replicas_in_sync
+    return batches * batch_size / (time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,27 +504,28 @@ def run_variant(profile_name: str, variant: str) -> dict[str, Any]:
     write_records(records_dir, profile.image_size, profile.split_sizes)
     run_dir = os.path.join(_RUN_ROOT.value, profile_name, variant)
     shutil.rmtree(run_dir, ignore_errors=True)
-    config = train_lib.TrainConfig(
+    config = config_lib.get_profile(
+        profile_name,
         **{
             **profile.overrides,
-            **VARIANTS[variant],
+            **VARIANTS[variant].overrides,
             "records_dir": records_dir,
             "run_dir": run_dir,
             "epochs": profile.epochs,
             "early_stopping_patience": 0,
             "verbose": 0,
             "overwrite": True,
-        }
+        },
     )
     strategy = train_lib.create_strategy("auto")
     recorder = LoopRecorder()
-    tracer = ProfilerTrace(os.path.join(run_dir, train_lib.TENSORBOARD_DIR), steps=_TRACE_STEPS.value)
+    tracer = ProfilerTrace(os.path.join(run_dir, run_dir_lib.TENSORBOARD_DIR), steps=_TRACE_STEPS.value)
     load = _load()
     start = time.perf_counter()
-    with recorder.instrument():
+    with recorder.instrument(), _as_before(VARIANTS[variant]):
         result = train_lib.train(config, strategy, extra_callbacks=[recorder.probe, tracer])
     train_seconds = time.perf_counter() - start
-    with open(os.path.join(run_dir, train_lib.CONFIG_FILE)) as f:
+    with open(os.path.join(run_dir, run_dir_lib.CONFIG_FILE)) as f:
         run_config = json.load(f)
     placement = run_config.get("augment_placement", "model")
     steps_per_epoch = run_config["steps_per_epoch"]
@@ -492,13 +539,21 @@ def run_variant(profile_name: str, variant: str) -> dict[str, Any]:
         steps=_BARE_STEPS.value or profile.bare_steps,
         rounds=_ROUNDS.value,
     )
-    report = attribute(recorder.epochs, bare, steps_per_epoch=steps_per_epoch, batch_size=config.batch_size)
+    batch_size = run_config["global_batch_size"]
+    report = attribute(
+        recorder.epochs,
+        bare,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        separate_class_aucs=VARIANTS[variant].before,
+    )
     report.update(
         profile=profile_name,
         variant=variant,
-        overrides=VARIANTS[variant],
+        overrides=VARIANTS[variant].overrides,
+        patched_as_before=VARIANTS[variant].before,
         image_size=profile.image_size,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         steps_per_epoch=steps_per_epoch,
         val_records=profile.split_sizes["val"],
         epochs=profile.epochs,
@@ -517,18 +572,25 @@ def run_variant(profile_name: str, variant: str) -> dict[str, Any]:
 
 
 def attribute(
-    epochs: list[dict[str, Any]], bare: dict[str, float], *, steps_per_epoch: int, batch_size: int
+    epochs: list[dict[str, Any]],
+    bare: dict[str, float],
+    *,
+    steps_per_epoch: int,
+    batch_size: int,
+    separate_class_aucs: bool = False,
 ) -> dict[str, Any]:
     """Splits the steady epochs' (all but the first) wall time; returns the report of one run.
 
     Per epoch: wall = train function + validation + callbacks + rest, and the train function
-    time = steps x bare step (model + augmentation) + steps x metric cost + input wait.
+    time = steps x bare step (model + augmentation) + steps x metric cost + input wait, the
+    metric cost being that of the metrics the run compiled (`separate_class_aucs`: as before).
     """
     if len(epochs) < 2:
         raise ValueError(f"Attribution needs at least 2 epochs (the first is left out), got {len(epochs)}.")
     steady = epochs[1:]
     n = len(steady)
-    metric_step = max(bare["bare_with_fit_metrics"] - bare["bare"], 0.0)
+    compiled = "bare_with_separate_class_aucs" if separate_class_aucs else "bare_with_fit_metrics"
+    metric_step = max(bare[compiled] - bare["bare"], 0.0)
 
     def mean(values):
         return float(np.mean(list(values)))
@@ -563,7 +625,7 @@ def attribute(
         "bare_step_seconds": bare,
         "fit_images_per_second": fit_rate,
         "bare_images_per_second": bare_rate,
-        "bare_with_fit_metrics_images_per_second": batch_size / bare["bare_with_fit_metrics"],
+        "bare_with_metrics_images_per_second": {k: batch_size / v for k, v in bare.items()},
         "ratios": {
             "fit/bare": fit_rate / bare_rate,
             "cpu_cores": sum(e["cpu_seconds"] for e in steady) / sum(walls),
@@ -611,14 +673,20 @@ def print_table(runs: list[dict[str, Any]]) -> None:
 def main(argv: list[str]) -> None:
     del argv
     variants = _VARIANTS.value or list(VARIANTS)
-    for flag, names, known in (("profiles", _PROFILES.value, PROFILES), ("variants", variants, VARIANTS)):
+    full_variants = _FULL_VARIANTS.value or variants
+    checks = (
+        ("profiles", _PROFILES.value, PROFILES),
+        ("variants", variants, VARIANTS),
+        ("full_variants", full_variants, VARIANTS),
+    )
+    for flag, names, known in checks:
         unknown = [name for name in names if name not in known]
         if unknown:
             raise app.UsageError(f"--{flag}: unknown {unknown}; known: {list(known)}.")
     load_before = _load()
     runs = []
     for profile in _PROFILES.value:
-        for variant in variants:
+        for variant in full_variants if profile == "full" else variants:
             logging.info("profile %s, variant %s", profile, variant)
             runs.append(run_variant(profile, variant))
     report = {
