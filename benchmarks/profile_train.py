@@ -36,6 +36,7 @@ import gc
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -49,8 +50,10 @@ from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 from trainer import augment as augment_lib
+from trainer import callbacks as callbacks_lib
 from trainer import config as config_lib
 from trainer import inputs, objectives, task, train_lib
+from trainer import models as models_lib
 from trainer import run_dir as run_dir_lib
 
 _PROFILES = flags.DEFINE_list("profiles", ["demo", "full"], "Profiles to run (demo, full).")
@@ -63,6 +66,14 @@ _RUN_ROOT = flags.DEFINE_string("run_root", "runs/bench", "Run directories: <run
 _OUTPUT = flags.DEFINE_string("output", "runs/bench/train-attribution.json", "The JSON report.")
 _BARE_STEPS = flags.DEFINE_integer("bare_steps", 0, "Timed bare steps per round (0: the profile's).")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Rounds of the bare-step cases, alternating; the best counts.")
+_LOOP_FLOOR = flags.DEFINE_list(
+    "loop_floor_steps_per_execution",
+    ["1", "6"],
+    "Measure the loop's own cost per step (a one-layer model) at these steps_per_execution; empty: skip.",
+)
+_FLOPS_PROFILES = flags.DEFINE_list(
+    "flops_profiles", ["demo", "full"], "Profiles whose model FLOPs per image are counted; empty: none."
+)
 _TRACE_STEPS = flags.DEFINE_integer("trace_steps", 3, "Steps of the first epoch traced by the profiler.")
 
 
@@ -637,6 +648,84 @@ def attribute(
 
 
 # ---------------------------------------------------------------------------------------------
+# The loop's own cost.
+
+
+def loop_floor_seconds_per_step(steps_per_execution: int, *, steps: int = 120) -> dict[str, float]:
+    """Wall seconds per step of `fit` around a model that costs almost nothing (one Dense layer).
+
+    The trainer's metrics, callbacks (without files: a temporary run directory) and per-step
+    dispatch are what remains: the host-side cost a step pays whatever the device, and the
+    floor under which no accelerator makes a step faster. Measured over a second epoch.
+    """
+    batch = 32
+    dataset = tf.data.Dataset.from_tensors(
+        (tf.zeros([batch, 4]), tf.cast(tf.random.uniform([batch, schema.NUM_LABELS]) < 0.3, tf.float32))
+    ).repeat()
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(schema.NUM_LABELS, activation="sigmoid")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="binary_crossentropy",
+        metrics=task.build_metrics(),
+        steps_per_execution=steps_per_execution,
+    )
+    scratch = tempfile.mkdtemp(prefix="loop-floor-")
+    try:
+        paths = callbacks_lib.chief_paths(scratch, os.path.join(scratch, run_dir_lib.BACKUP_DIR))
+        callbacks = callbacks_lib.build_callbacks(lambda epoch: 1e-3, paths, early_stopping_patience=0)
+        recorder = LoopRecorder()
+        with recorder.instrument():
+            model.fit(
+                dataset,
+                epochs=2,
+                steps_per_epoch=steps,
+                validation_data=dataset,
+                validation_steps=6,
+                callbacks=[*callbacks, recorder.probe],
+                verbose=0,
+            )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    epoch = recorder.epochs[-1]
+    return {
+        "steps_per_execution": steps_per_execution,
+        "epoch_seconds_per_step": epoch["wall_seconds"] / steps,
+        "train_function_seconds_per_step": epoch["train_function_seconds"] / steps,
+        "callback_seconds_per_epoch": sum(epoch["callbacks"].values()),
+        "validation_seconds_per_epoch": epoch["validation_wall_seconds"],
+    }
+
+
+def forward_flops_per_image(profile_name: str) -> dict[str, Any]:
+    """Floating-point operations of one image's forward pass of the profile's model at its size.
+
+    Counted by TensorFlow's graph profiler on the frozen inference graph (a multiply-add counts
+    2). A training step costs about 3x the forward pass (forward, and the backward pass's two
+    products per layer).
+    """
+    from tensorflow.python.framework import convert_to_constants
+
+    profile = PROFILES[profile_name]
+    config = config_lib.get_profile(profile_name)
+    model = models_lib.build_model(
+        config.model, image_size=profile.image_size, depth=config.depth, base_filters=config.base_filters
+    )
+    spec = tf.TensorSpec([1, profile.image_size, profile.image_size, 1], tf.uint8)
+    function = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
+    frozen = convert_to_constants.convert_variables_to_constants_v2(function)
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    flops = tf.compat.v1.profiler.profile(graph=frozen.graph, options=options).total_float_ops
+    return {
+        "profile": profile_name,
+        "image_size": profile.image_size,
+        "parameters": model.count_params(),
+        "forward_flops_per_image": int(flops),
+        "training_flops_per_image_approx": 3 * int(flops),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Output.
 
 TARGETS = {"fit/bare": 0.85, "cpu_cores": 1.6, "epoch_spread": 0.15}
@@ -670,6 +759,12 @@ def print_table(runs: list[dict[str, Any]]) -> None:
     )
 
 
+def _write(report: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)
+    with open(_OUTPUT.value, "w") as f:
+        json.dump(report, f, indent=2)
+
+
 def main(argv: list[str]) -> None:
     del argv
     variants = _VARIANTS.value or list(VARIANTS)
@@ -684,23 +779,37 @@ def main(argv: list[str]) -> None:
         if unknown:
             raise app.UsageError(f"--{flag}: unknown {unknown}; known: {list(known)}.")
     load_before = _load()
-    runs = []
-    for profile in _PROFILES.value:
-        for variant in full_variants if profile == "full" else variants:
-            logging.info("profile %s, variant %s", profile, variant)
-            runs.append(run_variant(profile, variant))
     report = {
         "benchmark": "train-attribution",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "cpu_count": os.cpu_count(),
-        "load_average_1min": {"before": load_before, "after": _load()},
+        "load_average_1min": {"before": load_before},
         "targets": TARGETS,
-        "runs": runs,
+        "runs": [],
     }
-    os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)
-    with open(_OUTPUT.value, "w") as f:
-        json.dump(report, f, indent=2)
+    runs = report["runs"]
+    for profile in _PROFILES.value:
+        for variant in full_variants if profile == "full" else variants:
+            logging.info("profile %s, variant %s", profile, variant)
+            runs.append(run_variant(profile, variant))
+            _write(report)  # After each run, so an interrupted session keeps what finished.
+    floor = [loop_floor_seconds_per_step(int(k)) for k in _LOOP_FLOOR.value]
+    model_flops = [forward_flops_per_image(name) for name in _FLOPS_PROFILES.value]
+    report.update(loop_floor=floor, model_flops=model_flops)
+    report["load_average_1min"]["after"] = _load()
+    _write(report)
     print_table(runs)
+    for row in model_flops:
+        print(
+            f"{row['profile']} model at {row['image_size']}px: {row['parameters']:,} parameters, "
+            f"{row['forward_flops_per_image'] / 1e9:.3f} GFLOP forward per image (training ~3x)"
+        )
+    for row in floor:
+        print(
+            f"loop floor (one-layer model, trainer's metrics and callbacks), steps_per_execution="
+            f"{row['steps_per_execution']}: {1000 * row['epoch_seconds_per_step']:.2f} ms per step "
+            f"({1000 * row['train_function_seconds_per_step']:.2f} ms in the train function)"
+        )
     print(
         f"load average (1 min): {report['load_average_1min']['before']:.2f} before, "
         f"{report['load_average_1min']['after']:.2f} after; wrote {_OUTPUT.value}"

@@ -1,8 +1,9 @@
 """What training optimizes and reports: the loss and the AUC metrics.
 
 `WeightedBinaryCrossentropy` is the `class_imbalance="weights"` loss; `MeanAUC` (logged as
-`auc`) and `ClassAUC` (one per label, `auc_<Label>`) are the epoch metrics the checkpoint and
-early stopping follow. Each class is registered with Keras where it is defined (package
+`auc`) and the per-label AUCs (`auc_<Label>`) are the epoch metrics the checkpoint and early
+stopping follow. Training compiles the per-label AUCs as `SharedClassAUC`, which read the
+`MeanAUC`'s per-label counts; `ClassAUC` is the same value as a metric of its own. Each class is registered with Keras where it is defined (package
 "cxr"), so `checkpoints/best.keras` loads with `custom_objects()` or after importing this
 module.
 """
