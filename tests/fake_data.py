@@ -330,3 +330,28 @@ def write_nih_layout(
         with open(path, "wb") as f:
             f.write(data)
     return root
+
+
+# NIH's box file header: `Bbox [x,y,w,h]` spans four fields, then three empty columns.
+NIH_BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+
+
+def write_box_csv(path: str, rows: list[tuple] | list[str], *, header: str = NIH_BBOX_HEADER) -> str:
+    """Writes a `BBox_List_2017.csv` (gzip-compressed when `path` ends with .gz).
+
+    Args:
+      path: the file to write.
+      rows: (image_index, finding, x, y, w, h) tuples, or raw CSV lines for malformed rows.
+      header: the header line (NIH's by default).
+
+    Returns:
+      `path`.
+    """
+    import gzip
+
+    lines = [header] + [row if isinstance(row, str) else ",".join(str(v) for v in row) for row in rows]
+    data = ("\n".join(lines) + "\n").encode()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(data, mtime=0) if path.endswith(".gz") else data)
+    return path
