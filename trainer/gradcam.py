@@ -68,9 +68,38 @@ class GradCam:
           no positive evidence anywhere.
         """
         pixels = np.asarray(pixels, np.float32).reshape(1, self.image_size, self.image_size, 1)
-        indices = tf.constant(list(class_indices), tf.int32)
         # One copy of the image per finding: one backward pass gives every finding's gradient.
-        batch = tf.repeat(tf.constant(pixels), len(class_indices), axis=0)
+        batch = np.repeat(pixels, len(class_indices), axis=0)
+        return self.batch_maps(batch, class_indices, output_size=output_size)
+
+    def batch_maps(
+        self, pixels: np.ndarray, class_indices: Sequence[int], *, output_size: tuple[int, int]
+    ) -> np.ndarray:
+        """Grad-CAM maps of several images, image i explained for finding `class_indices[i]`.
+
+        Args:
+          pixels: [B, N, N, 1] values in 0..255 at the model's size.
+          class_indices: B label indices (into `schema.LABELS`).
+          output_size: (height, width) of the maps.
+
+        Returns:
+          float32 [B, height, width], each map scaled to [0, 1] by its own maximum; all zeros
+          for a map with no positive evidence anywhere.
+
+        Raises:
+          ValueError: a pixel batch that is not [B, N, N, 1] for B class indices.
+        """
+        count = len(class_indices)
+        pixels = np.asarray(pixels, np.float32)
+        if pixels.shape != (count, self.image_size, self.image_size, 1):
+            raise ValueError(
+                f"pixels must be [{count}, {self.image_size}, {self.image_size}, 1] for {count} class "
+                f"indices, got {pixels.shape}."
+            )
+        if count == 0:
+            return np.zeros((0, *output_size), np.float32)
+        batch = tf.constant(pixels)
+        indices = tf.constant(list(class_indices), tf.int32)
         with tf.GradientTape() as tape:
             # Watching the input records every op downstream of it, the features-to-head path
             # included, whether or not the weights are trainable.
@@ -78,15 +107,40 @@ class GradCam:
             features, head_input = self._features_model(batch, training=False)
             logits = tf.matmul(tf.cast(head_input, tf.float32), tf.cast(self._kernel, tf.float32))
             logits += tf.cast(self._bias, tf.float32)
-            # Copy i explains finding class_indices[i]: the diagonal of logits[:, class_indices].
+            # Image i explains finding class_indices[i]: the diagonal of logits[:, class_indices].
+            # The images are independent (inference mode), so one gradient serves them all.
             target = tf.reduce_sum(tf.linalg.diag_part(tf.gather(logits, indices, axis=1)))
         grads = tf.cast(tape.gradient(target, features), tf.float32)
         features = tf.cast(features, tf.float32)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
         cams = tf.image.resize(cams, output_size, method="bilinear")[..., 0].numpy()
-        peak = cams.reshape(len(class_indices), -1).max(axis=1).reshape(-1, 1, 1)
+        peak = cams.reshape(count, -1).max(axis=1).reshape(-1, 1, 1)
         return np.where(peak > 0, cams / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
+
+
+def missing_layers(
+    model: keras.Model, *, layer_name: str = DECODER_OUTPUT, head_name: str = PROBABILITIES
+) -> list[str]:
+    """The layers Grad-CAM needs that `model` lacks (empty when it supports Grad-CAM)."""
+    names = {layer.name for layer in model.layers}
+    return [name for name in (layer_name, head_name) if name not in names]
+
+
+def draw_boxes(
+    rgb: np.ndarray,
+    boxes: Sequence[tuple[float, float, float, float]],
+    *,
+    color=(255, 255, 255),
+    width: int = 1,
+) -> np.ndarray:
+    """Draws box outlines (x, y, w, h in the image's pixels) on a uint8 RGB image; returns a copy."""
+    image = Image.fromarray(np.asarray(rgb, np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(image)
+    for x, y, w, h in boxes:
+        # PIL's rectangle includes its end pixel; the box's right and bottom edges are exclusive.
+        draw.rectangle([x, y, max(x, x + w - 1), max(y, y + h - 1)], outline=tuple(color), width=width)
+    return np.asarray(image)
 
 
 def overlay(gray: np.ndarray, cam: np.ndarray, *, caption: str = "", alpha: float = 0.45) -> np.ndarray:
