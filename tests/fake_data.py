@@ -247,9 +247,9 @@ def tiny_keras_model(image_size: int = 32, *, seed: int = 0):
 
 
 def write_fake_run(
-    run_dir: str, records_dir: str, *, image_size: int = 32, epochs: int = 3, seed: int = 0
+    run_dir: str, records_dir: str, *, image_size: int = 32, epochs: int = 3, seed: int = 0, model=None
 ) -> str:
-    """Writes a run directory like trainer.train's, with an untrained `tiny_keras_model`.
+    """Writes a run directory like trainer.train's, with an untrained `tiny_keras_model` (or `model`).
 
     `config.json` (records_dir, image_size, model), `history.csv` (made-up curves with the
     columns of trainer.train), `checkpoints/best.keras`, and `export/` through
@@ -262,12 +262,12 @@ def write_fake_run(
 
     from trainer import export as export_lib
 
-    model = tiny_keras_model(image_size, seed=seed)
+    model = model if model is not None else tiny_keras_model(image_size, seed=seed)
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     model.save(os.path.join(run_dir, "checkpoints", "best.keras"))
     export_lib.export_model(model, os.path.join(run_dir, "export"), image_size=image_size)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump({"records_dir": records_dir, "image_size": image_size, "model": "tiny"}, f, indent=2)
+        json.dump({"records_dir": records_dir, "image_size": image_size, "model": model.name}, f, indent=2)
     per_class = [f"val_auc_{label.replace(' ', '_')}" for label in schema.LABELS]
     header = [
         "epoch",

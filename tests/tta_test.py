@@ -44,6 +44,16 @@ class TtaTest(parameterized.TestCase, tf.test.TestCase):
         self.assertAllClose(tta.predict(fn, images, mode="hflip"), (plain + mirrored) / 2, atol=1e-6)
         self.assertAllClose(tta.predict(fn, images), plain)
 
+    def test_predict_both_gives_the_plain_pass_and_the_mean(self):
+        images = np.zeros((2, 4, 4, 1), np.uint8)
+        images[0, :, :2] = 200
+        images[1, :, 2:] = 100
+        plain, mean = tta.predict_both(_left_heavy, images, mode="hflip")
+        self.assertAllClose(plain, _left_heavy(images))
+        self.assertAllClose(mean, (_left_heavy(images) + _left_heavy(images[:, :, ::-1])) / 2)
+        plain, same = tta.predict_both(_left_heavy, images, mode="none")
+        self.assertAllEqual(plain, same)
+
     def test_errors(self):
         with self.assertRaisesRegex(ValueError, r"tta must be one of \('none', 'hflip'\), got 'vflip'"):
             tta.predict(_left_heavy, np.zeros((1, 4, 4, 1)), mode="vflip")

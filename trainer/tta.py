@@ -42,10 +42,27 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *, mode:
     Raises:
       ValueError: an unknown mode.
     """
+    return predict_both(fn, images, mode=mode)[1]
+
+
+def predict_both(
+    fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *, mode: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probabilities without and with the augmentation of `mode`, from one call of `fn`.
+
+    Returns:
+      (float32 [B, L] of the images as they are, float32 [B, L] averaged over `mode`'s
+      transforms); the same array twice for "none".
+
+    Raises:
+      ValueError: an unknown mode.
+    """
     if mode not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, got {mode!r}.")
-    if mode == "none":
-        return np.asarray(fn(images), np.float32)
     images = np.asarray(images)
+    if mode == "none":
+        plain = np.asarray(fn(images), np.float32)
+        return plain, plain
     both = np.asarray(fn(np.concatenate([images, hflip(images)])), np.float64)
-    return ((both[: len(images)] + both[len(images) :]) / 2.0).astype(np.float32)
+    plain, mirrored = both[: len(images)], both[len(images) :]
+    return plain.astype(np.float32), ((plain + mirrored) / 2.0).astype(np.float32)
