@@ -11,9 +11,16 @@ and writes to `runs/demo/reports/`:
                         by sex, age band and view), the split, the manifest's sha256, the model
     auc.csv             one row per finding of the test split
     auc.md              readable tables, beside the published AUCs
-    thresholds.json     per-finding Youden-J thresholds chosen on val (read by trainer.predict)
+    thresholds.json     per-finding Youden-J thresholds chosen on val, with the Platt scaling
+                        fitted there (read by trainer.predict)
     predictions.csv     per image: split, metadata, true labels, 15 probabilities
-    roc_curves.png, training_curves.png, label_distribution.png, label_cooccurrence.png
+    box_rejects.jsonl   the box file's rows that could not be scored, each with its reason
+    roc_curves.png, training_curves.png, label_distribution.png, label_cooccurrence.png,
+    reliability_diagram.png, gradcam_boxes.png, gradcam_mean.png
+
+`auc.md` also holds the calibration (ECE before and after Platt scaling), the Grad-CAM
+localization against NIH's `BBox_List_2017.csv` when the records' data directory (or
+--boxes_csv) has one, and with --tta=hflip the AUCs with and without the flip.
 
 Same run, flags and records give byte-identical files.
 """
