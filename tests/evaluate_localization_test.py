@@ -5,6 +5,7 @@ The run is `fake_data.write_fake_run` (an untrained tiny model with the ResUNet'
 `fake_data.write_records` records; the box file is written by the test, with good and bad rows.
 """
 
+import filecmp
 import io
 import json
 import os
@@ -155,6 +156,21 @@ class EvaluateLocalizationTest(tf.test.TestCase):
         for k, label in enumerate(schema.LABELS):
             expected = calibration.expected_calibration_error(labels[:, k], val[label].to_numpy())
             self.assertAllClose(data["splits"]["val"]["findings"][k]["ece"], expected, atol=1e-5)
+
+    def test_deterministic_with_boxes_and_tta(self):
+        again = os.path.join(self.get_temp_dir(), "again")
+        evaluate.evaluate(
+            self.run_dir,
+            bootstrap_resamples=50,
+            batch_size=5,
+            boxes_csv=self.boxes_csv,
+            tta="hflip",
+            output_dir=again,
+        )
+        names = sorted(os.listdir(self.reports_dir))
+        self.assertEqual(names, sorted(os.listdir(again)))
+        _, mismatch, errors = filecmp.cmpfiles(self.reports_dir, again, names, shallow=False)
+        self.assertEqual((mismatch, errors), ([], []))
 
 
 class EvaluateWithoutBoxesTest(tf.test.TestCase):
