@@ -52,6 +52,9 @@ CHECKPOINT = os.path.join("checkpoints", "best.keras")
 REPORTS_DIR = "reports"
 MODEL_SOURCES = ("auto", "export", "checkpoint")
 CALIBRATION_METHODS = ("platt", "none")
+# Records per Grad-CAM call (each brings its labelled findings' maps along): bounds the memory
+# of the backward pass at large image sizes.
+GRADCAM_BATCH_SIZE = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +322,8 @@ def evaluate(
             boxes_csv=boxes_csv,
             boxes_image_size=boxes_image_size,
             mean_maps=mean_maps,
-            batch_size=batch_size,
+            # A Grad-CAM call holds the activations of every image for the backward pass.
+            batch_size=min(batch_size, GRADCAM_BATCH_SIZE),
         )
 
     report = {
