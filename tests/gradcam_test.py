@@ -49,6 +49,64 @@ class BatchMapsTest(tf.test.TestCase):
         )
 
 
+def _two_layer_model(size=16):
+    """Pixels -> conv "decoder_output" [size, size, 4] and, pooled 4x, conv "bottleneck_out"
+    [size/4, size/4, 6]; both globally averaged ("bottleneck_pool" like the ResUNet's), then Dense(15)."""
+    inputs = keras.Input((size, size, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    init = keras.initializers.RandomNormal(seed=1)
+    decoder = keras.layers.Conv2D(
+        4, 3, padding="same", activation="relu", kernel_initializer=init, name="decoder_output"
+    )(x)
+    down = keras.layers.AveragePooling2D(4)(x)
+    bottleneck = keras.layers.Conv2D(6, 1, activation="relu", bias_initializer="ones", name="bottleneck_out")(
+        down
+    )
+    pooled = keras.layers.Concatenate()([
+        keras.layers.GlobalAveragePooling2D(name="decoder_pool")(decoder),
+        keras.layers.GlobalAveragePooling2D(name="bottleneck_pool")(bottleneck),
+    ])  # fmt: skip
+    head = keras.layers.Dense(
+        15, activation="sigmoid", kernel_initializer=init, bias_initializer="ones", name="probabilities"
+    )
+    return keras.Model(inputs, head(pooled))
+
+
+class TwoLayerTest(tf.test.TestCase):
+    def test_layers_follow_the_pooled_head(self):
+        self.assertEqual(gradcam.feature_layers(_two_layer_model()), ("decoder_output", "bottleneck_out"))
+        self.assertEqual(gradcam.feature_layers(fake_data.tiny_keras_model(8)), ("decoder_output",))
+
+    def test_map_is_the_class_activation_map_of_the_whole_head(self):
+        # Head: logit_c = b_c + sum_k W[k, c] mean(A_dec_k) + sum_j W[4 + j, c] mean(A_bot_j). The map
+        # is sum_k W[k, c] A_dec_k (16x16) + upsampled sum_j W[4 + j, c] A_bot_j (4x4 -> 16x16), whose
+        # mean over the image is logit_c - b_c: each layer counts by its share of the logit.
+        model = _two_layer_model()
+        pixels = np.random.default_rng(2).integers(0, 256, size=(1, 16, 16, 1)).astype(np.float32)
+        decoder, bottleneck = keras.Model(
+            model.inputs, [model.get_layer(n).output for n in ("decoder_output", "bottleneck_out")]
+        )(pixels)
+        kernel = model.get_layer("probabilities").kernel.numpy()
+        bias = model.get_layer("probabilities").bias.numpy()
+        probabilities = model([pixels]).numpy()
+        logits = np.log(probabilities / (1 - probabilities))
+        for c in (0, 7):
+            dec_map = decoder.numpy()[0] @ kernel[:4, c]
+            bot_map = tf.image.resize(
+                bottleneck.numpy()[..., :] @ kernel[4:, c][:, None], (16, 16), method="bilinear"
+            )
+            full = dec_map + bot_map.numpy()[0, ..., 0]
+            self.assertAllClose(full.mean(), logits[0, c] - bias[c], atol=1e-4)
+            expected = np.maximum(full, 0) / np.maximum(full, 0).max()
+            actual = gradcam.GradCam(model).maps(pixels[0], [c], output_size=(16, 16))[0]
+            self.assertAllClose(actual, expected, atol=1e-5)
+            # The decoder alone is plain Grad-CAM on that layer.
+            alone = gradcam.GradCam(model, layer_names=["decoder_output"]).maps(
+                pixels[0], [c], output_size=(16, 16)
+            )[0]
+            self.assertAllClose(alone, np.maximum(dec_map, 0) / np.maximum(dec_map, 0).max(), atol=1e-5)
+
+
 class DrawBoxesTest(tf.test.TestCase):
     def test_outline_covers_the_box_edges_only(self):
         # Box x=2, y=1, w=3, h=4: columns 2..4, rows 1..4; the outline is its border pixels.
