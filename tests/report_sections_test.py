@@ -27,6 +27,7 @@ class SectionsTest(tf.test.TestCase):
                 "findings": [
                     {"label": "Mass", "auc_without": 0.70, "auc_with": 0.725},
                     {"label": "Hernia", "auc_without": None, "auc_with": None},
+                    {"label": "Edema", "auc_without": 0.9, "auc_with": 0.8999},
                 ],
                 "mean_auc_14_without": 0.70,
                 "mean_auc_14_without_ci": [0.6, 0.8],
@@ -37,6 +38,7 @@ class SectionsTest(tf.test.TestCase):
         text = "\n".join(report.tta_section(data))
         self.assertIn("| Mass | 0.700 | 0.725 | +0.025 |", text)
         self.assertIn("| Hernia | undefined | undefined | undefined |", text)
+        self.assertIn("| Edema | 0.900 | 0.900 | 0.000 |", text)  # -0.0001 rounds to zero: no sign.
         self.assertIn(
             "| **Mean of 14 findings** | **0.700** (0.600–0.800) | **0.690** (0.590–0.790) | -0.010 |", text
         )

@@ -743,7 +743,10 @@ _CAM_SCORES = ("pointing_game", "energy_inside", "iou")
 
 
 def _signed(value: float | None) -> str:
-    return UNDEFINED if value is None else f"{value:+.3f}"
+    if value is None:
+        return UNDEFINED
+    text = f"{value:+.3f}"
+    return "0.000" if text in ("+0.000", "-0.000") else text  # No sign on what rounds to zero.
 
 
 def plot_reliability(
