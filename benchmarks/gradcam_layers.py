@@ -16,7 +16,8 @@ import os
 
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
-from trainer import boxes, evaluate, gradcam, localization_eval, metrics
+from trainer import boxes, evaluate, gradcam, localization_eval, metrics, models
+from trainer import run_dir as run_dir_lib
 
 CHOICES = (
     (gradcam.DECODER_OUTPUT,),
@@ -32,13 +33,9 @@ def main() -> None:
     parser.add_argument("--output", default="runs/bench/gradcam_layers.json")
     args = parser.parse_args()
 
-    import keras
-
-    import trainer.models  # noqa: F401  (registers the custom layers load_model needs)
-
-    records_dir = args.records_dir or evaluate.read_run_config(args.run_dir)["records_dir"]
+    records_dir = args.records_dir or run_dir_lib.read_config(args.run_dir)["records_dir"]
     manifest = manifest_lib.read_manifest(records_dir)
-    model = keras.models.load_model(os.path.join(args.run_dir, evaluate.CHECKPOINT), compile=False)
+    model = models.load_model(run_dir_lib.path(args.run_dir, run_dir_lib.BEST_CHECKPOINT))
     predictions = evaluate.predict_split(evaluate.load_predictor(args.run_dir), records_dir, manifest, "test")
     names = list(predictions.metadata[schema.IMAGE_INDEX_KEY])
     box_file = boxes.find_box_file(manifest.options["data_dir"])
