@@ -24,6 +24,7 @@ import sys
 from absl import app, flags
 
 from beam_pipelines import job, splits
+from tfrecords import schema
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/demo", "The NIH layout: CSV, lists, images_*/images/*.png.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "data/tfrecords", "Where shards, rejects and manifest go.")
@@ -31,7 +32,7 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "Side of the square output
 _IMAGE_FORMAT = flags.DEFINE_enum(
     "image_format",
     job.DEFAULT_IMAGE_FORMAT,
-    list(job.IMAGE_FORMATS),
+    list(schema.IMAGE_FORMATS),
     "raw uint8 pixels or PNG in the records.",
 )
 _LABELS_CSV = flags.DEFINE_string(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import threading
 import time
 import uuid
@@ -32,15 +31,10 @@ from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 
 _LOG = logging.getLogger(__name__)
-IMAGE_FORMATS = ("raw", "png")
 DEFAULT_RUNNER = "FnApiRunner"
 STAGING_PREFIX = "_staging-"
 TRAIN_VAL_LIST_NAME = "train_val_list.txt"
 TEST_LIST_NAME = "test_list.txt"
-# The files a previous run left in output_dir, which --overwrite replaces.
-_OWN_FILE_RE = re.compile(
-    r"^((train|val|test)-\d{5}-of-\d{5}\.tfrecord|rejects\.jsonl|manifest\.json(\.tmp)?)$"
-)
 CSV_PATTERNS = ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz")
 # raw by default, by measurement at 256x256 (benchmarks/bench_tfrecords.py, 2-core machine):
 # png records are 54% of raw's size (35.4 vs 65.8 KB; 51% on real NIH images) but tf.data reads
@@ -91,9 +85,9 @@ class JobConfig:
             raise ValueError("output_dir must be set (--output_dir), got an empty value.")
         if not 8 <= self.image_size <= 4096:
             raise ValueError(f"image_size must be in [8, 4096] pixels (--image_size), got {self.image_size}.")
-        if self.image_format not in IMAGE_FORMATS:
+        if self.image_format not in schema.IMAGE_FORMATS:
             raise ValueError(
-                f"image_format must be one of {IMAGE_FORMATS} (--image_format), got {self.image_format!r}."
+                f"image_format must be one of {schema.IMAGE_FORMATS} (--image_format), got {self.image_format!r}."
             )
         if self.num_shards < 0:
             raise ValueError(f"num_shards must be >= 0, 0 = automatic (--num_shards), got {self.num_shards}.")
@@ -504,7 +498,7 @@ def _replace_output(output_dir: str, staging: StagingPaths, manifest: manifest_l
     old = [
         m.path
         for m in FileSystems.match([FileSystems.join(output_dir, "*")])[0].metadata_list
-        if _OWN_FILE_RE.match(nih.image_name(m.path))
+        if manifest_lib.is_output_file(nih.image_name(m.path))
     ]
     if old:
         FileSystems.delete(old)

@@ -36,8 +36,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from beam_pipelines import nih, splits
+from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
-from tfrecords import schema
 
 NAMESPACE = "build_tfrecords"
 REJECTS_TAG = "rejects"
@@ -115,7 +115,7 @@ def plan_shards(
 
     Args:
       counts: rows to convert per split (an upper bound on the records: bad images drop out).
-      image_size, image_format: give the record size (`nih.estimated_record_bytes`).
+      image_size, image_format: give the record size (`codec.estimated_record_bytes`).
       num_shards: the `--num_shards` flag; 0 means automatic.
       chunk_size: at most this many images per part file.
       min_work_units: at least this many part files over all splits (shared by row count),
@@ -124,7 +124,7 @@ def plan_shards(
     Returns:
       A plan for every split with at least one row.
     """
-    record_bytes = nih.estimated_record_bytes(image_size, image_format)
+    record_bytes = codec.estimated_record_bytes(image_size, image_format)
     total = sum(max(0, count) for count in counts.values())
     plans = {}
     for split, count in counts.items():
@@ -373,7 +373,7 @@ class ConvertChunkFn(beam.DoFn):
                         nih.Reject(nih.BAD_IMAGE, task.row.image_index, task.row.line, f"{task.path}: {e}"),
                     )
                     continue
-                out.write(nih.tfrecord_frame(record))
+                out.write(codec.tfrecord_frame(record))
                 records += 1
                 patients.add(task.row.patient_id)
                 for i, on in enumerate(task.row.multi_hot):

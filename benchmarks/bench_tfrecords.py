@@ -36,6 +36,7 @@ import numpy as np
 from absl import app, flags
 
 from beam_pipelines import job, nih, splits
+from tfrecords import codec
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 2000, "Demo images to convert.")
 _SOURCE_SIZE = flags.DEFINE_integer("source_size", 1024, "Side of the demo PNGs.")
@@ -82,7 +83,7 @@ def _floor_convert(task: tuple[str, nih.ParsedRow]) -> bytes | None:
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return nih.tfrecord_frame(nih.image_to_record(data, row, **_FLOOR_ARGS))
+        return codec.tfrecord_frame(nih.image_to_record(data, row, **_FLOOR_ARGS))
     except ValueError:
         return None
 
@@ -156,7 +157,7 @@ def run_job_case(
     }
 
 
-def _tree_rss_bytes(root_pid: int) -> int:
+def tree_rss_bytes(root_pid: int) -> int:
     """Sum of VmRSS over `root_pid` and all its descendants, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -206,7 +207,7 @@ def run_memory_case(
     reader = threading.Thread(target=lambda: (output.append(process.stdout.read()), done.set()), daemon=True)
     reader.start()
     while process.poll() is None:
-        peak = max(peak, _tree_rss_bytes(process.pid))
+        peak = max(peak, tree_rss_bytes(process.pid))
         time.sleep(0.2)
     wall = time.monotonic() - start
     done.wait(10)
@@ -228,15 +229,14 @@ def run_read_case(records_dir: str, image_format: str) -> dict:
     import tensorflow as tf
 
     from tfrecords import manifest as manifest_lib
-    from tfrecords import schema
 
     manifest = manifest_lib.read_manifest(records_dir)
     files = [p for split in manifest.splits for p in manifest_lib.shard_paths(records_dir, manifest, split)]
     size = manifest.image_size
 
     def parse(serialized):
-        features = schema.parse_example(serialized)
-        return schema.decode_image(features, image_size=size, image_format=image_format)
+        features = codec.parse_example(serialized)
+        return codec.decode_image(features, image_size=size, image_format=image_format)
 
     dataset = tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(64)
     for _ in dataset:  # Warm the page cache and tf.data.

@@ -19,8 +19,8 @@ from absl.testing import flagsaver, parameterized
 
 from beam_pipelines import build_tfrecords, job, nih, splits, transforms
 from tests import fake_data
+from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
-from tfrecords import schema
 
 _SIZE = 16
 _IN_MEMORY = ["--direct_running_mode=in_memory"]
@@ -35,8 +35,8 @@ def _read_records(records_dir: str) -> dict[str, list[dict]]:
         records = []
         for path in manifest_lib.shard_paths(records_dir, manifest, split):
             for serialized in tf.data.TFRecordDataset(path):
-                features = schema.parse_example(serialized)
-                image = schema.decode_image(
+                features = codec.parse_example(serialized)
+                image = codec.decode_image(
                     features, image_size=manifest.image_size, image_format=manifest.image_format
                 )
                 records.append(

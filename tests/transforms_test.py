@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipelines import nih, splits, transforms
 from tests import fake_data
-from tfrecords import schema
+from tfrecords import codec, schema
 
 
 def _pipeline() -> TestPipeline:
@@ -36,7 +36,7 @@ def _row(name: str, line: int, *, patient_id: int = 1, labels: str = "Mass") -> 
 
 class PureFunctionsTest(parameterized.TestCase, tf.test.TestCase):
     def test_automatic_shards_hold_100_to_200_mb(self):
-        record = nih.estimated_record_bytes(256, "raw")
+        record = codec.estimated_record_bytes(256, "raw")
         for count in (1600, 3100, 9000, 78000):
             (plan,) = transforms.plan_shards({"train": count}, image_size=256, image_format="raw").values()
             shard_mb = count * record / plan.num_shards / 1e6
@@ -176,14 +176,14 @@ class JoinAndConvertTest(tf.test.TestCase):
                 label="Shards",
             )
         records = list(tf.data.TFRecordDataset(os.path.join(out_dir, "train-00000-of-00001.tfrecord")))
-        names = [schema.parse_example(r)["image_index"].numpy().decode() for r in records]
+        names = [codec.parse_example(r)["image_index"].numpy().decode() for r in records]
         # Chunks (planned for the 4 tasks, the bad image included) are written one after the
         # other, each sorted by name.
         plan = transforms.plan_shards({"train": 4}, image_size=16, image_format="raw", chunk_size=2)["train"]
         self.assertEqual(names, sorted(good, key=lambda n: (transforms.shard_and_chunk(n, plan)[1], n)))
         expected = nih.resize_area(pixels, 16)
         for record in records:
-            image = schema.decode_image(schema.parse_example(record), image_size=16, image_format="raw")
+            image = codec.decode_image(codec.parse_example(record), image_size=16, image_format="raw")
             self.assertAllEqual(image[..., 0], expected)
         self.assertFalse(tf.io.gfile.exists(parts_dir) and tf.io.gfile.listdir(parts_dir))
 
