@@ -1,0 +1,1 @@
+"""Command-line plumbing shared by every binary: flags derived from config dataclasses, console."""
