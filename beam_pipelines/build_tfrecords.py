@@ -18,8 +18,10 @@ a runner: the DirectRunner in multi-processing mode on all cores.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 from absl import app, flags
 
@@ -61,9 +63,6 @@ _PROGRESS_INTERVAL = flags.DEFINE_float("progress_interval", 30.0, "Seconds betw
 
 
 def main(argv: list[str]) -> None:
-    # INFO for this package's progress and summary; Beam's own INFO lines stay hidden.
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("beam_pipelines").setLevel(logging.INFO)
     try:
         config = job.JobConfig(
             data_dir=_DATA_DIR.value,
@@ -84,9 +83,22 @@ def main(argv: list[str]) -> None:
     except ValueError as e:  # A bad flag value.
         sys.exit(f"build_tfrecords: {e}")
     try:
-        job.run_job(config, beam_args=argv[1:])
+        with _beam_logs_at(logging.WARNING):
+            job.run_job(config, beam_args=argv[1:])
     except job.InputError as e:  # Bad input, found before the pipeline started.
         sys.exit(f"build_tfrecords: {e}")
+
+
+@contextlib.contextmanager
+def _beam_logs_at(level: int) -> Iterator[None]:
+    """Beam's own INFO lines hidden while the job runs (its progress and summary stay), then restored."""
+    logger = logging.getLogger("apache_beam")
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def run() -> None:

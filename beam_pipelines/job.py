@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -151,31 +152,8 @@ def prepare_inputs(config: JobConfig) -> Inputs:
         raise InputError(
             f"--data_dir {data_dir!r} does not exist; point it at the NIH layout (or run `make demo-data`)."
         )
-    if config.labels_csv:
-        labels_csv = config.labels_csv
-        if not FileSystems.exists(labels_csv):
-            raise InputError(f"--labels_csv {labels_csv!r} does not exist.")
-    else:
-        found = _find(data_dir, CSV_PATTERNS)
-        if not found:
-            raise InputError(
-                f"No labels CSV (Data_Entry_2017*.csv or .csv.gz) in --data_dir {data_dir!r} or its "
-                f"subfolders; pass --labels_csv."
-            )
-        if len(found) > 1:
-            raise InputError(
-                f"Several labels CSVs in --data_dir {data_dir!r}: {found}; choose one with --labels_csv."
-            )
-        labels_csv = found[0]
-    try:
-        with FileSystems.open(labels_csv) as f:
-            header, data = nih.read_labels_table(f, name=labels_csv)
-    except nih.CsvError as e:
-        raise InputError(str(e)) from None
-    if data.empty:
-        raise InputError(f"Labels CSV {labels_csv!r} has a header but no data rows.")
-    csv_names = set(data[header.index(nih.IMAGE_INDEX)].dropna().str.strip())
-
+    labels_csv = _resolve_labels_csv(config)
+    csv_names, limited_names = _read_csv_names(labels_csv, config.max_images)
     train_val_list = _find_one(data_dir, TRAIN_VAL_LIST_NAME)
     test_list = _find_one(data_dir, TEST_LIST_NAME)
     if config.split.mode == "official" and not (train_val_list and test_list):
@@ -184,17 +162,68 @@ def prepare_inputs(config: JobConfig) -> Inputs:
             f"(found: {train_val_list}, {test_list}); add them or use --split=patient."
         )
     for list_path in (train_val_list, test_list):
-        if list_path is None:
-            continue
-        with FileSystems.open(list_path) as f:
-            names = nih.read_name_list(f.read().decode("utf-8"))
-        unknown = sorted(set(names) - csv_names)
-        if unknown:
-            raise InputError(
-                f"List file {list_path!r} names {len(unknown)} image(s) that are not in the labels CSV "
-                f"{labels_csv!r}, e.g. {unknown[:3]}; the list and the CSV do not belong together."
-            )
+        if list_path is not None:
+            _check_list(list_path, csv_names, labels_csv)
+    on_disk = _images_on_disk(data_dir)
+    _check_output_dir(config)
+    return Inputs(
+        labels_csv=labels_csv,
+        train_val_list=train_val_list,
+        test_list=test_list,
+        expected_rows=len(limited_names),
+        expected_images=len(set(limited_names) & on_disk),
+    )
 
+
+def _resolve_labels_csv(config: JobConfig) -> str:
+    if config.labels_csv:
+        if not FileSystems.exists(config.labels_csv):
+            raise InputError(f"--labels_csv {config.labels_csv!r} does not exist.")
+        return config.labels_csv
+    found = _find(config.data_dir, CSV_PATTERNS)
+    if not found:
+        raise InputError(
+            f"No labels CSV (Data_Entry_2017*.csv or .csv.gz) in --data_dir {config.data_dir!r} or its "
+            f"subfolders; pass --labels_csv."
+        )
+    if len(found) > 1:
+        raise InputError(
+            f"Several labels CSVs in --data_dir {config.data_dir!r}: {found}; choose one with --labels_csv."
+        )
+    return found[0]
+
+
+def _read_csv_names(labels_csv: str, max_images: int) -> tuple[set[str], list[str]]:
+    """(every Image Index of the CSV, the Image Index of each row to convert), streamed."""
+    names, limited = set(), []
+    try:
+        with FileSystems.open(labels_csv) as f:
+            header, records = nih.read_labels_table(f, name=labels_csv)
+            column = header.index(nih.IMAGE_INDEX)
+            for count, record in enumerate(records):
+                name = record[column].strip() if column < len(record) else ""
+                names.add(name)
+                if not max_images or count < max_images:
+                    limited.append(name)
+    except nih.CsvError as e:
+        raise InputError(str(e)) from None
+    if not limited:
+        raise InputError(f"Labels CSV {labels_csv!r} has a header but no data rows.")
+    return names, limited
+
+
+def _check_list(list_path: str, csv_names: set[str], labels_csv: str) -> None:
+    with FileSystems.open(list_path) as f:
+        names = nih.read_name_list(f.read().decode("utf-8"))
+    unknown = sorted(set(names) - csv_names)
+    if unknown:
+        raise InputError(
+            f"List file {list_path!r} names {len(unknown)} image(s) that are not in the labels CSV "
+            f"{labels_csv!r}, e.g. {unknown[:3]}; the list and the CSV do not belong together."
+        )
+
+
+def _images_on_disk(data_dir: str) -> set[str]:
     pattern = FileSystems.join(data_dir.rstrip("/"), "**")
     on_disk = {
         nih.image_name(m.path)
@@ -203,7 +232,10 @@ def prepare_inputs(config: JobConfig) -> Inputs:
     }
     if not on_disk:
         raise InputError(f"No .png images anywhere under --data_dir {data_dir!r}.")
+    return on_disk
 
+
+def _check_output_dir(config: JobConfig) -> None:
     output_dir = config.output_dir
     if FileSystems.exists(output_dir) and not config.overwrite:
         existing = FileSystems.match([FileSystems.join(output_dir, "**")])[0].metadata_list
@@ -212,15 +244,6 @@ def prepare_inputs(config: JobConfig) -> Inputs:
                 f"--output_dir {output_dir!r} is not empty ({len(existing)} entries, e.g. "
                 f"{existing[0].path!r}); pass --overwrite to replace its records, or choose another directory."
             )
-    rows = len(data) if not config.max_images else min(len(data), config.max_images)
-    names = data[header.index(nih.IMAGE_INDEX)].iloc[:rows].dropna().str.strip()
-    return Inputs(
-        labels_csv=labels_csv,
-        train_val_list=train_val_list,
-        test_list=test_list,
-        expected_rows=rows,
-        expected_images=len(set(names) & on_disk),
-    )
 
 
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
@@ -268,38 +291,39 @@ class StagingPaths:
 
 def build_pipeline(root: beam.Pipeline, config: JobConfig, inputs: Inputs, staging: StagingPaths) -> None:
     """Wires the job's transforms onto `root` (a Pipeline or TestPipeline)."""
-    read = (
+    planned = (
         root
         | "LabelsCsv" >> beam.Create([inputs.labels_csv])
-        | "ReadRows"
-        >> transforms.ReadRows(
-            train_val_list=inputs.train_val_list, test_list=inputs.test_list, max_images=config.max_images
+        | "PlanWork"
+        >> transforms.PlanWork(
+            data_dir=config.data_dir,
+            train_val_list=inputs.train_val_list,
+            test_list=inputs.test_list,
+            split_config=config.split,
+            max_images=config.max_images,
+            plan_args=dict(
+                image_size=config.image_size,
+                image_format=config.image_format,
+                num_shards=config.num_shards,
+                chunk_size=config.chunk_size,
+            ),
         )
     )
-    data_dir = root | "DataDir" >> beam.Create([config.data_dir])
-    accounted = (
-        read["rejects"] | "RejectedNames" >> beam.Map(transforms.image_index_of),
-        read["beyond_limit"],
-    ) | "AccountedNames" >> beam.Flatten()
-    joined = {
-        "rows": read["rows"],
-        "accounted": accounted,
-        "data_dir": data_dir,
-    } | "JoinRowsAndFiles" >> transforms.JoinRowsAndFiles(config.split)
-    converted = joined["tasks"] | "ConvertToShards" >> transforms.ConvertToShards(
+    converted = {
+        "units": planned["units"],
+        "plans": planned["plans"],
+    } | "ConvertToShards" >> transforms.ConvertToShards(
         output_dir=staging.root,
         parts_dir=staging.parts,
         image_size=config.image_size,
         image_format=config.image_format,
-        num_shards=config.num_shards,
-        chunk_size=config.chunk_size,
         progress_dir=staging.progress,
         progress_interval_s=min(5.0, config.progress_interval_s),
     )
-    rejects = (read["rejects"], joined["rejects"], converted["rejects"]) | "AllRejects" >> beam.Flatten()
+    rejects = (planned["rejects"], converted["rejects"]) | "AllRejects" >> beam.Flatten()
     _ = {
-        "csv_rows": read["csv_rows"],
-        "unlisted": joined["unlisted"],
+        "input_rows": planned["input_rows"],
+        "unlisted": planned["unlisted"],
         "rejects": rejects,
         "shards": converted["shards"],
     } | "WriteSummary" >> transforms.WriteSummary(rejects_path=staging.rejects, summary_path=staging.summary)
@@ -313,7 +337,8 @@ class _ProgressMonitor(threading.Thread):
         self._progress_dir = progress_dir
         self._total = total
         self._interval_s = interval_s
-        self._stop = threading.Event()
+        # Not `_stop`: threading.Thread has a method of that name, which join() calls.
+        self._finished = threading.Event()
         self._start = time.monotonic()
 
     def done(self) -> int:
@@ -332,7 +357,7 @@ class _ProgressMonitor(threading.Thread):
 
     def run(self):
         first_time, first_done, finished = None, 0, False
-        while not self._stop.wait(self._interval_s):
+        while not self._finished.wait(self._interval_s):
             done = self.done()
             now = time.monotonic()
             if finished or not done:
@@ -357,8 +382,11 @@ class _ProgressMonitor(threading.Thread):
                 _format_seconds(eta),
             )
 
-    def stop(self):
-        self._stop.set()
+    def stop(self) -> None:
+        """Stops the thread and waits for it, so that no progress line follows."""
+        self._finished.set()
+        if self.is_alive():
+            self.join()
 
 
 def _format_seconds(seconds: float) -> str:
@@ -484,9 +512,24 @@ def finalize(config: JobConfig, inputs: Inputs, staging: StagingPaths) -> manife
     )
     manifest.validate(where=f"manifest for {config.output_dir}")
     _replace_output(config.output_dir, staging, manifest)
-    manifest_lib.write_manifest(config.output_dir, manifest)
+    manifest = _write_manifest(config.output_dir, manifest)
     _delete_tree(staging.root)
-    return manifest_lib.read_manifest(config.output_dir)
+    return manifest
+
+
+def _write_manifest(output_dir: str, manifest: manifest_lib.Manifest) -> manifest_lib.Manifest:
+    """Writes manifest.json through a temporary name, with FileSystems.
+
+    Not `manifest_lib.write_manifest`: that one goes through tf.io.gfile, and importing
+    TensorFlow would add about 600 MB to the launcher at the very end of the job.
+    """
+    text = manifest.with_created_time().to_json_text()
+    path = manifest_lib.manifest_path(output_dir)
+    with FileSystems.create(path + ".tmp", compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(text.encode())
+    FileSystems.rename([path + ".tmp"], [path])
+    # The manifest as readers will see it (JSON round trip).
+    return manifest_lib.Manifest.from_json(json.loads(text), where=path)
 
 
 def _replace_output(output_dir: str, staging: StagingPaths, manifest: manifest_lib.Manifest) -> None:

@@ -17,15 +17,15 @@ TensorFlow-free encoder of `tfrecords.codec`.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from tfrecords import codec, schema
@@ -86,7 +86,7 @@ class CsvRow:
     expected_fields: int
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ParsedRow:
     """A valid CSV row: everything a record needs besides the pixels."""
 
@@ -118,74 +118,68 @@ class Reject:
         }
 
 
-def read_labels_table(file_obj: io.IOBase | Any, *, name: str) -> tuple[list[str], pd.DataFrame]:
-    """Reads the labels CSV into strings, keeping each data line's position.
+def read_labels_table(file_obj: io.IOBase | Any, *, name: str) -> tuple[list[str], Iterator[list[str]]]:
+    """Opens the labels CSV: its header, and the data records as a stream.
 
-    Rows are read without a header (`header=None`) and with spare columns, so that a short or
-    long row becomes a `bad_row` reject with its line number instead of stopping the job; only a
-    file pandas cannot tokenize at all stops it.
+    One record is in memory at a time, whatever the file's size. A short or long row becomes a
+    `bad_row` reject with its line number (in `parse_row`) instead of stopping the job.
 
     Args:
-      file_obj: the opened (decompressed) file.
+      file_obj: the opened (decompressed) file, binary (UTF-8) or text.
       name: the path, for messages.
 
     Returns:
-      (header names without trailing empty ones, DataFrame of the data rows as strings; row i of
-      the frame is line i + 2 of the file).
+      (header names without empty ones, an iterator over the data records as lists of strings;
+      record i is line i + 2 of the file).
 
     Raises:
-      CsvError: empty file, unreadable file, or missing required columns (named).
+      CsvError: empty file, unreadable file, or missing required columns (named); while
+        iterating, a record the CSV reader cannot parse.
     """
-    # 64 columns: NIH rows have 11; anything wider is a malformed row we report, not a crash.
+    reader = csv.reader(_text_lines(file_obj))
     try:
-        table = pd.read_csv(
-            file_obj,
-            header=None,
-            names=list(range(64)),
-            dtype=str,
-            # Only empty and missing fields are NaN; "NA" or "null" stay strings.
-            keep_default_na=False,
-            na_values=[""],
-            skip_blank_lines=False,
-            encoding="utf-8",
-        )
-    except pd.errors.EmptyDataError as e:
-        raise CsvError(f"Labels CSV {name!r} is empty; expected NIH's Data_Entry_2017.csv.") from e
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        first = next(reader, None)
+    except (csv.Error, UnicodeDecodeError) as e:
         raise CsvError(f"Labels CSV {name!r} cannot be parsed: {e}") from e
-    if table.empty:
+    if not first:
         raise CsvError(f"Labels CSV {name!r} is empty; expected NIH's Data_Entry_2017.csv.")
-    header = [str(v).strip() for v in table.iloc[0].tolist() if isinstance(v, str)]
-    while header and not header[-1]:
-        header.pop()  # The 2017 header's trailing comma.
+    # Empty names (the 2017 header's trailing comma) are not columns.
+    header = [value.strip() for value in first if value]
     missing = [column for column in REQUIRED_COLUMNS if column not in header]
     if missing:
         raise CsvError(
             f"Labels CSV {name!r} lacks required column(s) {missing}; its header is {header}. "
             f"Expected NIH's Data_Entry_2017.csv (2017 or v2020 format)."
         )
-    data = table.iloc[1:].reset_index(drop=True)
-    return header, data
+    return header, _records(reader, name)
 
 
-def iter_csv_rows(header: Sequence[str], data: pd.DataFrame) -> Iterator[CsvRow]:
-    """Yields each data row of `read_labels_table` as a `CsvRow` (line numbers are 1-based)."""
+def _text_lines(file_obj: io.IOBase | Any) -> Iterator[str]:
+    # Line by line, also from Beam's CompressedFile (gzip), which io.TextIOWrapper cannot wrap.
+    while line := file_obj.readline():
+        yield line.decode("utf-8") if isinstance(line, bytes) else line
+
+
+def _records(reader: Iterator[list[str]], name: str) -> Iterator[list[str]]:
+    try:
+        yield from reader
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise CsvError(f"Labels CSV {name!r} cannot be parsed: {e}") from e
+
+
+def iter_csv_rows(header: Sequence[str], records: Iterable[Sequence[str]]) -> Iterator[CsvRow]:
+    """Yields each data record of `read_labels_table` as a `CsvRow` (line numbers are 1-based)."""
     # The header's bracketed names (OriginalImage[Width,Height]) split into two fields like the
     # data, so data rows have as many fields as the header's non-empty names.
     expected = len(header)
     columns = {name: header.index(name) for name in REQUIRED_COLUMNS}
-    present = data.notna().to_numpy()
-    # Fields up to the last non-empty one: trailing empty fields (a trailing comma) do not count.
-    last = np.where(present.any(axis=1), present.shape[1] - np.argmax(present[:, ::-1], axis=1), 0)
-    values = data.to_numpy()
-    for position in range(len(data)):
-        row_values = values[position]
-        fields = {
-            name: (row_values[col] if present[position, col] else "").strip() for name, col in columns.items()
-        }
-        yield CsvRow(
-            line=position + 2, fields=fields, num_fields=int(last[position]), expected_fields=expected
-        )
+    for position, record in enumerate(records):
+        # Fields up to the last non-empty one: trailing empty fields (a trailing comma) do not count.
+        num_fields = len(record)
+        while num_fields and not record[num_fields - 1]:
+            num_fields -= 1
+        fields = {name: (record[col].strip() if col < len(record) else "") for name, col in columns.items()}
+        yield CsvRow(line=position + 2, fields=fields, num_fields=num_fields, expected_fields=expected)
 
 
 def parse_age(value: str) -> int:

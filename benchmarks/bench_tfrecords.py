@@ -36,6 +36,7 @@ import numpy as np
 from absl import app, flags
 
 from beam_pipelines import job, nih, splits
+from benchmarks.rss import tree_rss_bytes
 from tfrecords import codec
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 2000, "Demo images to convert.")
@@ -95,8 +96,8 @@ def _floor_init(args: dict) -> None:
 def run_floor(data_dir: str, out_path: str, *, image_size: int, num_images: int, workers: int) -> dict:
     start = time.monotonic()
     with open(os.path.join(data_dir, "Data_Entry_2017.csv"), "rb") as f:
-        header, data = nih.read_labels_table(f, name="csv")
-    rows = [nih.parse_row(row) for row in nih.iter_csv_rows(header, data)][:num_images]
+        rows = [nih.parse_row(row) for row in nih.iter_csv_rows(*nih.read_labels_table(f, name="csv"))]
+    rows = rows[:num_images]
     paths = {}
     for dirpath, _, files in os.walk(data_dir):
         for name in files:
@@ -155,32 +156,6 @@ def run_job_case(
         "bytes_per_record": round(sum(shard_mb) * 1e6 / written),
         "shards": len(shard_mb),
     }
-
-
-def tree_rss_bytes(root_pid: int) -> int:
-    """Sum of VmRSS over `root_pid` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    total, stack = 0, [root_pid]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-        except OSError:
-            continue
-    return total
 
 
 def run_memory_case(

@@ -6,13 +6,18 @@ assertions (setUpClass), because each DirectRunner start costs seconds.
 
 import glob
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
 import tarfile
+import time
 from unittest import mock
 
 import numpy as np
+import portpicker
+import pytest
 import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver, parameterized
@@ -342,6 +347,80 @@ class BeforePipelineErrorsTest(parameterized.TestCase, tf.test.TestCase):
             job.JobConfig(**{"data_dir": "data/demo", **kwargs})
 
 
+def _wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode} before serving port {port}.")
+        with socket.socket() as probe:
+            if probe.connect_ex(("localhost", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{process.args} did not serve port {port} within {timeout_s} s.")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class PortableRunnerTest(tf.test.TestCase):
+    """The path Flink and Spark take: Beam's job API with an external SDK worker pool.
+
+    One local job service and one worker-pool process on localhost, not a cluster.
+    """
+
+    def _start(self, module: str, port_flag: str) -> int:
+        port = portpicker.pick_unused_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, f"{port_flag}={port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.addCleanup(_stop, process)  # Also when the test fails.
+        _wait_for_port(port, process)
+        return port
+
+    @pytest.mark.slow
+    def test_portable_runner_writes_the_direct_runners_bytes(self):
+        temp = self.get_temp_dir() + "/portable"
+        data_dir = temp + "/data"
+        expected = _bad_input_layout(data_dir)
+        job_port = self._start("apache_beam.runners.portability.local_job_service_main", "--job_port")
+        worker_port = self._start("apache_beam.runners.worker.worker_pool_main", "--service_port")
+
+        def config(name):
+            return job.JobConfig(data_dir=data_dir, output_dir=f"{temp}/{name}", image_size=_SIZE)
+
+        direct = job.run_job(config("direct"), ["--direct_num_workers=2"])
+        portable = job.run_job(
+            config("portable"),
+            [
+                "--runner=PortableRunner",
+                f"--job_endpoint=localhost:{job_port}",
+                "--environment_type=EXTERNAL",
+                f"--environment_config=localhost:{worker_port}",
+            ],
+        )
+        self.assertEqual(portable.manifest.records_written, len(expected["written"]))
+        self.assertEqual(portable.manifest.splits, direct.manifest.splits)  # Same shards and sha256.
+        for split in direct.manifest.splits.values():
+            for shard in split.shards:
+                with (
+                    open(f"{temp}/direct/{shard.name}", "rb") as a,
+                    open(f"{temp}/portable/{shard.name}", "rb") as b,
+                ):
+                    self.assertEqual(a.read(), b.read())
+        self.assertEqual(_read_rejects(f"{temp}/portable"), _read_rejects(f"{temp}/direct"))
+        self.assertEqual(portable.counters["records_written"], len(expected["written"]))
+        self.assertEqual(portable.counters, direct.counters)
+
+
 class ProgressTest(tf.test.TestCase):
     def test_monitor_sums_the_workers_files(self):
         progress_dir = self.get_temp_dir() + "/progress"
@@ -353,6 +432,16 @@ class ProgressTest(tf.test.TestCase):
             f.write("{")  # Being rewritten: skipped this time.
         self.assertEqual(job._ProgressMonitor(progress_dir, total=20, interval_s=1.0).done(), 12)
         self.assertEqual(job._format_seconds(3725), "1:02:05")
+
+    def test_monitor_stops_and_joins(self):
+        progress_dir = self.get_temp_dir() + "/stopped"
+        os.makedirs(progress_dir)
+        monitor = job._ProgressMonitor(progress_dir, total=20, interval_s=0.01)
+        monitor.start()
+        self.assertTrue(monitor.is_alive())
+        monitor.stop()  # Joins: no progress line can follow the summary.
+        self.assertFalse(monitor.is_alive())
+        monitor.stop()  # Idempotent.
 
 
 class EntryPointTest(parameterized.TestCase, tf.test.TestCase):
@@ -372,6 +461,14 @@ class EntryPointTest(parameterized.TestCase, tf.test.TestCase):
         with flagsaver.flagsaver(**overrides):
             with self.assertRaisesRegex(SystemExit, message):
                 build_tfrecords.main(["build_tfrecords"])
+
+    def test_main_leaves_logging_levels_as_it_found_them(self):
+        root, beam_logger = logging.getLogger(), logging.getLogger("apache_beam")
+        before = (root.level, beam_logger.level)
+        with flagsaver.flagsaver(data_dir="/nonexistent/nih"):
+            with self.assertRaises(SystemExit):
+                build_tfrecords.main(["build_tfrecords"])
+        self.assertEqual((root.level, beam_logger.level), before)
 
     def test_unknown_flags_are_left_for_beam(self):
         argv = build_tfrecords._parse_flags(

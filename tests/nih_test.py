@@ -75,8 +75,8 @@ class CsvTest(parameterized.TestCase, tf.test.TestCase):
         with gzip.open(path, "wt") as f:
             f.write(text)
         with FileSystems.open(path) as f:
-            header, data = nih.read_labels_table(f, name=path)
-        (row,) = nih.iter_csv_rows(header, data)
+            # The records stream from the open file.
+            (row,) = nih.iter_csv_rows(*nih.read_labels_table(f, name=path))
         self.assertEqual(nih.parse_row(row).image_index, "00000001_000.png")
 
     @parameterized.named_parameters(

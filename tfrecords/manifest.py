@@ -136,6 +136,18 @@ class Manifest:
             },
         }
 
+    def to_json_text(self) -> str:
+        """The text of manifest.json."""
+        return json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"
+
+    def with_created_time(self) -> Manifest:
+        """This manifest with `created` set to now (UTC) when it is not set yet."""
+        if self.created:
+            return self
+        return dataclasses.replace(
+            self, created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        )
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, where: str = "manifest") -> Manifest:
         """Builds a manifest from its JSON object and validates it.
@@ -281,14 +293,11 @@ def write_manifest(records_dir: str, manifest: Manifest) -> str:
     import tensorflow as tf
 
     manifest.validate(where=f"manifest for {records_dir}")
-    if not manifest.created:
-        created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        manifest = dataclasses.replace(manifest, created=created)
+    manifest = manifest.with_created_time()
     path = manifest_path(records_dir)
     tmp_path = path + ".tmp"
     with tf.io.gfile.GFile(tmp_path, "w") as f:
-        json.dump(manifest.to_json(), f, indent=2, sort_keys=False)
-        f.write("\n")
+        f.write(manifest.to_json_text())
     tf.io.gfile.rename(tmp_path, path, overwrite=True)
     return path
 
