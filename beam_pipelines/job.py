@@ -45,6 +45,12 @@ CSV_PATTERNS = ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz")
 DEFAULT_IMAGE_FORMAT = "raw"
 
 
+def _field(default: Any, help_text: str, *, choices: Sequence[str] | None = None) -> Any:
+    """A config field with the help (and choices) of the flag derived from it."""
+    metadata = {"help": help_text} | ({"choices": tuple(choices)} if choices else {})
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 class InputError(ValueError):
     """Bad input or flags found before the pipeline starts; the message names what and where."""
 
@@ -67,17 +73,22 @@ class JobConfig:
       progress_interval_s: seconds between progress lines.
     """
 
-    data_dir: str
-    output_dir: str = "data/tfrecords"
-    image_size: int = 256
-    image_format: str = DEFAULT_IMAGE_FORMAT
-    labels_csv: str | None = None
-    split: splits.SplitConfig = splits.SplitConfig()
-    num_shards: int = 0
-    max_images: int = 0
-    overwrite: bool = False
-    chunk_size: int = transforms.DEFAULT_CHUNK_SIZE
-    progress_interval_s: float = 30.0
+    data_dir: str = _field("data/demo", "The NIH layout: CSV, lists, images_*/images/*.png.")
+    output_dir: str = _field("data/tfrecords", "Where shards, rejects.jsonl and manifest.json go.")
+    image_size: int = _field(256, "Side of the square output images, in pixels.")
+    image_format: str = _field(
+        DEFAULT_IMAGE_FORMAT, "raw uint8 pixels or PNG in the records.", choices=schema.IMAGE_FORMATS
+    )
+    labels_csv: str | None = _field(
+        None, "Labels CSV (2017 or v2020 format, may be .gz); default: Data_Entry_2017*.csv in data_dir."
+    )
+    # Its flags (--split, --val_fraction, --split_fractions) are defined by the binary.
+    split: splits.SplitConfig = dataclasses.field(default=splits.SplitConfig(), metadata={"flag": False})
+    num_shards: int = _field(0, "Shards per split; 0 = automatic (100-200 MB shards).")
+    max_images: int = _field(0, "Convert only the first N CSV rows (0 = all), for quick runs.")
+    overwrite: bool = _field(False, "Replace the records of a non-empty output_dir.")
+    chunk_size: int = _field(transforms.DEFAULT_CHUNK_SIZE, "Images per work unit at most.")
+    progress_interval_s: float = _field(30.0, "Seconds between progress lines.")
 
     def __post_init__(self):
         if not self.data_dir:

@@ -232,7 +232,7 @@ def run_job(data_dir: str, output_dir: str, *, image_size: int, log_path: str) -
         f"--data_dir={data_dir}",
         f"--output_dir={output_dir}",
         f"--image_size={image_size}",
-        "--progress_interval=60",
+        "--progress_interval_s=60",
     ]
     start = time.monotonic()
     with open(log_path, "w") as log:
@@ -353,7 +353,8 @@ def dataclasses_replace_profile(train_lib):
 # ---------------------------------------------------------------------------------------------
 
 
-def _rehearse(work: str, cases: Sequence[str]) -> dict:
+def _build_layouts(work: str) -> tuple[dict, list[str]]:
+    """The full-size layout and the small one (its first rows); returns the facts and the pool."""
     labels_csv = _LABELS_CSV.value
     header, lines = (
         _read_csv_lines(labels_csv, _NUM_ROWS.value) if labels_csv else _demo_csv_lines(_NUM_ROWS.value)
@@ -370,45 +371,45 @@ def _rehearse(work: str, cases: Sequence[str]) -> dict:
         "png_pool": _PNG_POOL.value or f"{len(pool)} rendered demo images",
         "pool_files": len(pool),
     }
-    names = [line.split(",", 1)[0] for line in lines]
     start = time.monotonic()
-    results["layout"] = build_layout(
-        os.path.join(work, "nih"), header, lines, _official_lists(names, labels_csv), pool
-    )
-    small = lines[: _SMALL_ROWS.value]
-    build_layout(
-        os.path.join(work, "nih-small"),
-        header,
-        small,
-        _official_lists([line.split(",", 1)[0] for line in small], labels_csv),
-        pool,
-    )
+    for name, layout_lines in (("nih", lines), ("nih-small", lines[: _SMALL_ROWS.value])):
+        names = [line.split(",", 1)[0] for line in layout_lines]
+        built = build_layout(
+            os.path.join(work, name), header, layout_lines, _official_lists(names, labels_csv), pool
+        )
+        results.setdefault("layout", built)
     results["layout"]["seconds"] = round(time.monotonic() - start, 1)
     print("Layout:", results["layout"], flush=True)
+    return results, pool
+
+
+def _run_jobs(work: str, cases: Sequence[str], pool: Sequence[str], results: dict) -> None:
+    """The floor, the job on both layouts, and the floor again (the CPU may be shared)."""
     size = _IMAGE_SIZE.value
     workers = os.cpu_count() or 1
     sample = random.Random(0).choices(pool, k=_FLOOR_FILES.value)
     if "floor" in cases:
         results["floor"] = run_floor(sample, image_size=size, workers=workers)
         print("Floor:", results["floor"], flush=True)
-    records = os.path.join(work, "records")
-    if "job_small" in cases:
-        results["job_small"] = run_job(
-            os.path.join(work, "nih-small"),
-            os.path.join(work, "records-small"),
-            image_size=size,
-            log_path=os.path.join(work, "job-small.log"),
-        )
-        print("Job, small:", results["job_small"], flush=True)
-    if "job" in cases:
-        results["job"] = run_job(
-            os.path.join(work, "nih"), records, image_size=size, log_path=os.path.join(work, "job.log")
-        )
-        print("Job:", results["job"], flush=True)
-    if "floor" in cases and "job" in results:  # Again: other processes may share the CPU.
+    for case, layout, records in (("job_small", "nih-small", "records-small"), ("job", "nih", "records")):
+        if case in cases:
+            results[case] = run_job(
+                os.path.join(work, layout),
+                os.path.join(work, records),
+                image_size=size,
+                log_path=os.path.join(work, f"{case}.log"),
+            )
+            print(f"{case}:", results[case], flush=True)
+    if "floor" in cases and "job" in results:
         results["floor_after"] = run_floor(sample, image_size=size, workers=workers)
         print("Floor, after the job:", results["floor_after"], flush=True)
     _ratios(results)
+
+
+def _rehearse(work: str, cases: Sequence[str]) -> dict:
+    results, pool = _build_layouts(work)
+    _run_jobs(work, cases, pool, results)
+    records = os.path.join(work, "records")
     for case, run in (
         ("read", lambda: run_read(records, augment=False)),
         ("read_augmented", lambda: run_read(records, augment=True)),

@@ -4,10 +4,12 @@ One pipeline run on a tiny NIH layout holding every kind of bad input is shared 
 assertions (setUpClass), because each DirectRunner start costs seconds.
 """
 
+import dataclasses
 import glob
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,8 +21,7 @@ import numpy as np
 import portpicker
 import pytest
 import tensorflow as tf
-from absl import flags
-from absl.testing import flagsaver, parameterized
+from absl.testing import parameterized
 
 from beam_pipelines import build_tfrecords, job, nih, splits, transforms
 from tests import fake_data
@@ -445,38 +446,43 @@ class ProgressTest(tf.test.TestCase):
 
 
 class EntryPointTest(parameterized.TestCase, tf.test.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS(["build_tfrecords"], known_only=True)
+    def _main(self, *args: str) -> None:
+        self.addCleanup(build_tfrecords.FLAGS.unparse_flags)
+        build_tfrecords.main(build_tfrecords._parse_flags(["build_tfrecords", *args]))
 
     @parameterized.parameters(
-        (dict(image_size=0), "build_tfrecords: image_size must be in .* got 0"),
-        (dict(split_fractions="60,10"), "build_tfrecords: --split_fractions must be three"),
-        (dict(val_fraction=2.0), "build_tfrecords: val_fraction must be in"),
-        (dict(data_dir="/nonexistent/nih"), "build_tfrecords: --data_dir '/nonexistent/nih' does not exist"),
+        ("--image_size=0", "build_tfrecords: image_size must be in .* got 0"),
+        ("--split_fractions=60,10", "build_tfrecords: --split_fractions must be three"),
+        ("--val_fraction=2.0", "build_tfrecords: val_fraction must be in"),
+        ("--data_dir=/nonexistent/nih", "build_tfrecords: --data_dir '/nonexistent/nih' does not exist"),
     )
-    def test_bad_flags_stop_with_a_message(self, overrides, message):
-        with flagsaver.flagsaver(**overrides):
-            with self.assertRaisesRegex(SystemExit, message):
-                build_tfrecords.main(["build_tfrecords"])
+    def test_bad_flags_stop_with_a_message(self, flag, message):
+        with self.assertRaisesRegex(SystemExit, message):
+            self._main(flag)
 
     def test_main_leaves_logging_levels_as_it_found_them(self):
         root, beam_logger = logging.getLogger(), logging.getLogger("apache_beam")
         before = (root.level, beam_logger.level)
-        with flagsaver.flagsaver(data_dir="/nonexistent/nih"):
-            with self.assertRaises(SystemExit):
-                build_tfrecords.main(["build_tfrecords"])
+        with self.assertRaises(SystemExit):
+            self._main("--data_dir=/nonexistent/nih")
         self.assertEqual((root.level, beam_logger.level), before)
 
-    def test_unknown_flags_are_left_for_beam(self):
+    def test_flags_come_from_the_config_and_beams_are_left(self):
         argv = build_tfrecords._parse_flags(
-            ["prog", "--image_size=64", "--runner=DataflowRunner", "--project=p"]
+            ["prog", "--image_size=64", "--progress_interval_s=5", "--runner=DataflowRunner", "--project=p"]
         )
+        self.addCleanup(build_tfrecords.FLAGS.unparse_flags)
         self.assertEqual(argv, ["prog", "--runner=DataflowRunner", "--project=p"])
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["build_tfrecords"], known_only=True)
+        self.assertEqual(build_tfrecords._CONFIG["image_size"].value, 64)
+        self.assertEqual(build_tfrecords._CONFIG["progress_interval_s"].value, 5.0)
+        fields = {f.name for f in dataclasses.fields(job.JobConfig)} - {"split"}
+        self.assertEqual(set(build_tfrecords._CONFIG), fields)
+
+    def test_both_binaries_import_in_one_process(self):
+        # The trainer also has an --overwrite flag; importing both must not clash.
+        code = "import beam_pipelines.build_tfrecords, trainer.train; print('ok')"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        self.assertEqual(result.stdout.strip(), "ok", result.stderr[-2000:])
 
     def test_pipeline_options_pass_through_untouched(self):
         args = [
@@ -510,19 +516,29 @@ class EntryPointTest(parameterized.TestCase, tf.test.TestCase):
 
     def test_setup_py_works_as_dataflow_setup_file(self):
         # Dataflow's stager runs `python setup.py sdist` on --setup_file and installs the result.
+        # Built from a copy of the tree: sdist writes *.egg-info next to setup.py.
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        dist = self.get_temp_dir() + "/dist"
+        before = sorted(os.listdir(root))
+        source, dist = self.get_temp_dir() + "/source", self.get_temp_dir() + "/dist"
+        shutil.copytree(
+            root,
+            source,
+            ignore=shutil.ignore_patterns(
+                ".git", ".venv*", "data", "runs", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+            ),
+        )
         subprocess.run(
             [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", dist],
-            cwd=root,
+            cwd=source,
             check=True,
             capture_output=True,
         )
         (tarball,) = glob.glob(dist + "/*.tar.gz")
         with tarfile.open(tarball) as tar:
             names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
-        for module in ("beam_pipelines/transforms.py", "beam_pipelines/nih.py", "tfrecords/schema.py"):
+        for module in ("beam_pipelines/transforms.py", "beam_pipelines/nih.py", "tfrecords/codec.py"):
             self.assertIn(module, names)
+        self.assertEqual(sorted(os.listdir(root)), before)
 
 
 if __name__ == "__main__":
