@@ -406,6 +406,8 @@ class PortableRunnerTest(tf.test.TestCase):
                 f"--job_endpoint=localhost:{job_port}",
                 "--environment_type=EXTERNAL",
                 f"--environment_config=localhost:{worker_port}",
+                # The job's state stream carries this deadline (default 300 s) for the whole run.
+                "--job_server_timeout=3600",
             ],
         )
         self.assertEqual(portable.manifest.records_written, len(expected["written"]))
