@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
+    # portpicker: free ports for the tests that start servers (tf.data service, multi-worker).
     "dev": ["pytest==9.2.0", "ruff==0.17.6", "portpicker==1.6.0"],
     # Dataflow runner and gs:// paths: pip install -e '.[gcp]'.
     "gcp": ["apache-beam[gcp]==2.77.0"],
@@ -43,6 +44,8 @@ setuptools.setup(
             "beam_pipelines.*",
             "cxr_cli",
             "cxr_cli.*",
+            "demo_data",
+            "demo_data.*",
             "tfrecords",
             "tfrecords.*",
             "trainer",
@@ -53,7 +56,7 @@ setuptools.setup(
     extras_require=EXTRAS_REQUIRE,
     entry_points={
         "console_scripts": [
-            "cxr-demo-data=beam_pipelines.demo_data:run",
+            "cxr-demo-data=demo_data.generate:run",
             "cxr-build-tfrecords=beam_pipelines.build_tfrecords:run",
             "cxr-train=trainer.train:run",
             "cxr-evaluate=trainer.evaluate:run",

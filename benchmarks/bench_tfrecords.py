@@ -17,7 +17,7 @@ prints a table. Cases, all in one run on the same cores:
                 cost that --image_format trades against disk space;
   decode_pil/tf one core, decode + area resize of 100 demo PNGs with Pillow vs tf.image.
 
-The demo images are generated once with beam_pipelines.demo_data into --data_dir (cached).
+The demo images are generated once with demo_data into --data_dir (cached).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _ensure_demo(data_dir: str, num_images: int, image_size: int) -> None:
         with open(marker) as f:
             if sum(1 for _ in f) - 1 >= num_images:
                 return
-    from beam_pipelines import demo_data
+    from demo_data import writer as demo_data
 
     print(f"Generating {num_images} demo images of {image_size}x{image_size} into {data_dir} (cached)...")
     demo_data.generate(data_dir, num_images=num_images, image_size=image_size, seed=0, overwrite=True)

@@ -59,10 +59,6 @@ _CASES = flags.DEFINE_list("cases", "floor,job,job_small,read,train", "Which cas
 # How NIH spreads its images over the 12 archives (images_001 holds 4,999; the last 7,121).
 NIH_FOLDER_SIZES = (4_999,) + (10_000,) * 10 + (7_121,)
 _DEMO_POOL_SIZE = 64
-_V2017_HEADER = (
-    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,9 +77,9 @@ def _read_csv_lines(path: str, num_rows: int) -> tuple[str, list[str]]:
 
 
 def _demo_csv_lines(num_rows: int) -> tuple[str, list[str]]:
-    from beam_pipelines import demo_data
+    from demo_data import label_model, layout
 
-    return _V2017_HEADER, [row.csv_line() for row in demo_data.sample_images(num_rows, seed=0)]
+    return layout.CSV_HEADER, [row.csv_line() for row in label_model.sample_images(num_rows, seed=0)]
 
 
 def _official_lists(names: Sequence[str], labels_csv: str | None) -> tuple[list[str], list[str]]:
@@ -103,16 +99,16 @@ def _official_lists(names: Sequence[str], labels_csv: str | None) -> tuple[list[
 
 
 def _demo_pool(folder: str, count: int) -> list[str]:
-    from beam_pipelines import demo_data
+    from demo_data import png, render
 
     os.makedirs(folder, exist_ok=True)
     paths = []
     for i in range(count):
         findings = (schema.FINDINGS[i % len(schema.FINDINGS)],) if i % 2 else ()
-        image = demo_data.render_image(findings, demo_data.image_rng(0, i), 1024)
+        image = render.render_image(findings, render.image_rng(0, i), 1024)
         path = os.path.join(folder, f"pool_{i:03d}.png")
         with open(path, "wb") as f:
-            f.write(demo_data.encode_png(image))
+            f.write(png.encode_png(image))
         paths.append(path)
     return paths
 
@@ -276,26 +272,21 @@ def run_job(data_dir: str, output_dir: str, *, image_size: int, log_path: str) -
 
 
 def run_read(records_dir: str, *, augment: bool, batch_size: int = 64) -> dict:
-    """One pass over the train split as training reads it (images/s)."""
-    import tensorflow as tf
-
+    """One pass over the train split as training reads it (images/s), with or without augmentation."""
     from tfrecords import dataset as dataset_lib
 
-    kwargs = {}
-    if augment:
-        from trainer import augment as augment_lib
-
-        kwargs["augment_fn"] = augment_lib.make_augment_fn()
     records = manifest.read_manifest(records_dir).splits["train"].records
     steps = records // batch_size
-    dataset = dataset_lib.build_dataset(
-        records_dir, "train", batch_size=batch_size, training=True, seed=0, **kwargs
-    )
+    dataset = dataset_lib.build_dataset(records_dir, "train", batch_size=batch_size, training=True, seed=0)
+    if augment:
+        from trainer import augment as augment_lib
+        from trainer import inputs
+
+        dataset = inputs.augment_batches(dataset, augment_lib.make_augment_fn(), seed=0)
     start = time.monotonic()
     for _ in dataset.take(steps):
         pass
     wall = time.monotonic() - start
-    del tf
     return {
         "images": steps * batch_size,
         "seconds": round(wall, 1),
@@ -304,13 +295,18 @@ def run_read(records_dir: str, *, augment: bool, batch_size: int = 64) -> dict:
 
 
 def run_train(records_dir: str, *, steps: int) -> dict:
-    """`steps` training steps of the full profile's model: s/step and the time waiting for input."""
+    """`steps` training steps of the full profile's model: s/step and the time waiting for input.
+
+    One replica on the CPU, the profile's model, batch and learning rate, Adam and binary
+    cross-entropy, fed by `build_dataset`; the first step (tracing) is not counted.
+    """
     import keras
 
     from tfrecords import dataset as dataset_lib
-    from trainer import models, train_lib
+    from trainer import config as config_lib
+    from trainer import models
 
-    config = dataclasses_replace_profile(train_lib)
+    config = config_lib.get_profile("full", records_dir=records_dir, run_dir="unused")
     image_size = manifest.read_manifest(records_dir).image_size
     model = models.build_model(
         config.model,
@@ -319,35 +315,27 @@ def run_train(records_dir: str, *, steps: int) -> dict:
         base_filters=config.base_filters,
         dropout=config.dropout,
     )
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy")
-    dataset = dataset_lib.build_dataset(
-        records_dir, "train", batch_size=config.batch_size, training=True, seed=0
-    )
+    model.compile(optimizer=keras.optimizers.Adam(config.lr_max), loss="binary_crossentropy")
+    batch_size = config.batch_size_per_replica
+    dataset = dataset_lib.build_dataset(records_dir, "train", batch_size=batch_size, training=True, seed=0)
     iterator = iter(dataset)
     waits, steps_s = [], []
-    for step in range(steps + 1):  # Step 0 builds and compiles: not counted.
+    for step in range(steps + 1):
         start = time.monotonic()
-        batch = next(iterator)
+        images, labels = next(iterator)
         fetched = time.monotonic()
-        model.train_on_batch(batch[0], batch[1])
+        model.train_on_batch(images, labels)
         if step:
             waits.append(fetched - start)
             steps_s.append(time.monotonic() - start)
     return {
         "profile": "full",
-        "batch_size": config.batch_size,
+        "model": f"{config.model} depth {config.depth} base {config.base_filters}",
+        "batch_size": batch_size,
         "steps": steps,
         "s_per_step": round(sum(steps_s) / steps, 3),
         "input_wait_s_per_step": round(sum(waits) / steps, 4),
     }
-
-
-def dataclasses_replace_profile(train_lib):
-    """The trainer's `full` profile as a TrainConfig (the profile API of this version)."""
-    import dataclasses
-
-    base = train_lib.TrainConfig(records_dir="unused", run_dir="unused")
-    return dataclasses.replace(base, **train_lib.FULL_PROFILE)
 
 
 # ---------------------------------------------------------------------------------------------
