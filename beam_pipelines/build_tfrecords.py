@@ -33,7 +33,7 @@ from cxr_cli import config_flags
 FLAGS = flags.FlagValues()
 # One flag per field of the job's config; the split's three flags by hand, as its fractions are
 # three numbers in one flag and its mode's flag is --split.
-_CONFIG = config_flags.define_from_dataclass(job.JobConfig, flag_values=FLAGS)
+_CONFIG = config_flags.define_from_dataclass(job.JobConfig, flag_values=FLAGS, module_name=__name__)
 _SPLIT = flags.DEFINE_enum(
     "split",
     "official",

@@ -37,11 +37,9 @@ STAGING_PREFIX = "_staging-"
 TRAIN_VAL_LIST_NAME = "train_val_list.txt"
 TEST_LIST_NAME = "test_list.txt"
 CSV_PATTERNS = ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz")
-# raw by default, by measurement at 256x256 (benchmarks/bench_tfrecords.py, 2-core machine):
-# png records are 54% of raw's size (35.4 vs 65.8 KB; 51% on real NIH images) but tf.data reads
-# raw records 7.8x faster (6,093 vs 778 images/s: png costs a decode per image per epoch, which
-# takes CPU from training), and png conversion is 17% slower (78 vs 94 real images/s per core).
-# 7.4 GB instead of 4 GB for all of NIH: disk is cheaper than CPU here.
+# raw by default: png records are about half the size, but tf.data decodes a PNG per image per
+# epoch, which takes CPU from training, and the conversion is slower (figures: the "read_raw",
+# "read_png", "job" and "job_png" cases of benchmarks/bench_tfrecords.py). Disk is cheaper than CPU.
 DEFAULT_IMAGE_FORMAT = "raw"
 
 

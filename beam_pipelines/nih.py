@@ -261,10 +261,10 @@ def decode_gray(data: bytes) -> np.ndarray:
     R=G=B images of NIH); 16-bit gray (I;16 and friends) is scaled to 8 bits by v / 257, rounded,
     so 65535 -> 255 and nothing is clipped.
 
-    Pillow rather than tf.image, measured on 60 real NIH 1024x1024 PNGs on one core: Pillow
-    decode + BOX resize to 256 at 94 images/s, tf.io.decode_png + tf.image.resize(area) at 98
-    images/s (results differ by at most 1 grey level), but TensorFlow costs each worker 4.4 s
-    and 800 MB to import, which Pillow does not (see the module docstring).
+    Pillow rather than tf.image: both decode and resize at about the same speed (the
+    "decode_pil" and "decode_tf" cases of benchmarks/bench_tfrecords.py; results differ by at
+    most 1 grey level), but TensorFlow would have to be imported by every worker (see the
+    module docstring).
 
     Raises:
       ValueError: empty, truncated, corrupt or not an image; the message is the decoder's.

@@ -44,6 +44,17 @@ class PureFunctionsTest(parameterized.TestCase, tf.test.TestCase):
             self.assertLessEqual(shard_mb, 200.0)
             self.assertGreater(shard_mb, 100.0)
 
+    def test_nih_sized_splits_are_written_one_shard_per_work_unit(self):
+        # NIH's official split at 256x256 raw: every shard is one chunk (nothing merged at the
+        # end), 100-200 MB, and there are at least MIN_WORK_UNITS of them.
+        counts = {"train": 77_872, "val": 8_652, "test": 25_596}
+        plans = transforms.plan_shards(counts, image_size=256, image_format="raw")
+        record = codec.estimated_record_bytes(256, "raw")
+        self.assertEqual({plan.chunks_per_shard for plan in plans.values()}, {1})
+        self.assertGreaterEqual(sum(plan.num_shards for plan in plans.values()), transforms.MIN_WORK_UNITS)
+        for split, plan in plans.items():
+            self.assertBetween(counts[split] * record / plan.num_shards / 1e6, 100.0, 200.0)
+
     def test_small_splits_get_one_shard_and_empty_splits_none(self):
         plans = transforms.plan_shards(
             {"train": 30, "val": 0, "test": 5}, image_size=64, image_format="png", min_work_units=1
