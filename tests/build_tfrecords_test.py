@@ -378,10 +378,15 @@ class PortableRunnerTest(tf.test.TestCase):
 
     def _start(self, module: str, port_flag: str) -> int:
         port = portpicker.pick_unused_port()
+        # The worker pool starts its SDK workers as `python` from PATH: this environment's first.
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+        log = open(os.path.join(self.get_temp_dir(), f"{module.rsplit('.', 1)[-1]}.log"), "w")
+        self.addCleanup(log.close)
         process = subprocess.Popen(
             [sys.executable, "-m", module, f"{port_flag}={port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PATH=path),
         )
         self.addCleanup(_stop, process)  # Also when the test fails.
         _wait_for_port(port, process)
