@@ -40,7 +40,7 @@ PREDICT_ARGS ?=
 DATA_DEP := $(if $(filter $(DEMO_DIR),$(DATA_DIR)),$(DEMO_DIR)/Data_Entry_2017.csv,)
 
 .PHONY: help setup demo-data tfrecords train evaluate predict test test-slow lint format clean \
-	bench bench-tfrecords bench-input bench-train bench-bootstrap bench-demo
+	bench bench-tfrecords bench-input bench-train bench-bootstrap bench-demo bench-nih-scale
 
 help:
 	@echo "make train      demo data -> TFRecords -> train -> export -> reports (runs/demo/)"
@@ -99,6 +99,14 @@ bench: bench-tfrecords bench-input bench-train bench-bootstrap bench-demo
 
 bench-tfrecords: $(STAMP)
 	$(PY) -m benchmarks.bench_tfrecords
+
+# The full-size rehearsal (112,120 rows, about 7.5 GB of scratch space, deleted after): the real
+# CSV and PNGs when given, e.g. NIH_LABELS_CSV=.../Data_Entry_2017_v2020.csv.gz NIH_PNG_POOL=.../images.
+NIH_LABELS_CSV ?=
+NIH_PNG_POOL ?=
+bench-nih-scale: $(STAMP)
+	$(PY) -m benchmarks.nih_scale $(if $(NIH_LABELS_CSV),--labels_csv=$(NIH_LABELS_CSV)) \
+		$(if $(NIH_PNG_POOL),--png_pool=$(NIH_PNG_POOL))
 
 bench-input: $(STAMP) $(BENCH_STAMP)
 	$(PY) -m benchmarks.bench_input
