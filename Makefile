@@ -18,9 +18,8 @@ DEMO_IMAGE_SIZE ?= 1024
 BEAM_ARGS ?=
 PYTEST_ARGS ?=
 
-# Training. PROFILE=demo is the small ResUNet measured to reach validation mean AUC >= 0.85 on
-# the demo set within the 15-minute budget on 2 cores; PROFILE=full is the original's
-# configuration for the real data at IMAGE_SIZE.
+# Training. PROFILE=demo is the small ResUNet for the 64x64 demo records (trainer/config.py);
+# PROFILE=full is the 2023 thesis recipe for the real data at IMAGE_SIZE.
 PROFILE ?= demo
 ifeq ($(PROFILE),demo)
 TRAIN_IMAGE_SIZE ?= 64

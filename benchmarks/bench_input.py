@@ -1,9 +1,9 @@
-r"""Input pipeline benchmark: the original's Keras 2 generator against our tf.data pipeline.
+r"""Input pipeline benchmark: the 2023 thesis' Keras 2 generator against our tf.data pipeline.
 
   python -m benchmarks.bench_input
 
 Side by side in one run, images/s at 256x256, batch 32, over 2,000 demo images:
-  * baseline: the original's Keras 2 ImageDataGenerator.flow_from_dataframe over the 1024x1024
+  * baseline: the 2023 thesis' Keras 2 ImageDataGenerator.flow_from_dataframe over the 1024x1024
     demo PNGs (decode, resize, augment, standardize per image), at each worker setting, run in
     the benchmark-only environment (.venv-bench/, tensorflow 2.21.0 + tf-keras 2.21.0; see
     benchmarks/baseline_keras2.py; never installed into the product's .venv);
