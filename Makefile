@@ -18,9 +18,8 @@ DEMO_IMAGE_SIZE ?= 1024
 BEAM_ARGS ?=
 PYTEST_ARGS ?=
 
-# Training. PROFILE=demo is the small ResUNet measured to reach validation mean AUC >= 0.85 on
-# the demo set within the 15-minute budget on 2 cores; PROFILE=full is the original's
-# configuration for the real data at IMAGE_SIZE.
+# Training. PROFILE=demo is the small ResUNet for the 64x64 demo records (trainer/config.py);
+# PROFILE=full is the 2023 thesis recipe for the real data at IMAGE_SIZE.
 PROFILE ?= demo
 ifeq ($(PROFILE),demo)
 TRAIN_IMAGE_SIZE ?= 64
@@ -31,6 +30,8 @@ RECORDS_DIR ?= data/tfrecords-$(PROFILE)-$(TRAIN_IMAGE_SIZE)
 RUN ?= runs/$(PROFILE)
 TRAIN_ARGS ?=
 BOOTSTRAP ?= 1000
+# More trainer.evaluate flags, e.g. EVAL_ARGS="--tta=hflip --calibration=none".
+EVAL_ARGS ?=
 IMAGES ?= $(DEMO_DIR)/images_001/images
 PREDICT_ARGS ?=
 
@@ -38,7 +39,7 @@ PREDICT_ARGS ?=
 DATA_DEP := $(if $(filter $(DEMO_DIR),$(DATA_DIR)),$(DEMO_DIR)/Data_Entry_2017.csv,)
 
 .PHONY: help setup demo-data tfrecords train evaluate predict test test-slow lint format clean \
-	bench bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo
+	bench bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo bench-nih-scale
 
 help:
 	@echo "make train      demo data -> TFRecords -> train -> export -> reports (runs/demo/)"
@@ -78,10 +79,10 @@ $(RECORDS_DIR)/manifest.json: | $(STAMP) $(DATA_DEP)
 
 train: $(STAMP) $(RECORDS_DIR)/manifest.json
 	$(PY) -m trainer.train --profile=$(PROFILE) --records_dir=$(RECORDS_DIR) --run_dir=$(RUN) $(TRAIN_ARGS)
-	$(PY) -m trainer.evaluate --run_dir=$(RUN) --bootstrap_resamples=$(BOOTSTRAP)
+	$(PY) -m trainer.evaluate --run_dir=$(RUN) --bootstrap_resamples=$(BOOTSTRAP) $(EVAL_ARGS)
 
 evaluate: $(STAMP)
-	$(PY) -m trainer.evaluate --run_dir=$(RUN) --bootstrap_resamples=$(BOOTSTRAP)
+	$(PY) -m trainer.evaluate --run_dir=$(RUN) --bootstrap_resamples=$(BOOTSTRAP) $(EVAL_ARGS)
 
 predict: $(STAMP)
 	$(PY) -m trainer.predict --run_dir=$(RUN) --images=$(IMAGES) $(PREDICT_ARGS)
@@ -97,6 +98,14 @@ bench: bench-tfrecords bench-input bench-train profile-train bench-bootstrap ben
 
 bench-tfrecords: $(STAMP)
 	$(PY) -m benchmarks.bench_tfrecords
+
+# The full-size rehearsal (112,120 rows, about 7.5 GB of scratch space, deleted after): the real
+# CSV and PNGs when given, e.g. NIH_LABELS_CSV=.../Data_Entry_2017_v2020.csv.gz NIH_PNG_POOL=.../images.
+NIH_LABELS_CSV ?=
+NIH_PNG_POOL ?=
+bench-nih-scale: $(STAMP)
+	$(PY) -m benchmarks.nih_scale $(if $(NIH_LABELS_CSV),--labels_csv=$(NIH_LABELS_CSV)) \
+		$(if $(NIH_PNG_POOL),--png_pool=$(NIH_PNG_POOL))
 
 bench-input: $(STAMP) $(BENCH_STAMP)
 	$(PY) -m benchmarks.bench_input

@@ -263,9 +263,9 @@ def _validate_choices(config: TrainConfig) -> None:
 # Profiles: each lists every field of TrainConfig (tests/config_test.py checks that).
 
 # The demo profile, measured on the synthetic demo records at 64x64 on 2 CPU cores (README,
-# "Training"): a short ramp to a high rate, as 12 epochs leave no room for an 8-epoch ramp from
-# 2e-6; the positive-weighted loss (validation mean AUC by class-imbalance mode: none 0.934,
-# resample 0.942, weights 0.976); mixed precision per device (`auto`: bf16 on this CPU, which
+# "Training" and "Class imbalance"): a short ramp to a high rate, as 12 epochs leave no room for
+# an 8-epoch ramp from 2e-6; the positive-weighted loss, which gave the best validation mean AUC
+# of the three class-imbalance modes; mixed precision per device (`auto`: bf16 on this CPU, which
 # has avx512_bf16; the table it follows is in trainer/hardware.py).
 DEMO: dict[str, Any] = dict(
     profile="demo",
