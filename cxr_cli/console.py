@@ -1,0 +1,480 @@
+r"""What a person sees on the terminal: quiet start-up, one progress display, one-line errors.
+
+Verbosity. The binaries are quiet by default: TensorFlow's C++ start-up lines (oneDNN, CUDA
+probing, CPU features, `cuInit` failures on machines without a GPU), Beam's worker lines and
+the libraries' INFO logging are hidden; our own progress and results, Python warnings and
+every library's WARNING and ERROR stay. One switch restores everything:
+
+    python -m trainer.train --verbosity=1 ...     # or -v 1; absl's own flag, on every binary
+    CXR_VERBOSITY=1 make train                    # the same, for every binary a command starts
+
+TensorFlow reads `TF_CPP_MIN_LOG_LEVEL` once, when it loads, and several of its start-up lines
+ignore it (they are printed before absl's C++ logging is initialized), so a binary calls
+`configure()` before anything imports TensorFlow, which is before absl parses the flags; that
+is why `configure` reads `--verbosity`/`-v` from argv itself. An entry point starts with
+
+    from cxr_cli import console
+
+    if __name__ == "__main__":
+        console.configure()  # Before TensorFlow loads.
+
+    from trainer import train_lib  # Heavy imports after.
+
+and, when imported (tests) instead of run, changes nothing. `configure` exports the chosen
+verbosity in `CXR_VERBOSITY`, so subprocesses (Beam workers, other binaries) follow it.
+
+Progress. `Progress` shows counts, rate and ETA on one line rewritten in place with `\r` when
+stderr is a terminal, and as a plain line every `interval_s` seconds otherwise (logs, CI).
+
+Errors. `exit_on_expected_errors(main, program=...)` wraps an absl `main`: an expected error
+(bad input or flag: `ValueError` and its subclasses such as `ManifestError`, a missing path,
+corrupt records) ends the run with one line, `program: error: message (log: path)`, and exit
+status 1; any other exception keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TextIO
+
+ENV_VAR = "CXR_VERBOSITY"
+# absl's --verbosity: 0 (INFO) is its default, 1 is DEBUG. 1 and above restore every library's
+# output here too, so the one flag means the same thing to absl and to us.
+QUIET = 0
+VERBOSE = 1
+TF_LOG_ENV_VAR = "TF_CPP_MIN_LOG_LEVEL"
+# TF_CPP_MIN_LOG_LEVEL: 0 all, 1 no INFO, 2 no INFO/WARNING (runtime C++ warnings such as
+# "Local rendezvous is aborting ... End of sequence" at the end of every tf.data epoch).
+# C++ errors stay visible; TensorFlow raises the ones that stop a run as Python exceptions.
+_TF_LOG_LEVEL = {QUIET: "2", VERBOSE: "0"}
+
+# What quiet mode drops from stderr while TensorFlow loads and finds its devices, and from the
+# stderr of Beam's local worker processes (which configure their own logging at INFO).
+TENSORFLOW_NOISE: tuple[str, ...] = (
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+    r"^[IW]\d{4} ",  # absl/glog C++ INFO and WARNING lines: I1126 09:00:00.000 ... file.cc:12] ...
+    r"^To enable the following instructions: .* rebuild TensorFlow",
+    r"^E\d{4} .*(failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory)",
+)
+BEAM_WORKER_NOISE: tuple[str, ...] = (
+    *TENSORFLOW_NOISE,
+    r"^INFO:",  # Python logging's default format, which the workers use.
+    r"^WARNING:root:apitools not found",
+    r"^WARNING:__main__:No semi_persistent_directory found",
+)
+# Loggers quieted in quiet mode, with their level there; verbose mode sets them to INFO.
+_QUIET_LOGGERS = {
+    "apache_beam": logging.WARNING,
+    # Relays every worker's log entries at their own severity; the workers' warnings are
+    # start-up chatter, their errors still come through.
+    "apache_beam.runners.portability.local_job_service": logging.ERROR,
+    "tensorflow": logging.WARNING,
+}
+# Raised by TensorFlow for unreadable or missing files; expected like a ValueError.
+_EXPECTED_TF_ERRORS = ("DataLossError", "NotFoundError")
+
+_state: dict[str, Any] = {"verbosity": None, "interactive": None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Verbosity.
+
+
+def verbosity_from_argv(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """The verbosity asked for: `--verbosity=N`/`-v N` in argv, else `$CXR_VERBOSITY`, else 0.
+
+    Args:
+      argv: the command line (default `sys.argv`); parsing stops at `--`.
+      environ: the environment (default `os.environ`).
+
+    Returns:
+      The verbosity as an int (absl's scale: 0 INFO, 1 DEBUG).
+
+    Raises:
+      ValueError: the value is not an integer; the message names where it came from.
+    """
+    argv = sys.argv if argv is None else argv
+    environ = os.environ if environ is None else environ
+    value, source = None, None
+    args = list(argv[1:])
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        for name in ("--verbosity", "-v"):
+            if arg == name and i + 1 < len(args):
+                value, source = args[i + 1], name
+            elif arg.startswith(name + "="):
+                value, source = arg[len(name) + 1 :], name
+            elif name == "-v" and re.fullmatch(r"-v-?\d+", arg):
+                value, source = arg[2:], name
+    if value is None and environ.get(ENV_VAR, "").strip():
+        value, source = environ[ENV_VAR], f"${ENV_VAR}"
+    if value is None:
+        return QUIET
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{source} must be an integer (0: quiet, 1: everything), got {value!r}.") from None
+
+
+def configure(
+    verbosity: int | None = None,
+    *,
+    preload_tensorflow: bool = True,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Sets how much the process and its subprocesses print; call it before TensorFlow loads.
+
+    Quiet (verbosity 0 or below): `TF_CPP_MIN_LOG_LEVEL=2` unless already set, Beam and
+    TensorFlow Python loggers at WARNING, and TensorFlow loaded now (when `preload_tensorflow`)
+    with its start-up lines filtered out of stderr (`TENSORFLOW_NOISE`; every other line it
+    prints goes through). Verbose (1 and above): `TF_CPP_MIN_LOG_LEVEL=0` unless set, and
+    those loggers at INFO. Idempotent; when TensorFlow is already loaded, only the logging
+    levels change.
+
+    Args:
+      verbosity: None reads `--verbosity`/`-v` from argv, then `$CXR_VERBOSITY`.
+      preload_tensorflow: load TensorFlow now, under the filter (binaries that use it anyway);
+        False for binaries that never load it.
+      argv: the command line to read; default `sys.argv`.
+
+    Returns:
+      The verbosity in effect.
+    """
+    if verbosity is None:
+        try:
+            verbosity = verbosity_from_argv(argv)
+        except ValueError as error:
+            sys.exit(f"{_program(argv)}: error: {error}")
+    verbose = verbosity >= VERBOSE
+    _state["verbosity"] = verbosity
+    if _state["interactive"] is None:
+        _state["interactive"] = _isatty(sys.stderr)
+    os.environ[ENV_VAR] = str(verbosity)  # Subprocesses follow the same switch.
+    os.environ.setdefault(TF_LOG_ENV_VAR, _TF_LOG_LEVEL[VERBOSE if verbose else QUIET])
+    for name, level in _QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(logging.INFO if verbose else level)
+    if not verbose and preload_tensorflow and "tensorflow" not in sys.modules:
+        with filtered_stderr(TENSORFLOW_NOISE):
+            import tensorflow as tf
+
+            # Device discovery prints the CUDA probing lines; do it here, under the filter.
+            tf.config.list_physical_devices()
+    return verbosity
+
+
+def is_verbose() -> bool:
+    """Whether `configure` restored every library's output (verbosity 1 or more)."""
+    verbosity = _state["verbosity"]
+    if verbosity is None:
+        verbosity = verbosity_from_argv([], os.environ)
+    return verbosity >= VERBOSE
+
+
+def interactive() -> bool:
+    """Whether the process's stderr, as it was when `configure` ran, is a terminal."""
+    if _state["interactive"] is None:
+        return _isatty(sys.stderr)
+    return bool(_state["interactive"])
+
+
+_stderr_interactive = interactive  # For `Progress`, whose argument has the same name.
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # Replaced or closed streams.
+        return False
+
+
+class _LineFilter(threading.Thread):
+    """Copies lines from a pipe to a file descriptor, except those matching a pattern.
+
+    A "line" ends at a newline or a carriage return, so a progress line rewritten in place
+    passes through as it is written.
+    """
+
+    def __init__(self, read_fd: int, out_fd: int, patterns: Sequence[str]):
+        super().__init__(daemon=True, name="stderr-filter")
+        self._read_fd = read_fd
+        self._out_fd = out_fd
+        self._pattern = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+
+    def run(self) -> None:
+        pending = b""
+        with os.fdopen(self._read_fd, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                pending += chunk
+                lines = re.split(rb"(?<=[\r\n])", pending)
+                pending = lines.pop()  # The unfinished rest ("" after a line end).
+                self._forward(lines)
+        if pending:
+            self._forward([pending])
+
+    def _forward(self, lines: list[bytes]) -> None:
+        kept = [line for line in lines if not self.drops(line)]
+        if kept:
+            os.write(self._out_fd, b"".join(kept))
+
+    def drops(self, line: bytes) -> bool:
+        if self._pattern is None:
+            return False
+        return bool(self._pattern.search(line.decode("utf-8", "replace").rstrip("\r\n")))
+
+
+@contextlib.contextmanager
+def filtered_stderr(patterns: Sequence[str]) -> Iterator[None]:
+    """Drops lines matching any of `patterns` (regexes) from file descriptor 2 while active.
+
+    Works at the descriptor level, so it also filters C++ logging and the subprocesses
+    started inside the block (they inherit the descriptor). Everything else is forwarded.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_fd, write_fd = os.pipe()
+    forwarder = _LineFilter(read_fd, saved, patterns)
+    forwarder.start()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # Closes the pipe's last write end held by this process.
+        # Subprocesses still alive hold the write end open; do not wait for them forever.
+        forwarder.join(timeout=5.0)
+        os.close(saved)
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress.
+
+
+def format_duration(seconds: float) -> str:
+    """`H:MM:SS`; "unknown" for infinite or NaN."""
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return "unknown"
+    minutes, secs = divmod(int(round(max(0.0, seconds))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:d}:{minutes:02d}:{secs:02d}"
+
+
+class Progress:
+    """Counts, rate and ETA of long work, on one line.
+
+    On a terminal the line is rewritten in place (`\\r`) at most every `refresh_s` seconds; in
+    logs and CI a plain line is written every `interval_s` seconds (through `logger` when one
+    is given) and once at the end. Use as a context manager, or call `close()`.
+
+    Example:
+      with console.Progress(total=len(rows), description="render", unit="images") as progress:
+          for row in rows:
+              ...
+              progress.advance()
+    """
+
+    def __init__(
+        self,
+        total: int | None,
+        *,
+        description: str = "progress",
+        unit: str = "items",
+        stream: TextIO | None = None,
+        interactive: bool | None = None,
+        interval_s: float = 30.0,
+        refresh_s: float = 0.2,
+        logger: logging.Logger | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if total is not None and total < 0:
+            raise ValueError(f"Progress.total must be >= 0 or None, got {total}.")
+        if interval_s <= 0:
+            raise ValueError(f"Progress.interval_s must be > 0, got {interval_s}.")
+        self.total = total
+        self.description = description
+        self.unit = unit
+        self._stream = stream
+        self._interactive = _stderr_interactive() if interactive is None else interactive
+        self._interval_s = interval_s
+        self._refresh_s = refresh_s
+        self._logger = logger
+        self._clock = clock
+        self._start = clock()
+        self._last_shown = None
+        self._width = 0
+        self._closed = False
+        self.done = 0
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def advance(self, count: int = 1) -> None:
+        """Adds `count` finished items."""
+        self.update(self.done + count)
+
+    def update(self, done: int, *, force: bool = False) -> None:
+        """Sets the number of finished items and shows the line when it is due."""
+        self.done = done
+        now = self._clock()
+        if self._interactive:
+            due = self._last_shown is None or now - self._last_shown >= self._refresh_s
+        else:
+            due = (
+                now - (self._last_shown if self._last_shown is not None else self._start) >= self._interval_s
+            )
+        if force or due:
+            self._show(now)
+
+    def line(self, now: float | None = None) -> str:
+        """The progress text: `description: done/total unit (pct%), rate unit/s, ETA H:MM:SS`."""
+        now = self._clock() if now is None else now
+        elapsed = max(now - self._start, 1e-9)
+        rate = self.done / elapsed
+        if self.total:
+            text = f"{self.description}: {self.done:,}/{self.total:,} {self.unit} ({100.0 * self.done / self.total:.0f}%)"
+        else:
+            text = f"{self.description}: {self.done:,} {self.unit}"
+        text += f", {_format_rate(rate)} {self.unit}/s"
+        if self.total and self.done < self.total:
+            text += f", ETA {format_duration((self.total - self.done) / rate if rate > 0 else float('inf'))}"
+        else:
+            text += f", {format_duration(elapsed)}"
+        return text
+
+    def close(self, message: str | None = None) -> None:
+        """Shows the final line (or `message`), ending the in-place line on a terminal."""
+        if self._closed:
+            return
+        self._closed = True
+        text = message or self.line()
+        if self._interactive:
+            self._write("\r" + text.ljust(self._width) + "\n")
+        else:
+            self._emit(text)
+
+    def _show(self, now: float) -> None:
+        self._last_shown = now
+        text = self.line(now)
+        if self._interactive:
+            self._write("\r" + text.ljust(self._width))
+            self._width = len(text)
+        else:
+            self._emit(text)
+
+    def _emit(self, text: str) -> None:
+        if self._logger is not None:
+            self._logger.info("%s", text)
+        else:
+            self._write(text + "\n")
+
+    def _write(self, text: str) -> None:
+        stream = self._stream or sys.stderr
+        stream.write(text)
+        stream.flush()
+
+
+def _format_rate(rate: float) -> str:
+    if rate >= 100:
+        return f"{rate:,.0f}"
+    if rate >= 10:
+        return f"{rate:.1f}"
+    return f"{rate:.2f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors.
+
+
+def is_expected_error(error: BaseException) -> bool:
+    """Whether `error` is bad input or a bad flag rather than a bug.
+
+    Expected: `ValueError` and subclasses (the project's validation errors, `ManifestError`,
+    `InputError`), missing or unreadable paths, TensorFlow's `DataLossError` (corrupt records)
+    and `NotFoundError`, and `FloatingPointError` (a diverged loss, reported with advice).
+    """
+    if isinstance(error, ValueError | FileNotFoundError | NotADirectoryError | IsADirectoryError):
+        return True
+    if isinstance(error, PermissionError | FloatingPointError):
+        return True
+    return any(
+        cls.__name__ in _EXPECTED_TF_ERRORS and cls.__module__.startswith("tensorflow")
+        for cls in type(error).__mro__
+    )
+
+
+def error_line(program: str, error: BaseException, *, log_file: str | None = None) -> str:
+    """The one line a failed run ends with: `program: error: message (log: path)`."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if type(error).__module__.startswith("tensorflow"):
+        message = f"{type(error).__name__}: {message}"
+    line = f"{program}: error: {message}"
+    if log_file:
+        line += f" (log: {log_file})"
+    return line
+
+
+def log_file() -> str | None:
+    """The file this process logs to, when absl or a logging handler writes to one."""
+    try:
+        from absl import logging as absl_logging
+
+        handler = absl_logging.get_absl_handler().python_handler
+        stream = handler.stream
+        if stream not in (sys.stderr, sys.__stderr__) and getattr(stream, "name", None):
+            return str(stream.name)
+    except (ImportError, AttributeError):
+        pass
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return None
+
+
+def exit_on_expected_errors(
+    main: Callable[..., Any], *, program: str, log_path: Callable[[], str | None] | str | None = None
+) -> Callable[..., Any]:
+    """Wraps an absl `main` so that an expected error ends the run with one line.
+
+    Args:
+      main: the binary's `main(argv)`.
+      program: the name in the error line, e.g. "trainer.train".
+      log_path: where the run's log is (a path, or a function returning one when the error
+        happens); default: the file absl or logging writes to, if any.
+
+    Returns:
+      The wrapped `main`: expected errors (`is_expected_error`) exit with status 1 and
+      `error_line`; Ctrl-C exits with status 130 and one line; others propagate unchanged.
+    """
+
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except KeyboardInterrupt:
+            sys.stderr.write(f"\n{program}: interrupted\n")
+            sys.exit(130)
+        except Exception as error:
+            if not is_expected_error(error):
+                raise
+            path = log_path() if callable(log_path) else log_path
+            sys.stderr.write(error_line(program, error, log_file=path or log_file()) + "\n")
+            sys.exit(1)
+
+    return wrapped
+
+
+def _program(argv: Sequence[str] | None) -> str:
+    argv = sys.argv if argv is None else argv
+    return os.path.basename(argv[0]) if argv else "cxr"
