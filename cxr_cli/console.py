@@ -430,14 +430,15 @@ def log_file() -> str | None:
     try:
         from absl import logging as absl_logging
 
-        handler = absl_logging.get_absl_handler().python_handler
-        stream = handler.stream
-        if stream not in (sys.stderr, sys.__stderr__) and getattr(stream, "name", None):
-            return str(stream.name)
+        absl_handler = absl_logging.get_absl_handler()
+        name = getattr(absl_handler.python_handler.stream, "name", None)
+        if absl_handler in logging.getLogger().handlers and isinstance(name, str):
+            if name != os.devnull and not name.startswith("<"):  # Not <stderr>.
+                return name
     except (ImportError, AttributeError):
         pass
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename != os.devnull:
             return handler.baseFilename
     return None
 
