@@ -13,9 +13,9 @@ from absl.testing import parameterized
 from PIL import Image
 
 from tests import fake_data
+from tfrecords import contact_sheet, schema
 from tfrecords import inspect as inspect_lib
 from tfrecords import manifest as manifest_lib
-from tfrecords import schema
 
 # TensorFlow's C++ log lines (absl/glog format) and the banner absl prints before them.
 _CPP_LOG_LINE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)", re.M)
@@ -153,23 +153,23 @@ class InspectTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_read_samples_with_label_filter(self):
         label = "No Finding"
-        samples = inspect_lib.read_samples(self.records_dir, self.manifest, "train", 100, label=label)
+        samples = contact_sheet.read_samples(self.records_dir, self.manifest, "train", 100, label=label)
         self.assertLen(samples, self.manifest.splits["train"].label_counts[label])
         for sample in samples:
             self.assertEqual(sample.labels[schema.LABELS.index(label)], 1)
             self.assertEqual(sample.image.shape, (32, 32))
             self.assertEqual(sample.image.dtype, np.uint8)
-        first = inspect_lib.read_samples(self.records_dir, self.manifest, "train", 2)
+        first = contact_sheet.read_samples(self.records_dir, self.manifest, "train", 2)
         self.assertEqual([s.metadata.image_index for s in first], ["00000001_000.png", "00000001_001.png"])
-        self.assertEqual(inspect_lib.caption(first[0]).splitlines()[0], "00000001_000.png")
+        self.assertEqual(contact_sheet.caption(first[0]).splitlines()[0], "00000001_000.png")
 
     def test_unknown_label(self):
         with self.assertRaisesRegex(ValueError, "--label must be one of .*got 'Efusion'"):
-            inspect_lib.read_samples(self.records_dir, self.manifest, "train", 1, label="Efusion")
+            contact_sheet.read_samples(self.records_dir, self.manifest, "train", 1, label="Efusion")
 
     def test_augmented_samples_are_the_same_records_warped(self):
-        samples = inspect_lib.read_samples(self.records_dir, self.manifest, "val", 3)
-        augmented = inspect_lib.augment_samples(samples)
+        samples = contact_sheet.read_samples(self.records_dir, self.manifest, "val", 3)
+        augmented = contact_sheet.augment_samples(samples)
         self.assertEqual([s.metadata for s in augmented], [s.metadata for s in samples])
         for before, after in zip(samples, augmented):
             self.assertEqual(after.image.shape, before.image.shape)
@@ -181,16 +181,16 @@ class InspectTest(tf.test.TestCase, parameterized.TestCase):
     def test_contact_sheet_grid(self, counts, columns, rows):
         splits = ("train", "val", "test")
         samples = {
-            split: inspect_lib.read_samples(self.records_dir, self.manifest, split, count)
+            split: contact_sheet.read_samples(self.records_dir, self.manifest, split, count)
             for split, count in zip(splits, counts)
         }
         path = os.path.join(self.get_temp_dir(), f"sheet-{columns}-{rows}.png")
-        layout = inspect_lib.write_contact_sheet(path, samples, columns=columns)
+        layout = contact_sheet.write_contact_sheet(path, samples, columns=columns)
         self.assertEqual((layout.rows, layout.columns), (rows, columns))
         with Image.open(path) as image:
             self.assertEqual(image.size, (layout.width, layout.height))
             pixels = np.asarray(image.convert("L"))
-        self.assertEqual(layout.width, round(columns * inspect_lib.TILE_INCHES * inspect_lib.SHEET_DPI))
+        self.assertEqual(layout.width, round(columns * contact_sheet.TILE_INCHES * contact_sheet.SHEET_DPI))
         self.assertGreater(pixels.std(), 10)  # Images and text drawn, not a blank page.
 
 

@@ -21,15 +21,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import struct
-import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import google_crc32c
-import numpy as np
 
 from cxr_cli import console
 
@@ -39,18 +36,11 @@ if __name__ == "__main__":
 import tensorflow as tf
 from absl import app, flags
 
+from tfrecords import contact_sheet, schema
 from tfrecords import manifest as manifest_lib
-from tfrecords import schema
 
 FORMATS = ("text", "json")
 REJECT_EXAMPLES = 3
-# Contact sheet geometry, in inches at `SHEET_DPI`: each tile is an image with three caption
-# lines under it; each split's block starts with a title line.
-SHEET_DPI = 100
-TILE_INCHES = 1.6
-CAPTION_INCHES = 0.55
-TITLE_INCHES = 0.3
-AUGMENT_SEED = (0, 1)
 # TFRecord's CRC mask (tensorflow/core/lib/hash/crc32c.h).
 _CRC_MASK_DELTA = 0xA282EAD8
 
@@ -66,26 +56,6 @@ class ShardProblem:
     shard: str
     kind: str  # missing | unlisted | size | sha256 | records | corrupt
     detail: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Sample:
-    """One record, decoded for display."""
-
-    split: str
-    image: np.ndarray  # uint8 [H, W], or float [H, W] after augmentation.
-    labels: np.ndarray  # [NUM_LABELS] 0/1
-    metadata: schema.ImageMetadata
-
-
-@dataclasses.dataclass(frozen=True)
-class SheetLayout:
-    """The contact sheet's grid and size in pixels."""
-
-    rows: int
-    columns: int
-    width: int
-    height: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,138 +273,6 @@ def _label_table(splits: Mapping[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The contact sheet.
-
-
-def read_samples(
-    records_dir: str, manifest: manifest_lib.Manifest, split: str, count: int, *, label: str | None = None
-) -> list[Sample]:
-    """The first `count` records of `split` in shard order, of those with `label` when given.
-
-    Raises:
-      ValueError: `label` is not one of `schema.LABELS`.
-    """
-    label_index = None
-    if label is not None:
-        if label not in schema.LABELS:
-            raise ValueError(f"--label must be one of {', '.join(schema.LABELS)}; got {label!r}.")
-        label_index = schema.LABELS.index(label)
-    paths = manifest_lib.shard_paths(records_dir, manifest, split)
-    samples: list[Sample] = []
-    if count <= 0:
-        return samples
-    for serialized in tf.data.TFRecordDataset(paths):
-        features = schema.parse_example(serialized)
-        labels = features[schema.LABELS_KEY].numpy()
-        if label_index is not None and not labels[label_index]:
-            continue
-        image = schema.decode_image(features, image_format=manifest.image_format).numpy()[..., 0]
-        samples.append(Sample(split=split, image=image, labels=labels, metadata=_metadata(features)))
-        if len(samples) == count:
-            break
-    return samples
-
-
-def _metadata(features: Mapping[str, tf.Tensor]) -> schema.ImageMetadata:
-    def text(key: str) -> str:
-        return features[key].numpy().decode("utf-8", "replace")
-
-    return schema.ImageMetadata(
-        image_index=text(schema.IMAGE_INDEX_KEY),
-        patient_id=int(features[schema.PATIENT_ID_KEY]),
-        follow_up=int(features[schema.FOLLOW_UP_KEY]),
-        age=int(features[schema.AGE_KEY]),
-        sex=text(schema.SEX_KEY),
-        view_position=text(schema.VIEW_POSITION_KEY),
-    )
-
-
-def augment_samples(samples: Sequence[Sample], *, seed: Sequence[int] = AUGMENT_SEED) -> list[Sample]:
-    """The same records after the training augmentation (random affine, then standardization)."""
-    if not samples:
-        return []
-    from trainer import augment  # The trainer's stack loads only for --augmented.
-
-    images = np.stack([sample.image for sample in samples])[..., None]
-    augment_fn = augment.make_augment_fn(jit_compile=False)
-    augmented = augment_fn(tf.constant(images, tf.uint8), tf.constant(seed, tf.int64)).numpy()[..., 0]
-    return [dataclasses.replace(sample, image=image) for sample, image in zip(samples, augmented)]
-
-
-def sheet_layout(counts: Sequence[int], columns: int) -> SheetLayout:
-    """The grid for splits of `counts` samples, `columns` tiles per row (each split on its own rows)."""
-    rows = sum(max(1, math.ceil(count / columns)) for count in counts)
-    width = columns * TILE_INCHES
-    height = rows * (TILE_INCHES + CAPTION_INCHES) + len(counts) * TITLE_INCHES
-    return SheetLayout(
-        rows=rows, columns=columns, width=round(width * SHEET_DPI), height=round(height * SHEET_DPI)
-    )
-
-
-def caption(sample: Sample) -> str:
-    """Three lines under a tile: image index; labels; age, sex and view."""
-    labels = ", ".join(name for name, on in zip(schema.LABELS, sample.labels) if on) or "(no label)"
-    labels = textwrap.shorten(labels, width=34, placeholder="...")
-    meta = sample.metadata
-    return f"{meta.image_index}\n{labels}\n{meta.age} y, {meta.sex}, {meta.view_position}"
-
-
-def write_contact_sheet(
-    path: str, samples_by_split: Mapping[str, Sequence[Sample]], *, columns: int = 8, title: str = ""
-) -> SheetLayout:
-    """Draws the samples as a grid, one block of rows per split, and writes a PNG to `path`.
-
-    Returns:
-      The layout (grid and size in pixels of the PNG written).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    splits = list(samples_by_split)
-    layout = sheet_layout([len(samples_by_split[s]) for s in splits], columns)
-    figure = Figure(figsize=(layout.width / SHEET_DPI, layout.height / SHEET_DPI), dpi=SHEET_DPI)
-    FigureCanvasAgg(figure)
-    top = 1.0
-    row_height = (TILE_INCHES + CAPTION_INCHES) * SHEET_DPI / layout.height
-    title_height = TITLE_INCHES * SHEET_DPI / layout.height
-    for split in splits:
-        samples = samples_by_split[split]
-        heading = f"{split}: {len(samples)} record(s)" + (f", {title}" if title else "")
-        figure.text(0.01, top - title_height / 2, heading, fontsize=9, weight="bold", va="center")
-        top -= title_height
-        for i, sample in enumerate(samples):
-            row, column = divmod(i, columns)
-            _draw_tile(figure, sample, column, columns, top - row * row_height, row_height)
-        top -= max(1, math.ceil(len(samples) / columns)) * row_height
-    with tf.io.gfile.GFile(path, "wb") as f:
-        figure.savefig(f, format="png", dpi=SHEET_DPI, facecolor="white")
-    return layout
-
-
-def _draw_tile(figure: Any, sample: Sample, column: int, columns: int, top: float, row_height: float) -> None:
-    image_height = row_height * TILE_INCHES / (TILE_INCHES + CAPTION_INCHES)
-    width = 1.0 / columns
-    axes = figure.add_axes(
-        (column * width + 0.05 * width, top - image_height, 0.9 * width, 0.95 * image_height)
-    )
-    image = sample.image
-    if image.dtype == np.uint8:
-        axes.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    else:  # Standardized floats: the display spans each image's own range.
-        axes.imshow(image, cmap="gray", interpolation="nearest")
-    axes.set_axis_off()
-    figure.text(
-        column * width + width / 2,
-        top - image_height - 0.004,
-        caption(sample),
-        fontsize=5.5,
-        ha="center",
-        va="top",
-        linespacing=1.25,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # The binary.
 
 _FORMAT = flags.DEFINE_enum("format", "text", list(FORMATS), "Summary as text or one JSON object on stdout.")
@@ -473,14 +311,21 @@ def main(argv: list[str]) -> None:
         sheet = ""  # Reading samples would stop at the first bad shard; the problems come first.
     if sheet:
         samples = {
-            split: read_samples(records_dir, manifest, split, _PER_SPLIT.value, label=_LABEL.value)
+            split: contact_sheet.read_samples(
+                records_dir, manifest, split, _PER_SPLIT.value, label=_LABEL.value
+            )
             for split in manifest.splits
         }
         if _AUGMENTED.value:
-            samples = {split: augment_samples(split_samples) for split, split_samples in samples.items()}
+            samples = {
+                split: contact_sheet.augment_samples(split_samples)
+                for split, split_samples in samples.items()
+            }
         parts = [f"label {_LABEL.value}"] if _LABEL.value else []
         parts += ["after training augmentation"] if _AUGMENTED.value else []
-        layout = write_contact_sheet(sheet, samples, columns=_COLUMNS.value, title=", ".join(parts))
+        layout = contact_sheet.write_contact_sheet(
+            sheet, samples, columns=_COLUMNS.value, title=", ".join(parts)
+        )
         summary["contact_sheet"] = {"path": sheet, **dataclasses.asdict(layout)}
     if _FORMAT.value == "json":
         print(json.dumps(summary, indent=2))
