@@ -38,16 +38,7 @@ setuptools.setup(
     description="NIH ChestX-ray14 to sharded TFRecords (Apache Beam), tf.data, ResUNet training and AUC reports.",
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(
-        include=[
-            "beam_pipelines",
-            "beam_pipelines.*",
-            "cxr_cli",
-            "cxr_cli.*",
-            "tfrecords",
-            "tfrecords.*",
-            "trainer",
-            "trainer.*",
-        ]
+        include=["beam_pipelines", "beam_pipelines.*", "cxr_cli", "cxr_cli.*", "tfrecords", "tfrecords.*", "trainer", "trainer.*"]
     ),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
