@@ -294,6 +294,7 @@ class Progress:
         refresh_s: float = 0.2,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        start: float | None = None,
     ):
         if total is not None and total < 0:
             raise ValueError(f"Progress.total must be >= 0 or None, got {total}.")
@@ -308,7 +309,7 @@ class Progress:
         self._refresh_s = refresh_s
         self._logger = logger
         self._clock = clock
-        self._start = clock()
+        self._start = clock() if start is None else start  # Rates count from here.
         self._last_shown = None
         self._width = 0
         self._closed = False
