@@ -60,7 +60,9 @@ _TF_LOG_LEVEL = {QUIET: "2", VERBOSE: "0"}
 # stderr of Beam's local worker processes (which configure their own logging at INFO).
 TENSORFLOW_NOISE: tuple[str, ...] = (
     r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
-    r"^[IW]\d{4} ",  # absl/glog C++ INFO and WARNING lines: I1126 09:00:00.000 ... file.cc:12] ...
+    # C++ INFO and WARNING lines, `I1126 09:00:00.000000  1234 port.cc:153] ...`; absl's Python
+    # lines have the same prefix and a `.py:` location, and are kept.
+    r"^[IW]\d{4} \S+ +\d+ \S+\.(cc|cpp|h):\d+\] ",
     r"^To enable the following instructions: .* rebuild TensorFlow",
     r"^E\d{4} .*(failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory)",
 )
@@ -255,6 +257,18 @@ def filtered_stderr(patterns: Sequence[str]) -> Iterator[None]:
         os.close(saved)
 
 
+def quiet_subprocesses() -> contextlib.AbstractContextManager[None]:
+    """Filters Beam's local worker processes' own logging out of stderr, unless verbose.
+
+    The DirectRunner's worker processes configure Python logging at INFO before they read
+    any pipeline option, so their start-up and shutdown lines (a dozen per worker) can only be
+    dropped from the stderr they inherit; their warnings and errors still come through.
+    """
+    if is_verbose():
+        return contextlib.nullcontext()
+    return filtered_stderr(BEAM_WORKER_NOISE)
+
+
 # ---------------------------------------------------------------------------------------------
 # Progress.
 
@@ -280,6 +294,19 @@ class Progress:
           for row in rows:
               ...
               progress.advance()
+
+    Args:
+      total: the number of items, or None when unknown (no percentage or ETA then).
+      description: the line's first word(s).
+      unit: what is counted, e.g. "images", "steps".
+      stream: where the line goes; default `sys.stderr` at the time of writing.
+      interactive: rewrite in place (True) or write plain lines (False); default: whether
+        stderr was a terminal when `configure` ran (`interactive()`).
+      interval_s: seconds between plain lines.
+      refresh_s: seconds between in-place rewrites.
+      logger: plain lines go to `logger.info` instead of `stream` (binaries that log).
+      clock: time source (tests).
+      start: when the work started, on `clock`'s scale; default now.
     """
 
     def __init__(

@@ -78,6 +78,7 @@ class FilteredStderrTest(tf.test.TestCase):
                 os.write(2, b"I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on.\n")
                 os.write(2, b"E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: UNKNOWN\n")
                 os.write(2, b"E0000 00:00:1.0 1 other.cc:1] an error that matters\n")
+                os.write(2, b"W1126 09:49:52.870660 140425549618048 job.py:403] ours, from Python\n")
                 sys.stderr.write("a python warning\n")
                 subprocess.run([sys.executable, "-c",
                                 "import sys; sys.stderr.write('INFO:__main__:Logging handler created.\\n')"])
@@ -92,6 +93,7 @@ class FilteredStderrTest(tf.test.TestCase):
         self.assertEqual(
             stderr,
             "E0000 00:00:1.0 1 other.cc:1] an error that matters\n"
+            "W1126 09:49:52.870660 140425549618048 job.py:403] ours, from Python\n"
             "a python warning\n"
             "progress 1/2\rprogress 2/2\n"
             "after the block\n",
