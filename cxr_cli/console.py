@@ -382,14 +382,18 @@ class Progress:
         return text
 
     def close(self, message: str | None = None) -> None:
-        """Shows the final line (or `message`), ending the in-place line on a terminal."""
+        """Ends the display with the final line (or `message`).
+
+        In logs the final line is written only when a progress line was (the work was long)
+        or a `message` is given: short work adds no line there.
+        """
         if self._closed:
             return
         self._closed = True
         text = message or self.line()
         if self._interactive:
             self._write("\r" + text.ljust(self._width) + "\n")
-        else:
+        elif message or self._last_shown is not None:
             self._emit(text)
 
     def _show(self, now: float) -> None:

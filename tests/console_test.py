@@ -131,6 +131,16 @@ class ProgressTest(tf.test.TestCase):
             ],
         )
 
+    def test_short_work_adds_no_line_to_logs(self):
+        clock, stream = FakeClock(), io.StringIO()
+        with console.Progress(10, stream=stream, interactive=False, interval_s=30, clock=clock) as progress:
+            clock.now += 5
+            progress.update(10)
+        self.assertEqual(stream.getvalue(), "")
+        progress = console.Progress(10, stream=stream, interactive=False, clock=clock)
+        progress.close("done: 10 items")
+        self.assertEqual(stream.getvalue(), "done: 10 items\n")
+
     def test_one_line_rewritten_on_a_terminal(self):
         clock, stream = FakeClock(), io.StringIO()
         with console.Progress(
