@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import struct
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -234,7 +235,13 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines = [
         f"{summary['records_dir']}: {summary['records_written']:,} records of "
         f"{summary['input_rows']:,} input rows, built {summary['created'] or 'at an unknown time'}",
-        "  options: " + ", ".join(f"{key}={value}" for key, value in options.items()),
+        textwrap.fill(
+            ", ".join(f"{key}={value}" for key, value in options.items()),
+            width=100,
+            initial_indent="  options: ",
+            subsequent_indent="    ",
+            break_on_hyphens=False,
+        ),
         f"  {'split':<6}{'records':>9}{'patients':>10}{'shards':>8}{'MB':>9}",
     ]
     for name, split in summary["splits"].items():
