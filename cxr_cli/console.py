@@ -9,9 +9,12 @@ every library's WARNING and ERROR stay. One switch restores everything:
     CXR_VERBOSITY=1 make train                    # the same, for every binary a command starts
 
 TensorFlow reads `TF_CPP_MIN_LOG_LEVEL` once, when it loads, and several of its start-up lines
-ignore it (they are printed before absl's C++ logging is initialized), so a binary calls
-`configure()` before anything imports TensorFlow, which is before absl parses the flags; that
-is why `configure` reads `--verbosity`/`-v` from argv itself. An entry point starts with
+ignore it (they are printed before absl's C++ logging is initialized; Beam's local workers log
+at INFO before they read any option), so in quiet mode `configure()` also filters a short list
+of known noise lines out of the process's stderr, which its subprocesses inherit. A binary
+calls `configure()` before anything imports TensorFlow, which is before absl parses the
+flags; that is why `configure` reads `--verbosity`/`-v` from argv itself. An entry point
+starts with
 
     from cxr_cli import console
 
@@ -34,13 +37,14 @@ status 1; any other exception keeps its traceback.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import logging
 import os
 import re
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TextIO
@@ -56,22 +60,26 @@ TF_LOG_ENV_VAR = "TF_CPP_MIN_LOG_LEVEL"
 # C++ errors stay visible; TensorFlow raises the ones that stop a run as Python exceptions.
 _TF_LOG_LEVEL = {QUIET: "2", VERBOSE: "0"}
 
-# What quiet mode drops from stderr while TensorFlow loads and finds its devices, and from the
-# stderr of Beam's local worker processes (which configure their own logging at INFO).
+# What quiet mode drops from stderr (see `configure`); every other line goes through.
 TENSORFLOW_NOISE: tuple[str, ...] = (
     r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
     # C++ INFO and WARNING lines, `I1126 09:00:00.000000  1234 port.cc:153] ...`; absl's Python
     # lines have the same prefix and a `.py:` location, and are kept.
     r"^[IW]\d{4} \S+ +\d+ \S+\.(cc|cpp|h):\d+\] ",
     r"^To enable the following instructions: .* rebuild TensorFlow",
+    # C++ errors that are not: CUDA probing on machines without a GPU, and a oneDNN notice.
     r"^E\d{4} .*(failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory)",
+    r"^E\d{4} .*oneDNN supports DT_BOOL only on platforms with AVX-512",
 )
+# Beam's local worker processes configure Python logging at INFO before they read any
+# pipeline option, so their start-up and shutdown lines (a dozen per worker) can only be
+# dropped from the stderr they inherit; their other warnings and errors come through.
 BEAM_WORKER_NOISE: tuple[str, ...] = (
-    *TENSORFLOW_NOISE,
     r"^INFO:",  # Python logging's default format, which the workers use.
     r"^WARNING:root:apitools not found",
     r"^WARNING:__main__:No semi_persistent_directory found",
 )
+STDERR_NOISE = TENSORFLOW_NOISE + BEAM_WORKER_NOISE
 # Loggers quieted in quiet mode, with their level there; verbose mode sets them to INFO.
 _QUIET_LOGGERS = {
     "apache_beam": logging.WARNING,
@@ -83,7 +91,7 @@ _QUIET_LOGGERS = {
 # Raised by TensorFlow for unreadable or missing files; expected like a ValueError.
 _EXPECTED_TF_ERRORS = ("DataLossError", "NotFoundError")
 
-_state: dict[str, Any] = {"verbosity": None, "interactive": None}
+_state: dict[str, Any] = {"verbosity": None, "interactive": None, "filter": None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,22 +138,21 @@ def verbosity_from_argv(argv: Sequence[str] | None = None, environ: Mapping[str,
 def configure(
     verbosity: int | None = None,
     *,
-    preload_tensorflow: bool = True,
+    filter_stderr: bool = True,
     argv: Sequence[str] | None = None,
 ) -> int:
     """Sets how much the process and its subprocesses print; call it before TensorFlow loads.
 
     Quiet (verbosity 0 or below): `TF_CPP_MIN_LOG_LEVEL=2` unless already set, Beam and
-    TensorFlow Python loggers at WARNING, and TensorFlow loaded now (when `preload_tensorflow`)
-    with its start-up lines filtered out of stderr (`TENSORFLOW_NOISE`; every other line it
-    prints goes through). Verbose (1 and above): `TF_CPP_MIN_LOG_LEVEL=0` unless set, and
-    those loggers at INFO. Idempotent; when TensorFlow is already loaded, only the logging
-    levels change.
+    TensorFlow Python loggers at WARNING, and (with `filter_stderr`) the known noise lines
+    (`STDERR_NOISE`: TensorFlow's start-up lines, which ignore TF_CPP_MIN_LOG_LEVEL, and
+    Beam's worker chatter) dropped from this process's stderr and its subprocesses' until
+    exit. Verbose (1 and above): `TF_CPP_MIN_LOG_LEVEL=0` unless set, those loggers at INFO,
+    nothing filtered. Idempotent.
 
     Args:
       verbosity: None reads `--verbosity`/`-v` from argv, then `$CXR_VERBOSITY`.
-      preload_tensorflow: load TensorFlow now, under the filter (binaries that use it anyway);
-        False for binaries that never load it.
+      filter_stderr: install the stderr filter in quiet mode (binaries; not tests).
       argv: the command line to read; default `sys.argv`.
 
     Returns:
@@ -159,18 +166,23 @@ def configure(
     verbose = verbosity >= VERBOSE
     _state["verbosity"] = verbosity
     if _state["interactive"] is None:
-        _state["interactive"] = _isatty(sys.stderr)
+        _state["interactive"] = _isatty(sys.stderr)  # Before stderr becomes the filter's pipe.
     os.environ[ENV_VAR] = str(verbosity)  # Subprocesses follow the same switch.
     os.environ.setdefault(TF_LOG_ENV_VAR, _TF_LOG_LEVEL[VERBOSE if verbose else QUIET])
     for name, level in _QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(logging.INFO if verbose else level)
-    if not verbose and preload_tensorflow and "tensorflow" not in sys.modules:
-        with filtered_stderr(TENSORFLOW_NOISE):
-            import tensorflow as tf
-
-            # Device discovery prints the CUDA probing lines; do it here, under the filter.
-            tf.config.list_physical_devices()
+    if not verbose and filter_stderr and _state["filter"] is None:
+        context = filtered_stderr(STDERR_NOISE)
+        context.__enter__()
+        _state["filter"] = context
+        atexit.register(_remove_filter)  # Registered early, so it runs last.
     return verbosity
+
+
+def _remove_filter() -> None:
+    context, _state["filter"] = _state["filter"], None
+    if context is not None:
+        context.__exit__(None, None, None)
 
 
 def is_verbose() -> bool:
@@ -198,39 +210,28 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-class _LineFilter(threading.Thread):
-    """Copies lines from a pipe to a file descriptor, except those matching a pattern.
+# The filter runs in a child process of its own, so that what the parent writes just before it
+# dies (a fatal error, faulthandler's dump) still comes through: the child reads until every
+# writer has closed the pipe. It ignores Ctrl-C and SIGTERM, which the parent handles, so the
+# parent's last lines are not lost. Stdlib only: it must start whatever the parent's sys.path.
+# A "line" ends at a newline or a carriage return, so progress rewritten in place passes at once.
+_FILTER_SCRIPT = r"""
+import os, re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+pattern = re.compile(sys.argv[1])
 
-    A "line" ends at a newline or a carriage return, so a progress line rewritten in place
-    passes through as it is written.
-    """
+def forward(lines):
+    kept = [l for l in lines if not pattern.search(l.decode("utf-8", "replace").rstrip("\r\n"))]
+    if kept:
+        os.write(1, b"".join(kept))
 
-    def __init__(self, read_fd: int, out_fd: int, patterns: Sequence[str]):
-        super().__init__(daemon=True, name="stderr-filter")
-        self._read_fd = read_fd
-        self._out_fd = out_fd
-        self._pattern = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
-
-    def run(self) -> None:
-        pending = b""
-        with os.fdopen(self._read_fd, "rb", buffering=0) as pipe:
-            while chunk := pipe.read(65536):
-                pending += chunk
-                lines = re.split(rb"(?<=[\r\n])", pending)
-                pending = lines.pop()  # The unfinished rest ("" after a line end).
-                self._forward(lines)
-        if pending:
-            self._forward([pending])
-
-    def _forward(self, lines: list[bytes]) -> None:
-        kept = [line for line in lines if not self.drops(line)]
-        if kept:
-            os.write(self._out_fd, b"".join(kept))
-
-    def drops(self, line: bytes) -> bool:
-        if self._pattern is None:
-            return False
-        return bool(self._pattern.search(line.decode("utf-8", "replace").rstrip("\r\n")))
+pending = b""
+while chunk := os.read(0, 65536):
+    *lines, pending = re.split(rb"(?<=[\r\n])", pending + chunk)
+    forward(lines)
+forward([pending] if pending else [])
+"""
 
 
 @contextlib.contextmanager
@@ -240,33 +241,25 @@ def filtered_stderr(patterns: Sequence[str]) -> Iterator[None]:
     Works at the descriptor level, so it also filters C++ logging and the subprocesses
     started inside the block (they inherit the descriptor). Everything else is forwarded.
     """
+    pattern = "|".join(f"(?:{p})" for p in patterns) or r"(?!)"
     sys.stderr.flush()
     saved = os.dup(2)
-    read_fd, write_fd = os.pipe()
-    forwarder = _LineFilter(read_fd, saved, patterns)
-    forwarder.start()
-    os.dup2(write_fd, 2)
-    os.close(write_fd)
+    forwarder = subprocess.Popen(
+        [sys.executable, "-c", _FILTER_SCRIPT, pattern], stdin=subprocess.PIPE, stdout=saved, stderr=saved
+    )
+    os.dup2(forwarder.stdin.fileno(), 2)
+    forwarder.stdin.close()
     try:
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(saved, 2)  # Closes the pipe's last write end held by this process.
-        # Subprocesses still alive hold the write end open; do not wait for them forever.
-        forwarder.join(timeout=5.0)
+        os.dup2(saved, 2)  # Closes this process's write end of the pipe.
         os.close(saved)
-
-
-def quiet_subprocesses() -> contextlib.AbstractContextManager[None]:
-    """Filters Beam's local worker processes' own logging out of stderr, unless verbose.
-
-    The DirectRunner's worker processes configure Python logging at INFO before they read
-    any pipeline option, so their start-up and shutdown lines (a dozen per worker) can only be
-    dropped from the stderr they inherit; their warnings and errors still come through.
-    """
-    if is_verbose():
-        return contextlib.nullcontext()
-    return filtered_stderr(BEAM_WORKER_NOISE)
+        try:
+            # Subprocesses still alive hold the write end open; do not wait for them forever.
+            forwarder.wait(timeout=10.0)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 # ---------------------------------------------------------------------------------------------

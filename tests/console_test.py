@@ -54,12 +54,12 @@ class VerbosityTest(tf.test.TestCase, parameterized.TestCase):
         self.addCleanup(lambda: [logging.getLogger(n).setLevel(level) for n, level in saved.items()])
         with mock.patch.dict(os.environ, clear=False):
             os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
-            self.assertEqual(console.configure(verbosity, preload_tensorflow=False), verbosity)
+            self.assertEqual(console.configure(verbosity, filter_stderr=False), verbosity)
             self.assertEqual(os.environ["TF_CPP_MIN_LOG_LEVEL"], tf_level)
             self.assertEqual(os.environ["CXR_VERBOSITY"], str(verbosity))  # For subprocesses.
             self.assertEqual(console.is_verbose(), verbosity >= 1)
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-            console.configure(verbosity, preload_tensorflow=False)
+            console.configure(verbosity, filter_stderr=False)
             self.assertEqual(os.environ["TF_CPP_MIN_LOG_LEVEL"], "3")  # A user's own setting stays.
         self.assertEqual(logging.getLogger("apache_beam").level, beam_level)
         self.assertEqual(
@@ -74,7 +74,7 @@ class FilteredStderrTest(tf.test.TestCase):
             r"""
             import os, subprocess, sys
             from cxr_cli import console
-            with console.filtered_stderr(console.BEAM_WORKER_NOISE):
+            with console.filtered_stderr(console.STDERR_NOISE):
                 os.write(2, b"I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on.\n")
                 os.write(2, b"E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: UNKNOWN\n")
                 os.write(2, b"E0000 00:00:1.0 1 other.cc:1] an error that matters\n")
@@ -98,6 +98,30 @@ class FilteredStderrTest(tf.test.TestCase):
             "progress 1/2\rprogress 2/2\n"
             "after the block\n",
         )
+
+    def test_configure_filters_until_exit_even_a_hard_one(self):
+        script = textwrap.dedent(
+            r"""
+            import os, sys
+            from cxr_cli import console
+            console.configure(argv=["prog"])
+            os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+            os.write(2, b"E0000 00:00:1.0 1 util.cc:131] oneDNN supports DT_BOOL only on platforms with AVX-512.\n")
+            sys.stderr.write("kept\n")
+            sys.stderr.flush()
+            os.write(2, b"last words\n")
+            os._exit(3)  # No atexit: what was written still comes through.
+            """
+        )
+        env = dict(os.environ, PYTHONPATH=_ROOT)
+        env.pop("CXR_VERBOSITY", None)
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=60)
+        self.assertEqual(result.returncode, 3)
+        self.assertEqual(result.stderr.decode(), "kept\nlast words\n")
+        verbose = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, env=dict(env, CXR_VERBOSITY="1"), timeout=60
+        )
+        self.assertEqual(len(verbose.stderr.decode().splitlines()), 4)  # The switch: nothing filtered.
 
 
 class ProgressTest(tf.test.TestCase):
