@@ -66,7 +66,7 @@ $(BENCH_STAMP): setup.py
 
 # The demo set is generated only when DATA_DIR is the demo folder and it is not there yet.
 $(DEMO_DIR)/Data_Entry_2017.csv: | $(STAMP)
-	$(PY) -m beam_pipelines.demo_data --output_dir=$(DEMO_DIR) --num_images=$(NUM_IMAGES) --image_size=$(DEMO_IMAGE_SIZE)
+	$(PY) -m demo_data.generate --output_dir=$(DEMO_DIR) --num_images=$(NUM_IMAGES) --image_size=$(DEMO_IMAGE_SIZE)
 
 demo-data: $(STAMP) $(DEMO_DIR)/Data_Entry_2017.csv
 

@@ -24,7 +24,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "dev": ["pytest==9.2.0", "ruff==0.17.6"],
+    # portpicker: free ports for the tests that start servers (tf.data service, multi-worker).
+    "dev": ["pytest==9.2.0", "ruff==0.17.6", "portpicker==1.6.0"],
     # Dataflow runner and gs:// paths: pip install -e '.[gcp]'.
     "gcp": ["apache-beam[gcp]==2.77.0"],
     # Only for `make bench-input`'s baseline (the original's Keras 2 ImageDataGenerator), in the
@@ -38,13 +39,24 @@ setuptools.setup(
     description="NIH ChestX-ray14 to sharded TFRecords (Apache Beam), tf.data, ResUNet training and AUC reports.",
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(
-        include=["beam_pipelines", "beam_pipelines.*", "cxr_cli", "cxr_cli.*", "tfrecords", "tfrecords.*", "trainer", "trainer.*"]
+        include=[
+            "beam_pipelines",
+            "beam_pipelines.*",
+            "cxr_cli",
+            "cxr_cli.*",
+            "demo_data",
+            "demo_data.*",
+            "tfrecords",
+            "tfrecords.*",
+            "trainer",
+            "trainer.*",
+        ]
     ),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={
         "console_scripts": [
-            "cxr-demo-data=beam_pipelines.demo_data:run",
+            "cxr-demo-data=demo_data.generate:run",
             "cxr-build-tfrecords=beam_pipelines.build_tfrecords:run",
             "cxr-train=trainer.train:run",
             "cxr-evaluate=trainer.evaluate:run",

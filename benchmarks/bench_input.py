@@ -11,8 +11,9 @@ Side by side in one run, images/s at 256x256, batch 32, over 2,000 demo images:
     no shuffle), and the same in tf.data with only a parallel map;
   * ours: tfrecords.dataset.build_dataset (training variant: shuffled, repeated), reading only,
     with parse per batch (the default) and per record;
-  * ours with augmentation on this CPU: build_dataset(augment_fn=trainer.augment.make_augment_fn());
-  * the augmentation alone on a fixed batch (XLA warp + standardization) against TF's
+  * ours with augmentation on this CPU: build_dataset, then trainer.inputs.augment_batches with
+    trainer.augment.make_augment_fn() (the "dataset" placement);
+  * the augmentation alone on a fixed batch (the XLA warp on 0..255 pixels) against TF's
     ImageProjectiveTransformV3 kernel doing the same warp.
 Then short training runs (trainer.models.build_model ResUNet at 256, batch 32) with the
 augmentation in the model (inside the compiled step) and in tf.data, measuring images/s and the
@@ -46,6 +47,7 @@ from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 from trainer import augment as augment_lib
+from trainer import inputs
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/bench", "Where the demo PNGs and records go (reused).")
 _OUTPUT = flags.DEFINE_string("output", "runs/bench/bench-input.json", "The JSON report.")
@@ -85,7 +87,7 @@ def _load_average() -> list[float]:
 def ensure_demo(demo_dir: str, num_images: int) -> None:
     if tf.io.gfile.exists(os.path.join(demo_dir, "Data_Entry_2017.csv")):
         return
-    from beam_pipelines import demo_data
+    from demo_data import writer as demo_data
 
     logging.info("Generating %d demo images into %s", num_images, demo_dir)
     demo_data.generate(demo_dir, num_images=num_images, image_size=1024, seed=0)
@@ -229,10 +231,14 @@ def floor_parallel_map(
     return time_batches(iter(dataset), num_batches, batch_size)
 
 
-def ours(records_dir: str, batch_size: int, num_batches: int, **kwargs) -> dict[str, float]:
+def ours(
+    records_dir: str, batch_size: int, num_batches: int, *, augment_fn=None, **kwargs
+) -> dict[str, float]:
     dataset = dataset_lib.build_dataset(
         records_dir, "train", batch_size=batch_size, training=True, seed=0, **kwargs
     )
+    if augment_fn is not None:
+        dataset = inputs.augment_batches(dataset, augment_fn, seed=0)
     return time_batches(iter(dataset), num_batches, batch_size)
 
 
@@ -246,17 +252,15 @@ def augment_alone(image_size: int, batch_size: int, num_batches: int) -> dict[st
 
     @tf.function
     def kernel_fn(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        scaled = tf.cast(images, tf.float32) / 255.0
         transforms = augment_lib.random_transforms(batch_size, image_size, image_size, seed, config)
-        warped = tf.raw_ops.ImageProjectiveTransformV3(
-            images=scaled,
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=tf.cast(images, tf.float32),
             transforms=transforms,
             output_shape=[image_size, image_size],
             fill_value=0.0,
             fill_mode="REFLECT",
             interpolation="BILINEAR",
         )
-        return augment_lib.standardize(warped)
 
     results = {}
     for name, fn in (("xla_warp", xla_fn), ("image_projective_transform_v3", kernel_fn)):
@@ -320,13 +324,10 @@ def train_placements(
             optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy", jit_compile=jit_compile
         )
         dataset = dataset_lib.build_dataset(
-            records_dir,
-            "train",
-            batch_size=batch_size,
-            training=True,
-            seed=0,
-            augment_fn=augment_lib.make_augment_fn(config) if placement == "dataset" else None,
+            records_dir, "train", batch_size=batch_size, training=True, seed=0
         )
+        if placement == "dataset":
+            dataset = inputs.augment_batches(dataset, augment_lib.make_augment_fn(config), seed=0)
         batches = iter(dataset)
         for _ in range(2):  # compile, fill the shuffle buffer
             model.train_on_batch(*next(batches))

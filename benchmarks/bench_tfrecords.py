@@ -65,7 +65,7 @@ def _ensure_demo(data_dir: str, num_images: int, image_size: int) -> None:
         with open(marker) as f:
             if sum(1 for _ in f) - 1 >= num_images:
                 return
-    from beam_pipelines import demo_data
+    from demo_data import writer as demo_data
 
     print(f"Generating {num_images} demo images of {image_size}x{image_size} into {data_dir} (cached)...")
     demo_data.generate(data_dir, num_images=num_images, image_size=image_size, seed=0, overwrite=True)

@@ -9,7 +9,8 @@ data set (--random).
 from absl import app, flags
 from PIL import Image, ImageDraw
 
-from beam_pipelines import demo_data
+from demo_data import label_model
+from demo_data import render as render_lib
 from tfrecords import schema
 
 _OUTPUT = flags.DEFINE_string("output", "/tmp/demo_sheet.png", "PNG to write.")
@@ -23,7 +24,7 @@ _RENDER_SIZE = flags.DEFINE_integer("render_size", 0, "Render at this size then 
 def main(argv):
     del argv
     cases = [()] + [(name,) for name in schema.FINDINGS]
-    rows = demo_data.sample_images(max(_RANDOM.value, 1), seed=_SEED.value)[: _RANDOM.value]
+    rows = label_model.sample_images(max(_RANDOM.value, 1), seed=_SEED.value)[: _RANDOM.value]
     cases += [row.findings for row in rows]
     size = _SIZE.value
     render = _RENDER_SIZE.value or size
@@ -31,7 +32,7 @@ def main(argv):
     sheet = Image.new("L", (columns * size, -(-len(cases) // columns) * size), 0)
     draw = ImageDraw.Draw(sheet)
     for i, findings in enumerate(cases):
-        pixels = demo_data.render_image(findings, demo_data.image_rng(_SEED.value + 1000, i), render)
+        pixels = render_lib.render_image(findings, render_lib.image_rng(_SEED.value + 1000, i), render)
         tile = Image.fromarray(pixels)
         if render != size:
             tile = tile.resize((size, size), Image.Resampling.BOX)

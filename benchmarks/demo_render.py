@@ -16,7 +16,7 @@ import time
 from absl import app, flags
 from PIL import Image
 
-from beam_pipelines import demo_data
+from demo_data import label_model, png, render
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 40, "Images per case.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 1024, "Output size.")
@@ -32,20 +32,20 @@ def _pil_png(pixels, level):
 
 
 ENCODERS = {
-    "up": lambda pixels, level: demo_data.encode_png(pixels, compress_level=level),
+    "up": lambda pixels, level: png.encode_png(pixels, compress_level=level),
     "pil": _pil_png,
 }
 
 
 def main(argv):
     del argv
-    rows = demo_data.sample_images(_NUM_IMAGES.value, seed=0)
+    rows = label_model.sample_images(_NUM_IMAGES.value, seed=0)
     size = _IMAGE_SIZE.value
     cases = []
     for render_size in (int(v) for v in _RENDER_SIZES.value):
         start = time.perf_counter()
         images = [
-            demo_data.render_image(row.findings, demo_data.image_rng(0, i), size, render_size=render_size)
+            render.render_image(row.findings, render.image_rng(0, i), size, render_size=render_size)
             for i, row in enumerate(rows)
         ]
         render_seconds = time.perf_counter() - start

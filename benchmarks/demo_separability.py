@@ -1,6 +1,6 @@
 r"""Are the demo data's planted patterns separable? Per-label test ROC AUC of simple models.
 
-  python -m beam_pipelines.demo_data --output_dir=data/demo
+  python -m demo_data.generate --output_dir=data/demo
   python -m benchmarks.demo_separability --data_dir=data/demo --sizes=32,64 --cnn_size=128 --cnn_epochs=12
 
 Reads the generated set like the product does (CSV + official lists, PNGs downsized with an area
@@ -25,7 +25,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from beam_pipelines import demo_data
+from demo_data import label_model, layout
+from demo_data import render as render_lib
 from tfrecords import schema
 
 _DATA_DIR = flags.DEFINE_string(
@@ -42,14 +43,14 @@ _OUTPUT = flags.DEFINE_string("output", "runs/bench/demo_separability.json", "JS
 
 def load(data_dir: str, sizes: list[int]):
     """Returns ({size: float32 [N, size, size]}, multi-hot [N, 15], is_test [N])."""
-    frame = pd.read_csv(os.path.join(data_dir, demo_data.CSV_NAME), dtype=str, keep_default_na=False)
-    with open(os.path.join(data_dir, demo_data.TEST_LIST_NAME)) as f:
+    frame = pd.read_csv(os.path.join(data_dir, layout.CSV_NAME), dtype=str, keep_default_na=False)
+    with open(os.path.join(data_dir, layout.TEST_LIST_NAME)) as f:
         test = set(f.read().split("\n"))
     labels = np.stack([schema.labels_to_multi_hot(v) for v in frame["Finding Labels"]]).astype(np.float32)
     is_test = frame["Image Index"].isin(test).to_numpy()
     images = {size: [] for size in sizes}
     for name in frame["Image Index"]:
-        with Image.open(os.path.join(data_dir, demo_data.IMAGES_SUBDIR, name)) as image:
+        with Image.open(os.path.join(data_dir, layout.IMAGES_SUBDIR, name)) as image:
             image = image.convert("L")
             for size in sizes:
                 images[size].append(np.asarray(image.resize((size, size), Image.Resampling.BOX), np.float32))
@@ -58,15 +59,15 @@ def load(data_dir: str, sizes: list[int]):
 
 def render(num_images: int, seed: int, sizes: list[int]):
     """Like `load`, but renders the set in memory at the render size, then downsizes (no 1024 PNGs)."""
-    rows = demo_data.sample_images(num_images, seed=seed)
-    _, test = demo_data.split_patients(rows, seed=seed)
+    rows = label_model.sample_images(num_images, seed=seed)
+    _, test = label_model.split_patients(rows, seed=seed)
     test = set(test)
     labels = np.stack([schema.labels_to_multi_hot(row.finding_labels) for row in rows]).astype(np.float32)
     is_test = np.array([row.image_index in test for row in rows])
     images = {size: [] for size in sizes}
     for i, row in enumerate(rows):
         image = Image.fromarray(
-            demo_data.render_image(row.findings, demo_data.image_rng(seed, i), demo_data.RENDER_SIZE)
+            render_lib.render_image(row.findings, render_lib.image_rng(seed, i), render_lib.RENDER_SIZE)
         )
         for size in sizes:
             images[size].append(np.asarray(image.resize((size, size), Image.Resampling.BOX), np.float32))

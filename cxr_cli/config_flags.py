@@ -19,6 +19,7 @@ Supported field types: bool, int, float, str, `X | None` of those, and `tuple[st
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -70,12 +71,19 @@ def _as_dict(base: Any) -> dict[str, Any]:
     return dict(base)
 
 
+def _calling_module_name(depth: int = 2) -> str:
+    """The module that called our caller, named as absl names it (`sys.argv[0]` for __main__)."""
+    name = sys._getframe(depth).f_globals.get("__name__", "")
+    return sys.argv[0] if name == "__main__" else name
+
+
 def define_from_dataclass(
     config_cls: type,
     *,
     base: Any = None,
     exclude: Iterable[str] = (),
     flag_values: flags.FlagValues = flags.FLAGS,
+    module_name: str | None = None,
 ) -> FlagHolders:
     """Defines one flag per field of `config_cls`.
 
@@ -85,6 +93,8 @@ def define_from_dataclass(
         `--help`); fields it lacks keep the dataclass default.
       exclude: field names that get no flag (set by the binary itself).
       flag_values: where to define them (tests pass their own `flags.FlagValues()`).
+      module_name: the module the flags belong to (listed by its `--help`); default: the
+        calling module, so a binary's `--help` shows its config's flags.
 
     Returns:
       {field name: FlagHolder}.
@@ -93,6 +103,7 @@ def define_from_dataclass(
       TypeError: a field of a type no flag can carry.
     """
     defaults = _as_dict(base)
+    module_name = module_name or _calling_module_name()
     holders: FlagHolders = {}
     for field in dataclasses.fields(config_cls):
         if field.name in exclude or field.metadata.get("flag", True) is False:
@@ -102,13 +113,26 @@ def define_from_dataclass(
         help_text = field.metadata.get("help", field.name.replace("_", " ").capitalize() + ".")
         choices = field.metadata.get("choices")
         if choices and kind is str:
-            holder = flags.DEFINE_enum(field.name, default, list(choices), help_text, flag_values=flag_values)
+            holder = flags.DEFINE_enum(
+                field.name,
+                default,
+                list(choices),
+                help_text,
+                flag_values=flag_values,
+                module_name=module_name,
+            )
         elif kind is tuple:
             holder = flags.DEFINE_list(
-                field.name, list(default) if default is not None else None, help_text, flag_values=flag_values
+                field.name,
+                list(default) if default is not None else None,
+                help_text,
+                flag_values=flag_values,
+                module_name=module_name,
             )
         else:
-            holder = _DEFINERS[kind](field.name, default, help_text, flag_values=flag_values)
+            holder = _DEFINERS[kind](
+                field.name, default, help_text, flag_values=flag_values, module_name=module_name
+            )
         holders[field.name] = holder
     return holders
 

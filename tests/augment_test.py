@@ -229,16 +229,23 @@ class InDatasetMapTest(tf.test.TestCase):
             mapped = next(iter(dataset.map(op)))
             self.assertAllClose(mapped, op(images, seed, transforms), atol=1e-5, msg=name)
 
-    def test_make_augment_fn_scales_augments_and_standardizes(self):
+    def test_make_augment_fn_warps_on_the_pixel_scale(self):
         images = tf.cast(_images(batch=2, height=16, width=16) * 255, tf.uint8)
         seed = tf.constant([0, 1], tf.int64)
         out = augment.make_augment_fn(jit_compile=False)(images, seed)
-        expected = augment.standardize(augment.augment_batch(tf.cast(images, tf.float32) / 255, seed))
-        self.assertAllClose(out, expected, atol=1e-4)
+        # The warp of the 0..255 pixels, not standardized: the model's input contract.
+        expected = augment.augment_batch(tf.cast(images, tf.float32), seed)
+        self.assertAllClose(out, expected, atol=1e-3)
+        self.assertAllInRange(out, 0.0, 255.0)
         compiled = augment.make_augment_fn()(images, seed)
         self.assertEqual(compiled.dtype, tf.float32)
-        self.assertAllClose(tf.reduce_mean(compiled, axis=[1, 2, 3]), [0.0, 0.0], atol=1e-4)
-        self.assertAllClose(tf.math.reduce_std(compiled, axis=[1, 2, 3]), [1.0, 1.0], atol=1e-3)
+        self.assertAllInRange(compiled, 0.0, 255.0)
+        # Same image statistics as the input, up to the warp: still pixels, not z-scores.
+        self.assertAllClose(
+            tf.reduce_mean(compiled, axis=[1, 2, 3]),
+            tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2, 3]),
+            rtol=0.2,
+        )
 
 
 class LayersTest(tf.test.TestCase):

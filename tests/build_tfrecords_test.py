@@ -207,7 +207,7 @@ class DemoDataJobTest(tf.test.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        from beam_pipelines import demo_data
+        from demo_data import writer as demo_data
 
         cls.temp = tf.compat.v1.test.get_temp_dir() + "/demo_job"
         cls.data_dir = cls.temp + "/demo"

@@ -48,6 +48,13 @@ class ConfigFlagsTest(absltest.TestCase):
             config, _Config(size=32, rate=0.25, enabled=False, mode="b", limit=7, names=("p", "q", "r"))
         )
 
+    def test_flags_belong_to_the_defining_module(self):
+        # A binary's --help lists the key flags of its own module; the flags must not be
+        # attributed to config_flags.
+        flag_values, _ = self._define()
+        names = {flag.name for flag in flag_values.get_key_flags_for_module(__name__)}
+        self.assertContainsSubset({"path", "size", "mode", "names"}, names)
+
     def test_enum_rejects_a_value_outside_the_choices(self):
         flag_values, _ = self._define()
         with self.assertRaisesRegex(flags.IllegalFlagValueError, "mode"):

@@ -1,6 +1,5 @@
-"""Tests for tfrecords/dataset.py: shapes, order, shuffling, refusals, sharding, balance, data service."""
+"""Tests for tfrecords/dataset.py: shapes, order, shuffling, refusals, sharding, the per-record hook."""
 
-import collections
 import os
 
 import numpy as np
@@ -11,7 +10,6 @@ from tests import fake_data
 from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
-from trainer import augment
 
 _FINDING = {name: index for index, name in enumerate(schema.LABELS)}
 
@@ -183,9 +181,7 @@ class DatasetTest(tf.test.TestCase, parameterized.TestCase):
             (dict(split="test"), manifest_lib.ManifestError, "has no split 'test'"),
             (dict(batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
             (dict(shuffle_buffer=-1), ValueError, "shuffle_buffer must be a positive integer"),
-            (dict(balance="oversample"), ValueError, "balance must be one of"),
-            (dict(balance="resample", training=False), ValueError, "for training only"),
-            (dict(augment_fn=lambda x, s: x, training=False), ValueError, "augment_fn is for training only"),
+            (dict(record_fn=lambda d: d, training=False), ValueError, "record_fn is for training only"),
         ]
         for changes, error, pattern in cases:
             kwargs = dict(split="train", batch_size=4, training=True) | changes
@@ -211,6 +207,34 @@ class DatasetTest(tf.test.TestCase, parameterized.TestCase):
             tf.errors.InvalidArgumentError, "differs from the manifest option image_size=8"
         ):
             list(dataset_lib.build_dataset(records_dir, "val", batch_size=2, training=False))
+
+    @parameterized.named_parameters(("batch_parse", None), ("record_parse", False))
+    def test_record_fn_sees_each_record_once_per_epoch(self, parse_after_batch):
+        records_dir = self._records()
+        seen_labels = []
+
+        def record_fn(dataset):
+            # Keeps only the records whose labels include No Finding, read through record_labels.
+            no_finding = schema.LABELS.index("No Finding")
+            return dataset.filter(lambda element: dataset_lib.record_labels(element)[no_finding] > 0)
+
+        dataset = dataset_lib.build_dataset(
+            records_dir,
+            "train",
+            batch_size=1,
+            training=True,
+            seed=0,
+            with_metadata=True,
+            record_fn=record_fn,
+            parse_after_batch=parse_after_batch,
+        )
+        manifest = manifest_lib.read_manifest(records_dir)
+        expected = manifest.label_counts("train")[schema.LABELS.index("No Finding")]
+        self.assertGreater(expected, 0)
+        for _, labels, _ in dataset.take(expected):
+            seen_labels.append(labels.numpy()[0])
+        self.assertLen(seen_labels, expected)
+        self.assertTrue(all(row[schema.LABELS.index("No Finding")] == 1 for row in seen_labels))
 
     @parameterized.named_parameters(
         # 4 shards for 2 pipelines: each reads its own files.
@@ -243,120 +267,6 @@ class DatasetTest(tf.test.TestCase, parameterized.TestCase):
         self.assertLen(seen[0], 8)
         self.assertEmpty(set(seen[0]) & set(seen[1]))
         self.assertLen(set(seen[0]) | set(seen[1]), 16)
-
-    @parameterized.named_parameters(("batch_parse", "raw"), ("record_parse", "png"))
-    def test_resampling_moves_label_frequencies_to_weighted_shares(self, image_format):
-        # 10 "No Finding" records (weight 1 + 0.04 = 1.04) and 10 with three findings
-        # (weight 3.04); Edema is in 5 of the latter. Expected shares of the stream:
-        #   No Finding: 10 * 1.04 / (10 * 1.04 + 10 * 3.04) = 10.4 / 40.8 = 0.2549 (was 0.5)
-        #   Mass, Nodule (all 10 three-finding records): 30.4 / 40.8 = 0.7451 (was 0.5)
-        #   Edema (5 of them): 15.2 / 40.8 = 0.3725 (was 0.25)
-        labels = [_multi_hot("No Finding")] * 10
-        labels += [_multi_hot("Mass", "Nodule", "Edema")] * 5 + [
-            _multi_hot("Mass", "Nodule", "Atelectasis")
-        ] * 5
-        records_dir = os.path.join(self.get_temp_dir(), f"resample_{image_format}")
-        fake_data.write_labeled_records(
-            records_dir, {"train": labels}, image_size=4, image_format=image_format, num_shards=2
-        )
-        dataset = dataset_lib.build_dataset(
-            records_dir, "train", batch_size=50, training=True, seed=0, balance="resample", shuffle_buffer=100
-        )
-        stream = np.concatenate(
-            [batch_labels.numpy() for _, batch_labels in dataset.take(80)]
-        )  # 4,000 records
-        frequency = stream.mean(axis=0)
-        weights = np.asarray(labels).sum(axis=1) + 0.04
-        expected = (weights[:, None] * np.asarray(labels)).sum(axis=0) / weights.sum()
-        self.assertAllClose(expected[_FINDING["No Finding"]], 10.4 / 40.8)  # the hand-worked value
-        # Standard error of a share over 4,000 draws is < 0.008; 0.03 is > 3.7 of them.
-        self.assertAllClose(frequency, expected, atol=0.03)
-        unbalanced = dataset_lib.build_dataset(records_dir, "train", batch_size=50, training=True, seed=0)
-        plain = np.concatenate([batch_labels.numpy() for _, batch_labels in unbalanced.take(10)])
-        self.assertAllClose(plain.mean(axis=0), np.asarray(labels).mean(axis=0), atol=1e-6)
-
-    def test_positive_weights_worked_by_hand(self):
-        # 5 train records: [Atelectasis], [Atelectasis, Cardiomegaly], [Edema], [No Finding] x 2.
-        #   Atelectasis: 2 positives, 3 negatives -> 3 / 2 = 1.5
-        #   Cardiomegaly: 1 positive, 4 negatives -> 4 / 1 = 4.0
-        #   Edema: 1 positive, 4 negatives -> 4.0
-        #   No Finding: 2 positives, 3 negatives -> 1.5
-        #   the other 11 labels have no positives -> 1.0 (nothing to balance)
-        # val (2 records): Effusion in both, so no negatives -> 1.0.
-        records_dir = os.path.join(self.get_temp_dir(), "weights")
-        manifest = fake_data.write_labeled_records(
-            records_dir,
-            {
-                "train": [
-                    _multi_hot("Atelectasis"),
-                    _multi_hot("Atelectasis", "Cardiomegaly"),
-                    _multi_hot("Edema"),
-                    _multi_hot("No Finding"),
-                    _multi_hot("No Finding"),
-                ],
-                "val": [_multi_hot("Effusion"), _multi_hot("Effusion", "Mass")],
-            },
-        )
-        expected = np.ones(schema.NUM_LABELS, np.float32)
-        expected[[_FINDING["Atelectasis"], _FINDING["No Finding"]]] = 1.5
-        expected[[_FINDING["Cardiomegaly"], _FINDING["Edema"]]] = 4.0
-        weights = dataset_lib.positive_weights(manifest)
-        self.assertEqual(weights.dtype, np.float32)
-        self.assertAllClose(weights, expected)
-        val_weights = dataset_lib.positive_weights(manifest, "val")
-        self.assertEqual(val_weights[_FINDING["Effusion"]], 1.0)
-        self.assertEqual(val_weights[_FINDING["Mass"]], 1.0)  # 1 positive, 1 negative
-        with self.assertRaisesRegex(manifest_lib.ManifestError, "no split 'test'"):
-            dataset_lib.positive_weights(manifest, "test")
-
-    def test_augment_fn_in_the_dataset(self):
-        records_dir = self._records()
-        augment_fn = augment.make_augment_fn()  # One function: compiled once for both datasets.
-        build = lambda: dataset_lib.build_dataset(  # noqa: E731
-            records_dir, "train", batch_size=4, training=True, seed=3, augment_fn=augment_fn
-        )
-        images, labels = next(iter(build()))
-        self.assertEqual(images.dtype, tf.float32)
-        self.assertEqual(images.shape, [4, 32, 32, 1])
-        self.assertAllClose(tf.reduce_mean(images, axis=[1, 2, 3]), np.zeros(4), atol=1e-4)
-        self.assertAllClose(tf.math.reduce_std(images, axis=[1, 2, 3]), np.ones(4), atol=1e-3)
-        again, _ = next(iter(build()))
-        self.assertAllEqual(images, again)  # seeded: reproducible
-
-    def test_data_service_yields_the_same_records(self):
-        records_dir = self._records()
-        # An in-process dispatcher and worker on localhost (ports picked by the OS).
-        dispatcher = tf.data.experimental.service.DispatchServer(
-            tf.data.experimental.service.DispatcherConfig(port=0)
-        )
-        worker = tf.data.experimental.service.WorkerServer(
-            tf.data.experimental.service.WorkerConfig(
-                dispatcher_address=dispatcher.target.split("://")[1],
-                worker_address="localhost:%port%",
-                port=0,
-            )
-        )
-        self.addCleanup(dispatcher._stop)  # Servers have no public stop; both also stop at exit.
-        self.addCleanup(worker._stop)
-
-        def read(split, training, **kwargs):
-            dataset = dataset_lib.build_dataset(
-                records_dir, split, batch_size=4, training=training, seed=0, with_metadata=True, **kwargs
-            )
-            # Training repeats forever: 10 batches of 4 are exactly two epochs of 20 records.
-            return _indices(dataset, batches=10 if training else None)
-
-        for split, training in (("val", False), ("train", True)):
-            direct = read(split, training)
-            served = read(split, training, data_service=dispatcher.target)
-            self.assertCountEqual(served, direct, msg=split)
-            self.assertEqual(collections.Counter(served).most_common(1)[0][1], 2 if training else 1)
-
-    def test_resample_weights(self):
-        labels = np.array(
-            [_multi_hot("No Finding"), _multi_hot("Mass", "Edema"), _multi_hot(*schema.FINDINGS)]
-        )
-        self.assertAllClose(dataset_lib.resample_weights(labels), [1.04, 2.04, 14.04])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
 """Tests for trainer/lr_schedule.py."""
 
-import keras
-import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
@@ -47,24 +45,11 @@ class BuildLrFnTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, "epoch must be >= 0"):
             lr_schedule.build_lr_fn()(-1)
 
-
-class LearningRateScheduleCallbackTest(tf.test.TestCase):
-    def _fit(self, lr_fn, epochs=3):
-        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=1.0), loss="mse")
-        x, y = np.ones((4, 2), np.float32), np.zeros((4, 1), np.float32)
-        callback = lr_schedule.LearningRateSchedule(lr_fn)
-        return model, model.fit(x, y, epochs=epochs, verbose=0, callbacks=[callback])
-
-    def test_sets_and_logs_lr_per_epoch(self):
-        lr_fn = lr_schedule.build_lr_fn()
-        model, history = self._fit(lr_fn)
-        self.assertAllClose(history.history["lr"], [lr_fn(0), lr_fn(1), lr_fn(2)], rtol=1e-6)
-        self.assertAllClose(float(model.optimizer.learning_rate), lr_fn(2), rtol=1e-6)
-
-    def test_rejects_bad_schedule_output(self):
-        with self.assertRaisesRegex(ValueError, r"returned nan at epoch 1"):
-            self._fit(lambda epoch: float("nan") if epoch == 1 else 0.1)
+    def test_returns_python_floats(self):
+        # Keras' LearningRateScheduler refuses anything but floats; integer inputs must not leak.
+        lr_fn = lr_schedule.build_lr_fn(lr_start=0, lr_max=1, lr_min=0, rampup_epochs=2, sustain_epochs=1)
+        for epoch in range(6):
+            self.assertIsInstance(lr_fn(epoch), float)
 
 
 if __name__ == "__main__":

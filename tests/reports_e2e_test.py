@@ -15,6 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tests import fake_data
+from trainer import config as config_lib
 from trainer import evaluate, predict, report, train_lib
 
 
@@ -24,12 +25,12 @@ class ReportsEndToEndTest(tf.test.TestCase):
         records_dir = os.path.join(self.get_temp_dir(), "records")
         run_dir = os.path.join(self.get_temp_dir(), "run")
         fake_data.write_records(records_dir, image_size=32, split_sizes={"train": 48, "val": 16, "test": 24})
-        config = train_lib.TrainConfig(
+        config = config_lib.TrainConfig(
             records_dir=records_dir,
             run_dir=run_dir,
             depth=2,
             base_filters=4,
-            batch_size=8,
+            batch_size_per_replica=8,
             epochs=2,
             rampup_epochs=1,
             verbose=0,

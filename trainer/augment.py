@@ -1,12 +1,12 @@
 """Batch augmentation that compiles under XLA, and per-image standardization.
 
-The original work augmented with Keras 2's `ImageDataGenerator` (rotation +-3 deg, width
+The 2023 thesis augmented with Keras 2's `ImageDataGenerator` (rotation +-3 deg, width
 shift +-10%, height shift +-5%, zoom 0.85-1.15, horizontal flip, reflect fill), one image at
 a time on the CPU, then centred and scaled each image by its own mean and standard deviation.
 Here the same augmentation works on whole batches, one affine matrix per image, so it can
 run inside the compiled training step on the device that trains (`RandomAffine`, a Keras
 layer active only when training, so the exported model never augments), or as a `tf.data`
-map after batching (`make_augment_fn`, for `tfrecords.dataset.build_dataset(augment_fn=)`).
+map after batching (`make_augment_fn`, applied by `trainer.inputs.augment_batches`).
 
 `tf.raw_ops.ImageProjectiveTransformV3` (behind `tf.image` transforms and Keras'
 RandomRotation/RandomZoom/RandomTranslation) has no XLA kernel in TF 2.21, so
@@ -38,7 +38,7 @@ PARAMETER_NAMES = ("rotation", "zoom_x", "zoom_y", "shift_x", "shift_y", "flip_h
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Random affine augmentation; the defaults are the original work's ImageDataGenerator.
+    """Random affine augmentation; the defaults are the 2023 thesis' ImageDataGenerator.
 
     Attributes:
       rotation_degrees: rotation angle drawn uniformly in [-r, r] degrees, about the centre.
@@ -280,7 +280,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig | No
     Args:
       images: [B, H, W, C] (float32 in [0, 1] in the model; any real dtype works).
       seed: int32/int64 [2] seed.
-      config: the ranges; None means `AugmentConfig()` (the original's).
+      config: the ranges; None means `AugmentConfig()` (the 2023 thesis').
 
     Returns:
       float32 [B, H, W, C].
@@ -310,9 +310,8 @@ def standardize(images: tf.Tensor, *, epsilon: float = STANDARDIZE_EPSILON) -> t
       float32 [B, H, W, C].
     """
     images = tf.cast(images, tf.float32)
-    # tf.nn.moments, which XLA fuses with the warp before it: measured faster in the fused
-    # augment_fn than means as matrix-vector products (1,972 vs 629 images/s, 32 images of
-    # 256x256), although the products win for standardization alone.
+    # tf.nn.moments: where the warp and this run in one XLA-compiled step, XLA fuses them, and
+    # that measured faster than means as matrix-vector products (`benchmarks/bench_input.py`).
     mean, variance = tf.nn.moments(images, axes=[1, 2, 3], keepdims=True)
     return (images - mean) / tf.maximum(tf.sqrt(variance), epsilon)
 
@@ -320,25 +319,26 @@ def standardize(images: tf.Tensor, *, epsilon: float = STANDARDIZE_EPSILON) -> t
 def make_augment_fn(
     config: AugmentConfig | None = None, *, jit_compile: bool = True
 ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """The `augment_fn` for `tfrecords.dataset.build_dataset` (the "dataset" placement).
+    """The batch augmentation of the "dataset" placement (`trainer.inputs.augment_batches`).
 
-    The returned function takes uint8 images [B, H, W, 1] (0..255) and an int64 [2] seed and
-    returns float32 images scaled to [0, 1], warped, then standardized, as the model's input
-    layers would do in the "model" placement.
+    The returned function takes images [B, H, W, 1] on the 0..255 scale (uint8 records) and an
+    int64 [2] seed, and returns the warped images as float32, still on the 0..255 scale: the
+    model's input contract in both placements. The model then rescales and standardizes them,
+    as it does with unaugmented pixels (the warp is linear in the pixel values, so warping
+    before or after the model's rescaling gives the same image).
     """
     config = config or AugmentConfig()
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
     def augment_fn(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        scaled = tf.cast(images, tf.float32) / 255.0
-        return standardize(augment_batch(scaled, seed, config))
+        return augment_batch(tf.cast(images, tf.float32), seed, config)
 
     return augment_fn
 
 
 # The layer's warp is XLA-compiled even when the model's train step is not (jit_compile=False):
-# measured 5x faster on this CPU (1,620 vs 323 images/s, 8 images of 256x256, warp +
-# standardization). Inside a jit-compiled step it is simply inlined.
+# measured 5x faster on CPU than without XLA (README, "Training"). Inside a jit-compiled step it
+# is simply inlined.
 _compiled_augment_batch = tf.function(augment_batch, jit_compile=True, reduce_retracing=True)
 
 

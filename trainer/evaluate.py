@@ -21,7 +21,6 @@ Same run, flags and records give byte-identical files.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -34,12 +33,8 @@ from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 from trainer import metrics
 from trainer import report as report_lib
+from trainer import run_dir as run_dir_lib
 
-CONFIG_JSON = "config.json"
-HISTORY_CSV = "history.csv"
-EXPORT_DIR = "export"
-CHECKPOINT = os.path.join("checkpoints", "best.keras")
-REPORTS_DIR = "reports"
 MODEL_SOURCES = ("auto", "export", "checkpoint")
 
 
@@ -70,24 +65,6 @@ class Predictor:
     image_size: int
 
 
-def read_run_config(run_dir: str) -> dict[str, Any]:
-    """Reads `run_dir/config.json` (written by the trainer).
-
-    Raises:
-      ValueError: the run directory or its config is missing or not JSON, naming the path.
-    """
-    path = os.path.join(run_dir, CONFIG_JSON)
-    if not tf.io.gfile.exists(path):
-        raise ValueError(
-            f"{path} does not exist: is {run_dir!r} a run directory written by `python -m trainer.train`?"
-        )
-    with tf.io.gfile.GFile(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}).") from e
-
-
 def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
     """Loads the run's model for evaluation on record pixels.
 
@@ -104,8 +81,8 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
     """
     if source not in MODEL_SOURCES:
         raise ValueError(f"model source must be one of {MODEL_SOURCES}, got {source!r}.")
-    export_dir = os.path.join(run_dir, EXPORT_DIR)
-    checkpoint = os.path.join(run_dir, CHECKPOINT)
+    export_dir = run_dir_lib.path(run_dir, run_dir_lib.EXPORT_DIR)
+    checkpoint = run_dir_lib.path(run_dir, run_dir_lib.BEST_CHECKPOINT)
     has_export = tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb"))
     if source == "auto":
         source = "export" if has_export else "checkpoint"
@@ -126,11 +103,9 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
         return Predictor(fn, export_dir, "export", image_size)
     if not tf.io.gfile.exists(checkpoint):
         raise ValueError(f"{checkpoint} does not exist, and neither does a SavedModel in {export_dir}.")
-    import keras
+    from trainer import models
 
-    import trainer.models  # noqa: F401  (registers the custom layers load_model needs)
-
-    model = keras.models.load_model(checkpoint, compile=False)
+    model = models.load_model(checkpoint)
     image_size = int(model.input_shape[1])
 
     def keras_fn(images: np.ndarray) -> np.ndarray:
@@ -240,11 +215,13 @@ def evaluate(
     if split not in manifest_lib.SPLITS:
         raise ValueError(f"split must be one of {manifest_lib.SPLITS}, got {split!r}.")
     bootstrap = metrics.BootstrapConfig(resamples=bootstrap_resamples, seed=seed)
-    config = read_run_config(run_dir)
+    config = run_dir_lib.read_config(run_dir)
     records_dir = records_dir or config.get("records_dir")
     if not records_dir:
-        raise ValueError(f"{os.path.join(run_dir, CONFIG_JSON)} names no records_dir; pass --records_dir.")
-    output_dir = output_dir or os.path.join(run_dir, REPORTS_DIR)
+        raise ValueError(
+            f"{run_dir_lib.path(run_dir, run_dir_lib.CONFIG_FILE)} names no records_dir; pass --records_dir."
+        )
+    output_dir = output_dir or run_dir_lib.path(run_dir, run_dir_lib.REPORTS_DIR)
     manifest = manifest_lib.read_manifest(records_dir)
     predictor = load_predictor(run_dir, source=model_source)
 
@@ -279,7 +256,13 @@ def evaluate(
         "thresholds": {"source_split": threshold_split, "method": "youden_j", "values": thresholds},
         "published": report_lib.PUBLISHED_AUC,
     }
-    write_reports(output_dir, report, predictions, manifest, history_path=os.path.join(run_dir, HISTORY_CSV))
+    write_reports(
+        output_dir,
+        report,
+        predictions,
+        manifest,
+        history_path=run_dir_lib.path(run_dir, run_dir_lib.HISTORY_FILE),
+    )
     return report
 
 
@@ -308,7 +291,7 @@ def write_reports(
     ]
     figures.append(report_lib.ROC_PNG)
     if history_path and tf.io.gfile.exists(history_path):
-        history = report_lib.read_history(history_path)
+        history = run_dir_lib.read_history(history_path)
         written.append(
             report_lib.plot_training_curves(
                 join(report_lib.TRAINING_PNG), history, title=f"Training curves, {run_name}"
@@ -362,60 +345,95 @@ def write_reports(
 
 
 # ---------------------------------------------------------------------------------------------
-# Entry point. Flags are defined when the binary runs, never on import: train.py imports
-# `evaluate` and defines its own --run_dir.
+# Entry point. Flags are derived from EvaluateConfig when the binary runs, never on import;
+# absl and cxr_cli are imported there, so the library above never depends on absl.flags.
 
 
-def _define_flags():
-    from absl import flags
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """The evaluation binary's settings (each field is a flag of the same name)."""
 
-    return dict(
-        run_dir=flags.DEFINE_string("run_dir", "runs/demo", "Run directory written by trainer.train."),
-        split=flags.DEFINE_enum("split", "test", list(manifest_lib.SPLITS), "Headline split."),
-        also_val=flags.DEFINE_bool("also_val", True, "Also evaluate val and choose the thresholds there."),
-        bootstrap_resamples=flags.DEFINE_integer(
-            "bootstrap_resamples", 1000, "Patient-level bootstrap resamples for the 95% CIs (0: none)."
-        ),
-        seed=flags.DEFINE_integer("seed", 0, "Bootstrap RNG seed."),
-        batch_size=flags.DEFINE_integer("batch_size", 64, "Images per model call."),
-        model=flags.DEFINE_enum("model", "auto", list(MODEL_SOURCES), "export, checkpoint, or auto."),
-        records_dir=flags.DEFINE_string("records_dir", None, "Records to evaluate; default: the run's."),
-        output_dir=flags.DEFINE_string("output_dir", None, "Where to write; default: RUN_DIR/reports."),
+    run_dir: str = dataclasses.field(
+        default="runs/demo", metadata={"help": "Run directory written by trainer.train."}
     )
+    split: str = dataclasses.field(
+        default="test", metadata={"help": "Headline split.", "choices": tuple(manifest_lib.SPLITS)}
+    )
+    also_val: bool = dataclasses.field(
+        default=True, metadata={"help": "Also evaluate val and choose the thresholds there."}
+    )
+    bootstrap_resamples: int = dataclasses.field(
+        default=1000, metadata={"help": "Patient-level bootstrap resamples for the 95% CIs (0: none)."}
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "Bootstrap RNG seed."})
+    batch_size: int = dataclasses.field(default=64, metadata={"help": "Images per model call."})
+    model: str = dataclasses.field(
+        default="auto", metadata={"help": "export, checkpoint, or auto.", "choices": MODEL_SOURCES}
+    )
+    records_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Records to evaluate; default: the run's."}
+    )
+    output_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Where to write; default: RUN_DIR/reports."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.split not in manifest_lib.SPLITS:
+            raise ValueError(
+                f"EvaluateConfig.split must be one of {manifest_lib.SPLITS}, got {self.split!r}."
+            )
+        if self.model not in MODEL_SOURCES:
+            raise ValueError(f"EvaluateConfig.model must be one of {MODEL_SOURCES}, got {self.model!r}.")
+        if self.batch_size < 1:
+            raise ValueError(f"EvaluateConfig.batch_size must be >= 1, got {self.batch_size}.")
+        if self.bootstrap_resamples < 0:
+            raise ValueError(
+                f"EvaluateConfig.bootstrap_resamples must be >= 0, got {self.bootstrap_resamples}."
+            )
+
+
+def main(argv: list[str], *, holders: dict) -> None:
+    """Evaluates the run named by the flags and logs the headline AUC."""
+    from absl import app, logging
+
+    from cxr_cli import config_flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = config_flags.build_config(EvaluateConfig, holders)
+    report = evaluate(
+        config.run_dir,
+        split=config.split,
+        also_val=config.also_val,
+        bootstrap_resamples=config.bootstrap_resamples,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        model_source=config.model,
+        records_dir=config.records_dir,
+        output_dir=config.output_dir,
+    )
+    headline = report["splits"][report["split"]]
+    output_dir = config.output_dir or run_dir_lib.path(config.run_dir, run_dir_lib.REPORTS_DIR)
+    logging.info(
+        "%s split: mean AUC of 14 findings %s (95%% CI %s); reports in %s",
+        report["split"],
+        report_lib.fmt(headline["mean_auc_14"]),
+        report_lib.fmt_ci(*headline["mean_auc_14_ci"]),
+        output_dir,
+    )
+    print(f"Wrote {output_dir}/{report_lib.AUC_MD}")
 
 
 def run() -> None:
-    """Console-script entry point: parses flags and calls `evaluate`."""
-    from absl import app, logging
+    """Console-script entry point: defines the flags from EvaluateConfig, then runs `main`."""
+    import functools
 
-    holders = _define_flags()
+    from absl import app
 
-    def main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-        report = evaluate(
-            holders["run_dir"].value,
-            split=holders["split"].value,
-            also_val=holders["also_val"].value,
-            bootstrap_resamples=holders["bootstrap_resamples"].value,
-            seed=holders["seed"].value,
-            batch_size=holders["batch_size"].value,
-            model_source=holders["model"].value,
-            records_dir=holders["records_dir"].value,
-            output_dir=holders["output_dir"].value,
-        )
-        headline = report["splits"][report["split"]]
-        output_dir = holders["output_dir"].value or os.path.join(holders["run_dir"].value, REPORTS_DIR)
-        logging.info(
-            "%s split: mean AUC of 14 findings %s (95%% CI %s); reports in %s",
-            report["split"],
-            report_lib.fmt(headline["mean_auc_14"]),
-            report_lib.fmt_ci(*headline["mean_auc_14_ci"]),
-            output_dir,
-        )
-        print(f"Wrote {output_dir}/{report_lib.AUC_MD}")
+    from cxr_cli import config_flags
 
-    app.run(main)
+    holders = config_flags.define_from_dataclass(EvaluateConfig)
+    app.run(functools.partial(main, holders=holders))
 
 
 if __name__ == "__main__":

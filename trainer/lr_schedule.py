@@ -4,15 +4,15 @@
               = lr_max                                                    during sustain_epochs
               = (lr_max - lr_min) * exp_decay ** (epoch - rampup - sustain) + lr_min   afterwards
 
-With the defaults: epoch 0 -> 2e-6, 1 -> 1.425e-5, 8 -> 1e-4, 9 -> 8e-5.
+With the defaults (the 2023 thesis' Table 1): epoch 0 -> 2e-6, 1 -> 1.425e-5, 8 -> 1e-4,
+9 -> 8e-5. Training applies it with `keras.callbacks.LearningRateScheduler` (trainer/callbacks.py),
+which sets the rate at the start of every epoch, including the first epoch after a resume.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-
-import keras
 
 
 def build_lr_fn(
@@ -55,37 +55,11 @@ def build_lr_fn(
     def lr_fn(epoch: int) -> float:
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}.")
+        # Python floats: Keras' LearningRateScheduler refuses anything else.
         if epoch < rampup_epochs:
-            return lr_start + (lr_max - lr_start) * epoch / rampup_epochs
+            return float(lr_start + (lr_max - lr_start) * epoch / rampup_epochs)
         if epoch < rampup_epochs + sustain_epochs:
-            return lr_max
-        return (lr_max - lr_min) * exp_decay ** (epoch - rampup_epochs - sustain_epochs) + lr_min
+            return float(lr_max)
+        return float((lr_max - lr_min) * exp_decay ** (epoch - rampup_epochs - sustain_epochs) + lr_min)
 
     return lr_fn
-
-
-class LearningRateSchedule(keras.callbacks.Callback):
-    """Sets the optimizer's learning rate at the start of each epoch and logs it as `lr`.
-
-    Unlike a `keras.optimizers.schedules` object, the rate is a plain variable, so it survives
-    `BackupAndRestore` resumption: the callback recomputes it from the (restored) epoch index.
-    """
-
-    def __init__(self, lr_fn: Callable[[int], float], *, verbose: int = 0):
-        super().__init__()
-        self.lr_fn = lr_fn
-        self.verbose = verbose
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        lr = self.lr_fn(epoch)
-        if not isinstance(lr, (float, int)) or not math.isfinite(lr) or lr < 0:
-            raise ValueError(
-                f"The learning-rate schedule returned {lr!r} at epoch {epoch}; expected a finite float >= 0."
-            )
-        self.model.optimizer.learning_rate = float(lr)
-        if self.verbose:
-            print(f"\nEpoch {epoch + 1}: learning rate {lr:.4g}.")
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is not None:
-            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))

@@ -1,4 +1,4 @@
-"""Classifiers: the ResUNet of the original work and the keras.applications baselines.
+"""Classifiers: the ResUNet of the 2023 thesis and the keras.applications baselines.
 
 Every model built here has the same outer shape (see `build_model`):
 
@@ -209,3 +209,22 @@ def _exists(path: str) -> bool:
     import tensorflow as tf  # Lazy: keeps `import trainer.models` light for Keras-only users.
 
     return tf.io.gfile.exists(path)
+
+
+def custom_objects() -> dict[str, type]:
+    """The custom layers of the models built here, by registered name, for loading a model."""
+    return {
+        keras.saving.get_registered_name(cls): cls
+        for cls in (augment_lib.RandomAffine, augment_lib.Standardize)
+    }
+
+
+def load_model(path: str) -> keras.Model:
+    """Loads a `.keras` model built by `build_model` (e.g. a run's checkpoints/best.keras), uncompiled.
+
+    Raises:
+      ValueError: the file does not exist, naming it.
+    """
+    if not _exists(path):
+        raise ValueError(f"Keras model {path!r} does not exist.")
+    return keras.models.load_model(path, compile=False, custom_objects=custom_objects())

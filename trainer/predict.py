@@ -28,13 +28,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfrecords import schema
+from trainer import run_dir as run_dir_lib
 
 DEFAULT_THRESHOLD = 0.5
 PNG_SUFFIXES = (".png",)
-EXPORT_DIR = "export"
-CHECKPOINT = os.path.join("checkpoints", "best.keras")
-THRESHOLDS_JSON = os.path.join("reports", "thresholds.json")
-PREDICTIONS_DIR = "predictions"
 
 _log = logging.getLogger(__name__)
 
@@ -98,7 +95,7 @@ def read_thresholds(run_dir: str, path: str | None = None) -> Thresholds:
       ValueError: `path` given but missing, or a malformed file, naming it.
     """
     path_given = path is not None
-    path = path or os.path.join(run_dir, THRESHOLDS_JSON)
+    path = path or run_dir_lib.path(run_dir, run_dir_lib.THRESHOLDS_FILE)
     if not tf.io.gfile.exists(path):
         if path_given:
             raise ValueError(f"--thresholds file {path!r} does not exist.")
@@ -204,7 +201,7 @@ def predict(
     thresholds = read_thresholds(run_dir, thresholds_path)
     if thresholds.defaulted:
         _log.warning("Thresholds: %s", thresholds.source)
-    serving = _Serving(os.path.join(run_dir, EXPORT_DIR))
+    serving = _Serving(run_dir_lib.path(run_dir, run_dir_lib.EXPORT_DIR))
     explainer = _GradCamWriter(run_dir, gradcam_dir, top_k=gradcam_top_k) if gradcam else None
 
     results: list[ImagePrediction] = []
@@ -234,7 +231,7 @@ def predict(
                 written = explainer.write(path, contents[i], probabilities)
             results.append(ImagePrediction(path, probabilities, findings, gradcam_paths=written))
 
-    output_csv = output_csv or os.path.join(run_dir, PREDICTIONS_DIR, "predictions.csv")
+    output_csv = output_csv or os.path.join(run_dir, run_dir_lib.PREDICTIONS_DIR, "predictions.csv")
     write_csv(output_csv, results)
     return results, thresholds, output_csv
 
@@ -262,17 +259,15 @@ class _GradCamWriter:
     """Loads the run's Keras checkpoint once and writes overlays for each image."""
 
     def __init__(self, run_dir: str, output_dir: str | None, *, top_k: int):
-        import keras
-
-        import trainer.models  # noqa: F401  (registers the custom layers load_model needs)
         from trainer import gradcam as gradcam_lib
+        from trainer import models
 
-        checkpoint = os.path.join(run_dir, CHECKPOINT)
+        checkpoint = run_dir_lib.path(run_dir, run_dir_lib.BEST_CHECKPOINT)
         if not tf.io.gfile.exists(checkpoint):
             raise ValueError(f"--gradcam needs the Keras model {checkpoint}, which does not exist.")
         self._lib = gradcam_lib
-        self._cam = gradcam_lib.GradCam(keras.models.load_model(checkpoint, compile=False))
-        self._output_dir = output_dir or os.path.join(run_dir, PREDICTIONS_DIR, "gradcam")
+        self._cam = gradcam_lib.GradCam(models.load_model(checkpoint))
+        self._output_dir = output_dir or os.path.join(run_dir, run_dir_lib.PREDICTIONS_DIR, "gradcam")
         self._top_k = top_k
         tf.io.gfile.makedirs(self._output_dir)
 
@@ -296,45 +291,82 @@ class _GradCamWriter:
 
 
 # ---------------------------------------------------------------------------------------------
-# Entry point. Flags are defined when the binary runs, never on import.
+# Entry point. Flags are derived from PredictConfig when the binary runs, never on import;
+# absl and cxr_cli are imported there, so the library above never depends on absl.flags.
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    """The prediction binary's settings (each field is a flag of the same name)."""
+
+    run_dir: str = dataclasses.field(
+        default="runs/demo", metadata={"help": "Run directory written by trainer.train."}
+    )
+    images: tuple[str, ...] = dataclasses.field(
+        default=("data/demo/images_001/images",),
+        metadata={"help": "PNG files, folders (recursive) or globs, comma-separated."},
+    )
+    output_csv: str | None = dataclasses.field(
+        default=None, metadata={"help": "Default: RUN_DIR/predictions/predictions.csv."}
+    )
+    thresholds: str | None = dataclasses.field(
+        default=None, metadata={"help": "Default: RUN_DIR/reports/thresholds.json."}
+    )
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "Images per model call."})
+    gradcam: bool = dataclasses.field(
+        default=False, metadata={"help": "Also write Grad-CAM overlays of the top findings."}
+    )
+    gradcam_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Default: RUN_DIR/predictions/gradcam."}
+    )
+    gradcam_top_k: int = dataclasses.field(default=3, metadata={"help": "Findings explained per image."})
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise ValueError("PredictConfig.images must name at least one file, folder or glob, got ().")
+        if self.batch_size < 1:
+            raise ValueError(f"PredictConfig.batch_size must be >= 1, got {self.batch_size}.")
+        if self.gradcam_top_k < 1:
+            raise ValueError(f"PredictConfig.gradcam_top_k must be >= 1, got {self.gradcam_top_k}.")
+
+
+def main(argv: list[str], *, holders: dict) -> None:
+    """Predicts the images named by the flags and prints a summary."""
+    from absl import app
+
+    from cxr_cli import config_flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = config_flags.build_config(PredictConfig, holders)
+    results, used, path = predict(
+        config.run_dir,
+        list(config.images),
+        output_csv=config.output_csv,
+        thresholds_path=config.thresholds,
+        batch_size=config.batch_size,
+        gradcam=config.gradcam,
+        gradcam_dir=config.gradcam_dir,
+        gradcam_top_k=config.gradcam_top_k,
+    )
+    failed = [r for r in results if r.error]
+    if not used.defaulted:  # Otherwise `predict` has already warned with the same text.
+        print(f"Thresholds: {used.source}")
+    print(f"Predicted {len(results) - len(failed)} of {len(results)} images; wrote {path}")
+    for result in failed:
+        print(f"  error: {result.path}: {result.error}")
 
 
 def run() -> None:
-    """Console-script entry point: parses flags and calls `predict`."""
-    from absl import app, flags
+    """Console-script entry point: defines the flags from PredictConfig, then runs `main`."""
+    import functools
 
-    run_dir = flags.DEFINE_string("run_dir", "runs/demo", "Run directory written by trainer.train.")
-    images = flags.DEFINE_list(
-        "images", ["data/demo/images_001/images"], "PNG files, folders (recursive) or globs, comma-separated."
-    )
-    output_csv = flags.DEFINE_string("output_csv", None, "Default: RUN_DIR/predictions/predictions.csv.")
-    thresholds = flags.DEFINE_string("thresholds", None, "Default: RUN_DIR/reports/thresholds.json.")
-    batch_size = flags.DEFINE_integer("batch_size", 16, "Images per model call.")
-    gradcam = flags.DEFINE_bool("gradcam", False, "Also write Grad-CAM overlays of the top findings.")
-    gradcam_dir = flags.DEFINE_string("gradcam_dir", None, "Default: RUN_DIR/predictions/gradcam.")
-    top_k = flags.DEFINE_integer("gradcam_top_k", 3, "Findings explained per image.")
+    from absl import app
 
-    def main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-        results, used, path = predict(
-            run_dir.value,
-            images.value,
-            output_csv=output_csv.value,
-            thresholds_path=thresholds.value,
-            batch_size=batch_size.value,
-            gradcam=gradcam.value,
-            gradcam_dir=gradcam_dir.value,
-            gradcam_top_k=top_k.value,
-        )
-        failed = [r for r in results if r.error]
-        if not used.defaulted:  # Otherwise `predict` has already warned with the same text.
-            print(f"Thresholds: {used.source}")
-        print(f"Predicted {len(results) - len(failed)} of {len(results)} images; wrote {path}")
-        for result in failed:
-            print(f"  error: {result.path}: {result.error}")
+    from cxr_cli import config_flags
 
-    app.run(main)
+    holders = config_flags.define_from_dataclass(PredictConfig)
+    app.run(functools.partial(main, holders=holders))
 
 
 if __name__ == "__main__":

@@ -27,21 +27,20 @@ from typing import Any
 import matplotlib
 import numpy as np
 import tensorflow as tf
+from matplotlib import colors as mpl_colors
+from matplotlib import ticker as mpl_ticker
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn import metrics as sk_metrics
 
-matplotlib.use("Agg")  # Headless: reports are written on servers and in CI.
-
-from matplotlib import colors as mpl_colors  # noqa: E402  (after choosing the backend)
-from matplotlib import ticker as mpl_ticker  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn import metrics as sk_metrics  # noqa: E402
-
-from tfrecords import schema  # noqa: E402
+from tfrecords import schema
+from trainer import run_dir as run_dir_lib
 
 UNDEFINED = "undefined"
 AUC_JSON = "auc.json"
 AUC_CSV = "auc.csv"
 AUC_MD = "auc.md"
-THRESHOLDS_JSON = "thresholds.json"
+THRESHOLDS_JSON = os.path.basename(run_dir_lib.THRESHOLDS_FILE)
 PREDICTIONS_CSV = "predictions.csv"
 ROC_PNG = "roc_curves.png"
 TRAINING_PNG = "training_curves.png"
@@ -371,6 +370,8 @@ _DPI = 110
 
 
 def _save(figure: Figure, path: str) -> str:
+    # The Agg canvas directly, without pyplot: no global backend to choose, works headless.
+    FigureCanvasAgg(figure)
     buffer = io.BytesIO()
     # No "Software"/date metadata: identical inputs give identical bytes.
     figure.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
@@ -425,7 +426,7 @@ def plot_training_curves(path: str, history: Mapping[str, Sequence[float]], *, t
 
     Args:
       path: output PNG.
-      history: columns of `history.csv`: epoch, lr, loss, binary_accuracy, auc, val_* (any
+      history: columns of `history.csv`: epoch, learning_rate, loss, binary_accuracy, auc, val_* (any
         missing column is left out of its panel).
     """
     epochs = np.asarray(history.get("epoch", np.arange(len(next(iter(history.values()))))), dtype=float)
@@ -467,8 +468,10 @@ def plot_training_curves(path: str, history: Mapping[str, Sequence[float]], *, t
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=9)
     ax = figure.add_subplot(2, 2, 4)
-    if "lr" in history:
-        ax.plot(epochs, np.asarray(history["lr"], dtype=float), "-o", color="tab:purple", markersize=4)
+    # Runs before the column took Keras' name logged it as "lr".
+    lr_column = next((c for c in (run_dir_lib.LEARNING_RATE_COLUMN, "lr") if c in history), None)
+    if lr_column is not None:
+        ax.plot(epochs, np.asarray(history[lr_column], dtype=float), "-o", color="tab:purple", markersize=4)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.xaxis.set_major_locator(mpl_ticker.MaxNLocator(integer=True))
     ax.set_title("Learning rate")
@@ -480,25 +483,8 @@ def plot_training_curves(path: str, history: Mapping[str, Sequence[float]], *, t
     return _save(figure, path)
 
 
-def read_history(path: str) -> dict[str, list[float]]:
-    """Reads `history.csv` into columns of floats (empty cells become NaN).
-
-    Raises:
-      ValueError: the file has no header or no rows, naming the file.
-    """
-    with tf.io.gfile.GFile(path) as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise ValueError(f"{path}: no epochs recorded (empty history).")
-    columns: dict[str, list[float]] = {key: [] for key in rows[0]}
-    for row in rows:
-        for key in columns:
-            value = row.get(key)
-            try:
-                columns[key].append(float(value) if value not in (None, "") else math.nan)
-            except ValueError:
-                columns[key].append(math.nan)
-    return columns
+# The one history reader (empty cells become NaN), under the name this module always had.
+read_history = run_dir_lib.read_history
 
 
 def plot_label_distribution(

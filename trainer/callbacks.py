@@ -1,0 +1,145 @@
+"""The training run's callbacks, assembled in one place (`build_callbacks`).
+
+Order matters and is fixed here:
+
+  1. `keras.callbacks.LearningRateScheduler(lr_fn)`: sets the epoch's rate at epoch begin (also
+     the first epoch after a resume: it is called with the restored epoch index) and logs it
+     as `learning_rate`.
+  2. `StopOnNaN`: raises on a NaN or infinite loss, keeping the last backup.
+  3. `CSVLogger` (chief): `history.csv`, after the scheduler so the row holds the rate, and
+     before the backup, so a kill between the two leaves a row that a resume drops.
+  4. `BackupAndRestore`: per-epoch state to resume from.
+  5. `ModelCheckpoint`: `checkpoints/best.keras` by validation mean AUC.
+  6. `TensorBoard` (chief, when installed), 7. `EarlyStopping` (when its patience is > 0),
+  8. the caller's extra callbacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import keras
+from absl import logging
+
+from trainer import run_dir as run_dir_lib
+
+# What the checkpoint and early stopping follow: the validation mean AUC (`objectives.MeanAUC`).
+MONITOR = "val_auc"
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Raises a clear error as soon as the training loss is NaN or infinite.
+
+    Raising (rather than `stop_training`) keeps the backup of the last finished epoch, so the
+    run can be inspected or resumed, and nothing is exported from broken weights.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            raise FloatingPointError(
+                f"Training stopped: the loss became {float(loss)} at epoch {self._epoch + 1}, batch {batch + 1} "
+                f"(learning rate {lr:.3g}). Lower --lr_max, use --mixed_precision=none, or check the "
+                f"records for bad labels; the last finished epoch is kept in the run's backup/."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class CallbackPaths:
+    """Where this process's callbacks write.
+
+    Attributes:
+      history_csv: `history.csv`, or None on non-chief workers (they write no history).
+      backup_dir: this worker's BackupAndRestore directory.
+      best_checkpoint: `checkpoints/best.keras` (a scratch path on non-chief workers, which must
+        save in lockstep with the chief).
+      tensorboard_dir: TensorBoard logs, or None.
+    """
+
+    history_csv: str | None
+    backup_dir: str
+    best_checkpoint: str
+    tensorboard_dir: str | None
+
+
+def build_callbacks(
+    lr_fn: Callable[[int], float],
+    paths: CallbackPaths,
+    *,
+    early_stopping_patience: int,
+    extra: Sequence[keras.callbacks.Callback] = (),
+) -> list[keras.callbacks.Callback]:
+    """The run's callbacks, in the order of the module docstring.
+
+    Args:
+      lr_fn: learning rate of a 0-based epoch index (`lr_schedule.build_lr_fn`).
+      paths: where to write.
+      early_stopping_patience: epochs without a gain in `MONITOR` before stopping (restoring
+        the best weights); 0 disables early stopping.
+      extra: appended last (tests use this to interrupt a run).
+
+    Returns:
+      The list for `model.fit(callbacks=...)`.
+    """
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.LearningRateScheduler(lr_fn), StopOnNaN()]
+    if paths.history_csv is not None:
+        callbacks.append(keras.callbacks.CSVLogger(paths.history_csv, append=True))
+    callbacks += [
+        keras.callbacks.BackupAndRestore(paths.backup_dir),
+        keras.callbacks.ModelCheckpoint(
+            paths.best_checkpoint, monitor=MONITOR, mode="max", save_best_only=True
+        ),
+    ]
+    if paths.tensorboard_dir is not None and _tensorboard_installed():
+        callbacks.append(
+            keras.callbacks.TensorBoard(paths.tensorboard_dir, write_graph=False, profile_batch=0)
+        )
+    if early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=MONITOR, mode="max", patience=early_stopping_patience, restore_best_weights=True
+            )
+        )
+    return callbacks + list(extra)
+
+
+def chief_paths(run_dir: str, backup_dir: str) -> CallbackPaths:
+    """The chief's paths: everything in the run directory."""
+    return CallbackPaths(
+        history_csv=run_dir_lib.path(run_dir, run_dir_lib.HISTORY_FILE),
+        backup_dir=backup_dir,
+        best_checkpoint=run_dir_lib.path(run_dir, run_dir_lib.BEST_CHECKPOINT),
+        tensorboard_dir=run_dir_lib.path(run_dir, run_dir_lib.TENSORBOARD_DIR),
+    )
+
+
+def worker_paths(scratch_dir: str, backup_dir: str) -> CallbackPaths:
+    """A non-chief worker's paths: its own backup, a scratch checkpoint, no history or logs."""
+    return CallbackPaths(
+        history_csv=None,
+        backup_dir=backup_dir,
+        best_checkpoint=run_dir_lib.path(scratch_dir, run_dir_lib.BEST_CHECKPOINT),
+        tensorboard_dir=None,
+    )
+
+
+def _tensorboard_installed() -> bool:
+    # tf.summary needs the tensorboard package, which TF 2.21 does not pull in.
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        logging.warning(
+            "tensorboard is not installed (pip install tensorboard); no TensorBoard logs written."
+        )
+        return False
+    return True

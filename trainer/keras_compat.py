@@ -1,0 +1,135 @@
+"""Workarounds for Keras internals, in one place, each undone when the run ends.
+
+Keras 3's TensorFlow trainer does not run `fit` under a multi-worker
+`tf.distribute.MultiWorkerMirroredStrategy` (keras-team/keras#20585 collects the reports):
+
+  1. The first-batch build (`Trainer._maybe_symbolic_build`) reduces a distributed batch with
+     `strategy.reduce("MEAN", batch)` to learn its shapes; under multi-worker training that
+     fails on an `(images, labels)` structure ("Attempt to convert a value (PerReplica...)",
+     keras-team/keras#20329), and would all-reduce uint8 pixels if it did not.
+     `_local_batch_symbolic_build` builds from this worker's first replica's batch instead:
+     only shapes and dtypes matter there.
+  2. Each step's logs are reduced by `reduce_per_replica` with `strategy.reduce("MEAN", value,
+     axis=0)`, which fails on the scalar loss and metric values ("Invalid reduction dimension 0
+     for input with 0 dimensions", tensorflow/tensorflow#72388).
+     `_scalar_log_reduce` averages scalars over all replicas with `axis=None` (the same value
+     on every worker, so every worker's callbacks decide alike) and leaves everything else to
+     Keras.
+
+`multi_worker_fit(model, strategy)` applies both for one `fit` and restores Keras afterwards;
+for any other strategy it changes nothing. The Keras versions covered are checked when it is
+entered. `tests/multi_worker_test.py` (slow: two worker processes) reproduces both failures
+without the workarounds, and `tests/keras_compat_test.py` the second one in-process; they fail
+the day Keras fixes the bugs, so that the workarounds (and this module) can go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import keras
+import tensorflow as tf
+
+# Keras releases the workarounds were written for and tested with: [first, last].
+FIRST_VERSION = (3, 0)
+LAST_TESTED_VERSION = (3, 15)
+
+
+def keras_version() -> tuple[int, int]:
+    """Keras' (major, minor) version."""
+    major, minor = keras.version().split(".")[:2]
+    return int(major), int(minor)
+
+
+def check_version(version: tuple[int, int] | None = None) -> None:
+    """Refuses a Keras release the workarounds were not tested with.
+
+    Raises:
+      RuntimeError: outside [FIRST_VERSION, LAST_TESTED_VERSION], naming the version and what to do.
+    """
+    version = version or keras_version()
+    if not FIRST_VERSION <= version <= LAST_TESTED_VERSION:
+        covered = f"{FIRST_VERSION[0]}.{FIRST_VERSION[1]}-{LAST_TESTED_VERSION[0]}.{LAST_TESTED_VERSION[1]}"
+        raise RuntimeError(
+            f"trainer.keras_compat covers Keras {covered} for multi-worker training, but Keras "
+            f"{version[0]}.{version[1]} is installed. Run tests/keras_compat_test.py and the slow "
+            "tests/multi_worker_test.py with it: if the reproductions there no longer fail, Keras has "
+            "fixed the bugs and the workarounds can go; otherwise widen LAST_TESTED_VERSION."
+        )
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True for a MultiWorkerMirroredStrategy spanning more than one worker (Keras' own test)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
+        strategy.extended._in_multi_worker_mode()
+    )
+
+
+@contextlib.contextmanager
+def multi_worker_fit(model: keras.Model, strategy: tf.distribute.Strategy) -> Iterator[None]:
+    """Lets `model.fit` run under multi-worker training, for the duration of the block.
+
+    Args:
+      model: the compiled model.
+      strategy: the run's strategy; anything but multi-worker leaves Keras untouched.
+
+    Raises:
+      RuntimeError: multi-worker training on a Keras release outside the tested range.
+    """
+    if not is_multi_worker(strategy):
+        yield
+        return
+    check_version()
+    with _local_batch_symbolic_build(model, strategy), _scalar_log_reduce():
+        yield
+
+
+@contextlib.contextmanager
+def _local_batch_symbolic_build(model: keras.Model, strategy: tf.distribute.Strategy) -> Iterator[None]:
+    """Workaround 1 (keras-team/keras#20329): an instance attribute shadowing the method."""
+    from keras.src import tree  # Keras' own nest utilities, as the method it replaces uses.
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(
+                    lambda value: strategy.experimental_local_results(value)[0], next(it)
+                )
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+    try:
+        yield
+    finally:
+        del model._maybe_symbolic_build  # The class's method again.
+
+
+@contextlib.contextmanager
+def _scalar_log_reduce() -> Iterator[None]:
+    """Workaround 2 (tensorflow/tensorflow#72388): wraps Keras' module-level `reduce_per_replica`."""
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as keras_tf_trainer
+
+    original = keras_tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if not is_multi_worker(strategy) or reduction not in ("auto", "mean"):
+            return original(values, strategy, reduction)
+
+        def reduce(value):
+            # With one device per worker, `strategy.run` returns plain tensors, not PerReplica.
+            local = strategy.experimental_local_results(value)[0]
+            if tf.is_tensor(local) and local.shape.rank == 0:
+                return strategy.reduce("MEAN", value, axis=None)
+            return original(value, strategy, reduction)
+
+        return tree.map_structure(reduce, values)
+
+    keras_tf_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield
+    finally:
+        keras_tf_trainer.reduce_per_replica = original

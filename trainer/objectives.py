@@ -1,0 +1,114 @@
+"""What training optimizes and reports: the loss and the AUC metrics.
+
+`WeightedBinaryCrossentropy` is the `class_imbalance="weights"` loss; `MeanAUC` (logged as
+`auc`) and `ClassAUC` (one per label, `auc_<Label>`) are the epoch metrics the checkpoint and
+early stopping follow. Each class is registered with Keras where it is defined (package
+"cxr"), so `checkpoints/best.keras` loads with `custom_objects()` or after importing this
+module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+
+from tfrecords import schema
+
+
+def metric_label(label: str) -> str:
+    """A label as it appears in metric names: spaces become underscores (No Finding -> No_Finding)."""
+    return label.replace(" ", "_")
+
+
+def _defined_labels(metric: keras.metrics.AUC) -> keras.KerasTensor:
+    """1.0 for each label that has seen both positives and negatives, else 0.0.
+
+    At any threshold TP + FN counts the positives and FP + TN the negatives.
+    """
+    positives = metric.true_positives[0] + metric.false_negatives[0]
+    negatives = metric.false_positives[0] + metric.true_negatives[0]
+    return keras.ops.cast(keras.ops.logical_and(positives > 0, negatives > 0), "float32")
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class MeanAUC(keras.metrics.AUC):
+    """Mean ROC AUC over the labels (logged as `auc`), skipping labels without both classes.
+
+    Keras' multi-label AUC counts a label with no positive in the data as AUC 0, which on a
+    small validation split (the demo's, or a rare finding like Hernia) pulls the mean down for
+    no reason; like sklearn-based reports, this averages only the labels where AUC is defined.
+    """
+
+    def __init__(self, num_labels: int = schema.NUM_LABELS, name: str = "auc", **kwargs):
+        kwargs.update(multi_label=True, num_labels=num_labels)
+        super().__init__(name=name, **kwargs)
+
+    def result(self):
+        saved = self.label_weights
+        self.label_weights = _defined_labels(self)
+        try:
+            return super().result()
+        finally:
+            self.label_weights = saved
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("multi_label", None)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class ClassAUC(keras.metrics.AUC):
+    """ROC AUC of one label of a multi-label output (logged as `auc_<Label>`; NaN while the
+    label has not seen both a positive and a negative)."""
+
+    def __init__(self, class_index: int, name: str | None = None, **kwargs):
+        name = name or f"auc_{metric_label(schema.LABELS[class_index])}"
+        super().__init__(name=name, **kwargs)
+        self.class_index = class_index
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(
+            y_true[:, self.class_index], y_pred[:, self.class_index], sample_weight=sample_weight
+        )
+
+    def result(self):
+        defined = _defined_labels(self)
+        return keras.ops.where(defined > 0, super().result(), float("nan"))
+
+    def get_config(self):
+        config = super().get_config()
+        config["class_index"] = self.class_index
+        return config
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class WeightedBinaryCrossentropy(keras.losses.Loss):
+    """Binary cross-entropy whose positive term of label c is multiplied by `pos_weights[c]`.
+
+    With `pos_weights = negatives / positives` per label (`trainer.inputs.positive_weights`), rare
+    findings weigh as much in the loss as common ones.
+    """
+
+    def __init__(self, pos_weights: Sequence[float], name: str = "weighted_binary_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.pos_weights = [float(w) for w in pos_weights]
+
+    def call(self, y_true, y_pred):
+        y_true = keras.ops.cast(y_true, "float32")
+        y_pred = keras.ops.clip(keras.ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
+        weights = keras.ops.convert_to_tensor(self.pos_weights, dtype="float32")
+        per_label = -(weights * y_true * keras.ops.log(y_pred) + (1.0 - y_true) * keras.ops.log(1.0 - y_pred))
+        return keras.ops.mean(per_label, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "pos_weights": self.pos_weights}
+
+
+def custom_objects() -> dict[str, Any]:
+    """The classes of this module by registered name, for `keras.models.load_model`."""
+    return {
+        keras.saving.get_registered_name(cls): cls for cls in (MeanAUC, ClassAUC, WeightedBinaryCrossentropy)
+    }

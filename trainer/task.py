@@ -1,0 +1,213 @@
+"""The classification task: the steps a training run is assembled from.
+
+`train_lib.train` (the runner) calls them in this order:
+
+    plan = plan_run(config, manifest, strategy)    every decision and check, before any write
+    model = build_model(config, plan)              in strategy.scope(), under the dtype policy
+    compile_model(model, config, plan, manifest)   optimizer, build_losses, build_metrics
+    train_data, val_data = build_inputs(config, strategy, plan)
+    callbacks.build_callbacks(plan.lr_fn, ...)
+
+Device-dependent decisions (`xla`, `augment_placement` set to "auto") follow measurements
+recorded below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfrecords import manifest as manifest_lib
+from tfrecords import schema
+from trainer import augment as augment_lib
+from trainer import config as config_lib
+from trainer import inputs, models, objectives
+
+# XLA (`jit_compile`) as measured by `python -m benchmarks.bench_train` (runs/bench/bench-train.json;
+# training steps with augmentation in the step, best of 2 alternating rounds, images/s; README,
+# "Training"): XLA / no-XLA on this 2-core CPU (avx512_bf16), the worse of full size (ResUNet
+# 256x256, widths 32-64-128-256) and the demo profile. `xla=auto` turns XLA on only where every
+# ratio listed for the device is > 1: not on CPU. No GPU/TPU was available to measure; there
+# `auto` follows Keras' own default (on).
+XLA_SPEEDUP_BY_DEVICE = {"CPU": {"fp32": 0.77, "bf16": 0.58}}
+
+# Augmentation placement, as measured by `python -m benchmarks.bench_input` (ResUNet 256x256,
+# the two placements alternating in one run; README, "Augmentation"): with XLA off (what
+# `xla=auto` picks on CPU) the tf.data placement trained faster on CPU, so `auto` takes it
+# there; on GPU/TPU the batch work belongs on the accelerator, inside the compiled step.
+AUGMENT_PLACEMENT_BY_DEVICE = {"CPU": "dataset"}
+# Epochs of the learning-rate schedule recorded in config.json and the start-up log.
+LOGGED_LR_EPOCHS = 12
+
+
+def resolve_augment_placement(placement: str, device_type: str) -> str:
+    """Turns `augment_placement` into "model" or "dataset"; `auto` follows the measurement above."""
+    if placement in ("model", "dataset"):
+        return placement
+    return AUGMENT_PLACEMENT_BY_DEVICE.get(device_type, "model")
+
+
+def resolve_jit_compile(xla: str, device_type: str) -> bool:
+    """Turns `xla` into Keras' `jit_compile`; `auto` follows XLA_SPEEDUP_BY_DEVICE."""
+    if xla in ("on", "off"):
+        return xla == "on"
+    measured = XLA_SPEEDUP_BY_DEVICE.get(device_type)
+    if measured:
+        return all(ratio is not None and ratio > 1 for ratio in measured.values())
+    return device_type in ("GPU", "TPU")
+
+
+def device_type(strategy: tf.distribute.Strategy) -> str:
+    """ "CPU", "GPU" or "TPU": the kind of device the strategy's first replica runs on."""
+    return strategy.extended.worker_devices[0].split("device:")[-1].split(":")[0].upper()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """The run's resolved decisions: what the configuration means on this data and strategy."""
+
+    image_size: int
+    replicas: int
+    strategy: str
+    global_batch_size: int
+    steps_per_epoch: int
+    jit_compile: bool
+    augment_placement: str  # "model", "dataset", or "none" (augmentation off).
+    dtype_policy: str
+    lr_fn: Callable[[int], float]  # Learning rate of each 0-based epoch index.
+    lr_max_scaled: float
+
+
+def plan_run(
+    config: config_lib.TrainConfig, manifest: manifest_lib.Manifest, strategy: tf.distribute.Strategy
+) -> RunPlan:
+    """Checks `config` against the records and strategy and resolves every `auto` choice.
+
+    Raises:
+      ValueError: an image size the architecture cannot take, or an empty train or val split.
+    """
+    try:
+        models.validate_architecture(
+            config.model, image_size=manifest.image_size, depth=config.depth, base_filters=config.base_filters
+        )
+    except ValueError as error:
+        raise ValueError(f"{error} (image_size comes from {config.records_dir}/manifest.json)") from None
+    for split in ("train", "val"):
+        if split not in manifest.splits or manifest.splits[split].records == 0:
+            raise ValueError(
+                f"records_dir {config.records_dir!r} has no {split!r} records; training needs both."
+            )
+    replicas = strategy.num_replicas_in_sync
+    device = device_type(strategy)
+    global_batch = config.batch_size_per_replica * replicas
+    return RunPlan(
+        image_size=manifest.image_size,
+        replicas=replicas,
+        strategy=type(strategy).__name__,
+        global_batch_size=global_batch,
+        steps_per_epoch=config.steps_per_epoch or max(1, manifest.splits["train"].records // global_batch),
+        jit_compile=resolve_jit_compile(config.xla, device),
+        augment_placement=resolve_augment_placement(config.augment_placement, device)
+        if config.augment
+        else "none",
+        dtype_policy=config_lib.MIXED_PRECISION_POLICIES[config.mixed_precision],
+        lr_fn=config.lr_fn(replicas),
+        lr_max_scaled=config.lr_max_scaled(replicas),
+    )
+
+
+def effective_config(config: config_lib.TrainConfig, plan: RunPlan) -> dict[str, Any]:
+    """What config.json holds: the configuration, every resolved decision, the first rates."""
+    return {
+        "profile": config.profile,
+        "train_config": config.to_dict(),
+        "records_dir": config.records_dir,
+        "model": config.model,
+        "image_size": plan.image_size,
+        "num_replicas": plan.replicas,
+        "strategy": plan.strategy,
+        "batch_size_per_replica": config.batch_size_per_replica,
+        "global_batch_size": plan.global_batch_size,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "jit_compile": plan.jit_compile,
+        "augment_placement": plan.augment_placement,
+        "dtype_policy": plan.dtype_policy,
+        "lr_max_scaled": plan.lr_max_scaled,
+        "lr_per_epoch": [plan.lr_fn(epoch) for epoch in range(min(config.epochs, LOGGED_LR_EPOCHS))],
+        "labels": list(schema.LABELS),
+    }
+
+
+def format_effective_config(effective: dict[str, Any]) -> str:
+    """The start-up log block: one `key = value` line per resolved setting."""
+    fields = {**effective["train_config"], **{k: v for k, v in effective.items() if k != "train_config"}}
+    fields.pop("labels", None)
+    fields["lr_per_epoch"] = ", ".join(f"{lr:.4g}" for lr in effective["lr_per_epoch"])
+    width = max(len(key) for key in fields)
+    return "\n".join(
+        ["Effective training configuration:"] + [f"  {k:<{width}} = {v}" for k, v in fields.items()]
+    )
+
+
+def build_model(config: config_lib.TrainConfig, plan: RunPlan) -> keras.Model:
+    """The uncompiled model; call in `strategy.scope()` with the dtype policy set."""
+    augment = config.augment_config() if plan.augment_placement == "model" else None
+    return models.build_model(
+        config.model,
+        image_size=plan.image_size,
+        depth=config.depth,
+        base_filters=config.base_filters,
+        dropout=config.dropout,
+        augment=augment,
+        weights=config.weights,
+        pool_bottleneck=config.pool_bottleneck,
+    )
+
+
+def build_losses(config: config_lib.TrainConfig, manifest: manifest_lib.Manifest) -> keras.losses.Loss:
+    """Binary cross-entropy, positive-weighted per label when `class_imbalance="weights"`."""
+    if config.class_imbalance == "weights":
+        return objectives.WeightedBinaryCrossentropy(inputs.positive_weights(manifest, split="train"))
+    return keras.losses.BinaryCrossentropy()
+
+
+def build_metrics() -> list[keras.metrics.Metric]:
+    """Binary accuracy, the mean AUC (`auc`) and one AUC per label (`auc_<Label>`)."""
+    return [
+        keras.metrics.BinaryAccuracy(name="binary_accuracy"),
+        objectives.MeanAUC(name="auc"),
+        *[objectives.ClassAUC(i) for i in range(schema.NUM_LABELS)],
+    ]
+
+
+def compile_model(
+    model: keras.Model, config: config_lib.TrainConfig, plan: RunPlan, manifest: manifest_lib.Manifest
+) -> None:
+    """Adam at epoch 0's rate (the scheduler sets each epoch's), the loss and the metrics."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=plan.lr_fn(0)),
+        loss=build_losses(config, manifest),
+        metrics=build_metrics(),
+        jit_compile=plan.jit_compile,
+    )
+
+
+def build_augment_fn(config: config_lib.TrainConfig, plan: RunPlan) -> inputs.AugmentFn | None:
+    """The tf.data augmentation in the "dataset" placement, else None."""
+    if plan.augment_placement != "dataset":
+        return None
+    return augment_lib.make_augment_fn(config.augment_config())
+
+
+def build_inputs(
+    config: config_lib.TrainConfig, strategy: tf.distribute.Strategy, plan: RunPlan
+) -> tuple[tf.distribute.DistributedDataset, tf.distribute.DistributedDataset]:
+    """(training input, validation input), distributed over the strategy's replicas."""
+    augment_fn = build_augment_fn(config, plan)
+    train = inputs.distributed_dataset(config, strategy, "train", training=True, augment_fn=augment_fn)
+    val = inputs.distributed_dataset(config, strategy, "val", training=False)
+    return train, val
