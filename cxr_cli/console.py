@@ -300,6 +300,7 @@ class Progress:
       logger: plain lines go to `logger.info` instead of `stream` (binaries that log).
       clock: time source (tests).
       start: when the work started, on `clock`'s scale; default now.
+      final_line: in logs, write the final line on `close` even when the work was short.
     """
 
     def __init__(
@@ -315,6 +316,7 @@ class Progress:
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
         start: float | None = None,
+        final_line: bool = False,
     ):
         if total is not None and total < 0:
             raise ValueError(f"Progress.total must be >= 0 or None, got {total}.")
@@ -333,6 +335,7 @@ class Progress:
         self._last_shown = None
         self._width = 0
         self._closed = False
+        self._final_line = final_line
         self.done = 0
 
     def __enter__(self) -> Progress:
@@ -377,8 +380,8 @@ class Progress:
     def close(self, message: str | None = None) -> None:
         """Ends the display with the final line (or `message`).
 
-        In logs the final line is written only when a progress line was (the work was long)
-        or a `message` is given: short work adds no line there.
+        In logs the final line is written only when a progress line was (the work was long),
+        `final_line` was asked for or a `message` is given: short work adds no line there.
         """
         if self._closed:
             return
@@ -386,7 +389,7 @@ class Progress:
         text = message or self.line()
         if self._interactive:
             self._write("\r" + text.ljust(self._width) + "\n")
-        elif message or self._last_shown is not None:
+        elif message or self._final_line or self._last_shown is not None:
             self._emit(text)
 
     def _show(self, now: float) -> None:

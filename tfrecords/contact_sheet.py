@@ -92,14 +92,22 @@ def _metadata(features: Mapping[str, tf.Tensor]) -> schema.ImageMetadata:
     )
 
 
-def augment_samples(samples: Sequence[Sample], *, seed: Sequence[int] = AUGMENT_SEED) -> list[Sample]:
-    """The same records after the training augmentation (random affine, then standardization)."""
+def augment_samples(
+    samples: Sequence[Sample], *, config: Any = None, seed: Sequence[int] = AUGMENT_SEED
+) -> list[Sample]:
+    """The same records after the training augmentation (random affine, then standardization).
+
+    Args:
+      samples: from `read_samples`.
+      config: a `trainer.augment.AugmentConfig`; None: its defaults (the training defaults).
+      seed: the augmentation's stateless seed.
+    """
     if not samples:
         return []
     from trainer import augment  # The trainer's stack loads only for --augmented.
 
     images = np.stack([sample.image for sample in samples])[..., None]
-    augment_fn = augment.make_augment_fn(jit_compile=False)
+    augment_fn = augment.make_augment_fn(config, jit_compile=False)
     augmented = augment_fn(tf.constant(images, tf.uint8), tf.constant(seed, tf.int64)).numpy()[..., 0]
     return [dataclasses.replace(sample, image=image) for sample, image in zip(samples, augmented)]
 

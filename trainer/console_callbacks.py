@@ -224,19 +224,26 @@ class TensorBoard(keras.callbacks.TensorBoard):
         self._writers = {}
 
 
-def augmented_records_sheet(records_dir: str, *, count: int = 16, columns: int = 8, seed: int = 0) -> bytes:
+def augmented_records_sheet(
+    records_dir: str,
+    *,
+    augment_config: Any = None,
+    count: int = 16,
+    columns: int = 8,
+    seed: int = 0,
+) -> bytes:
     """A contact sheet (PNG bytes) of the first `count` training records after augmentation.
 
-    The images go through `trainer.augment.make_augment_fn`, the augmentation the training
-    step applies (affine warp, then per-image standardization), with their labels and
-    metadata under each.
+    The images go through `trainer.augment.make_augment_fn(augment_config)` (an
+    `AugmentConfig`; None: its defaults), the augmentation the training step applies (affine
+    warp, then per-image standardization), with their labels and metadata under each.
     """
     from tfrecords import contact_sheet
     from tfrecords import manifest as manifest_lib
 
     manifest = manifest_lib.read_manifest(records_dir, check_shards=False)
     samples = contact_sheet.read_samples(records_dir, manifest, "train", count)
-    samples = contact_sheet.augment_samples(samples, seed=(seed, 1))
+    samples = contact_sheet.augment_samples(samples, config=augment_config, seed=(seed, 1))
     png, _ = contact_sheet.render_contact_sheet(
         {"train": samples}, columns=columns, title="after training augmentation"
     )
