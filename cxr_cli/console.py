@@ -392,6 +392,18 @@ class Progress:
         elif message or self._final_line or self._last_shown is not None:
             self._emit(text)
 
+    def clear(self) -> None:
+        """Ends the display without a final line: erases the in-place line on a terminal.
+
+        For work whose result is reported right after by other means (an epoch's steps, then
+        the epoch line).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._interactive and self._last_shown is not None:
+            self._write("\r" + " " * self._width + "\r")
+
     def _show(self, now: float) -> None:
         self._last_shown = now
         text = self.line(now)

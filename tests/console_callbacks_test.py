@@ -77,8 +77,8 @@ class EpochLineTest(tf.test.TestCase, parameterized.TestCase):
         callback = console_callbacks.EpochLine(stream=stream, progress_stream=progress, clock=clock)
         callback.set_params({"epochs": 2, "steps": 100})
         callback.on_epoch_begin(0)
-        for batch in range(100):  # 0.1 s per step: a 10 s epoch, no progress line.
-            clock.now += 0.1
+        for batch in range(100):  # 0.125 s per step: a 12.5 s epoch, no progress line.
+            clock.now += 0.125
             callback.on_train_batch_end(batch)
         callback.on_epoch_end(0, {"loss": 1.0})
         self.assertEqual(progress.getvalue(), "")
@@ -87,10 +87,33 @@ class EpochLineTest(tf.test.TestCase, parameterized.TestCase):
             clock.now += 1.0
             callback.on_train_batch_end(batch)
         callback.on_epoch_end(1, {"loss": 1.0})
-        text = progress.getvalue()
-        self.assertIn("epoch 2: 30/100 steps (30%), 1.00 steps/s, ETA 0:01:10", text)
-        self.assertIn("epoch 2: 100/100 steps (100%), 1.00 steps/s, 0:01:40", text)
+        # In logs: a line every 30 s from the 30th second; the epoch line, not a final progress
+        # line, reports the end.
+        self.assertEqual(
+            progress.getvalue().splitlines(),
+            [
+                "epoch 2: 30/100 steps (30%), 1.00 steps/s, ETA 0:01:10",
+                "epoch 2: 60/100 steps (60%), 1.00 steps/s, ETA 0:00:40",
+                "epoch 2: 90/100 steps (90%), 1.00 steps/s, ETA 0:00:10",
+            ],
+        )
         self.assertLen(stream.getvalue().splitlines(), 2)
+
+    def test_step_progress_on_a_terminal_is_erased_before_the_epoch_line(self):
+        clock, stream, progress = FakeClock(), io.StringIO(), io.StringIO()
+        callback = console_callbacks.EpochLine(stream=stream, progress_stream=progress, clock=clock)
+        callback._progress_interactive = True
+        callback.set_params({"epochs": 1, "steps": 40})
+        callback.on_epoch_begin(0)
+        for batch in range(40):
+            clock.now += 1.0
+            callback.on_train_batch_end(batch)
+        callback.on_epoch_end(0, {"loss": 1.0})
+        text = progress.getvalue()
+        self.assertNotIn("\n", text)
+        self.assertTrue(text.endswith("\r"))
+        self.assertEqual(text.split("\r")[-2].strip(), "")  # Erased.
+        self.assertIn("epoch 1: 40/40 steps (100%)", text)
 
 
 class TensorBoardTest(tf.test.TestCase):

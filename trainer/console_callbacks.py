@@ -106,6 +106,7 @@ class EpochLine(keras.callbacks.Callback):
         self._epoch = 0
         self._epoch_start = 0.0
         self._progress: console.Progress | None = None
+        self._progress_interactive: bool | None = None  # None: whether stderr is a terminal.
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._epoch = epoch
@@ -121,6 +122,7 @@ class EpochLine(keras.callbacks.Callback):
                 description=f"epoch {self._epoch + 1}",
                 unit="steps",
                 stream=self._progress_stream,
+                interactive=self._progress_interactive,
                 clock=self._clock,
                 start=self._epoch_start,  # Rate and ETA over the whole epoch.
             )
@@ -129,7 +131,7 @@ class EpochLine(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         logs = dict(logs or {})
         if self._progress is not None:
-            self._progress.close()
+            self._progress.clear()  # The epoch line below reports the epoch.
             self._progress = None
         value = logs.get(self.monitor)
         improved = False
