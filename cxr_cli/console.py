@@ -40,6 +40,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import importlib.util
 import logging
 import os
 import re
@@ -88,6 +89,10 @@ _QUIET_LOGGERS = {
     "apache_beam.runners.portability.local_job_service": logging.ERROR,
     "tensorflow": logging.WARNING,
 }
+# Libraries whose INFO records quiet mode drops from absl's handler: TensorFlow and Keras log
+# through absl too (e.g. "Function `serve_bytes` contains input name(s) ..." on every export),
+# so the logger's level cannot tell them from ours; the file a record comes from can.
+_QUIET_INFO_PACKAGES = ("tensorflow", "keras", "tensorboard", "apache_beam")
 # Raised by TensorFlow for unreadable or missing files; expected like a ValueError.
 _EXPECTED_TF_ERRORS = ("DataLossError", "NotFoundError")
 
@@ -171,12 +176,41 @@ def configure(
     os.environ.setdefault(TF_LOG_ENV_VAR, _TF_LOG_LEVEL[VERBOSE if verbose else QUIET])
     for name, level in _QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(logging.INFO if verbose else level)
+    _filter_library_info(quiet=not verbose)
     if not verbose and filter_stderr and _state["filter"] is None:
         context = filtered_stderr(STDERR_NOISE)
         context.__enter__()
         _state["filter"] = context
         atexit.register(_remove_filter)  # Registered early, so it runs last.
     return verbosity
+
+
+class LibraryInfoFilter(logging.Filter):
+    """Drops records below WARNING logged from files inside the given directories."""
+
+    def __init__(self, directories: Sequence[str]):
+        super().__init__()
+        self.directories = tuple(os.path.join(d, "") for d in directories)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(self.directories)
+
+
+def _filter_library_info(*, quiet: bool) -> None:
+    """Installs (quiet) or removes a `LibraryInfoFilter` on absl's handler."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return
+    handler = absl_logging.get_absl_handler()
+    for existing in [f for f in handler.filters if isinstance(f, LibraryInfoFilter)]:
+        handler.removeFilter(existing)
+    if quiet:
+        directories = []
+        for name in _QUIET_INFO_PACKAGES:
+            spec = importlib.util.find_spec(name)  # Finds the package without importing it.
+            directories += list(spec.submodule_search_locations or []) if spec else []
+        handler.addFilter(LibraryInfoFilter(directories))
 
 
 def _remove_filter() -> None:

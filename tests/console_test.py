@@ -52,6 +52,7 @@ class VerbosityTest(tf.test.TestCase, parameterized.TestCase):
         loggers = ["apache_beam", "apache_beam.runners.portability.local_job_service", "tensorflow"]
         saved = {name: logging.getLogger(name).level for name in loggers}
         self.addCleanup(lambda: [logging.getLogger(n).setLevel(level) for n, level in saved.items()])
+        self.addCleanup(console._filter_library_info, quiet=False)
         with mock.patch.dict(os.environ, clear=False):
             os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
             self.assertEqual(console.configure(verbosity, filter_stderr=False), verbosity)
@@ -66,6 +67,24 @@ class VerbosityTest(tf.test.TestCase, parameterized.TestCase):
             logging.getLogger("apache_beam.runners.worker.sdk_worker").getEffectiveLevel(), beam_level
         )
         self.assertEqual(logging.getLogger(loggers[1]).level, relay_level)
+
+    def test_library_info_is_dropped_from_absls_handler_in_quiet_mode(self):
+        from absl import logging as absl_logging
+
+        handler = absl_logging.get_absl_handler()
+        self.addCleanup(console._filter_library_info, quiet=False)
+
+        def record(path, level=logging.INFO):
+            return logging.LogRecord("absl", level, path, 1, "message", None, None)
+
+        library = os.path.join(os.path.dirname(tf.__file__), "python", "saved_model", "x.py")
+        ours = os.path.join(_ROOT, "trainer", "train.py")
+        console._filter_library_info(quiet=True)
+        self.assertFalse(handler.filter(record(library)))
+        self.assertTrue(handler.filter(record(library, logging.WARNING)))
+        self.assertTrue(handler.filter(record(ours)))
+        console._filter_library_info(quiet=False)
+        self.assertTrue(handler.filter(record(library)))
 
 
 class FilteredStderrTest(tf.test.TestCase):
