@@ -154,6 +154,8 @@ class TensorBoardTest(tf.test.TestCase):
         )
         self.assertContainsSubset({"epoch_auc", "auc_per_class/Effusion"}, tags["validation"])
         self.assertNotIn("epoch_auc_Effusion", tags["train"] | tags["validation"])
+        self.assertNotIn("evaluation_auc_Effusion_vs_iterations", tags["validation"])
+        self.assertIn("evaluation_auc_vs_iterations", tags["validation"])
         images = console_callbacks.images_from_events(log_dir)
         self.assertLen(images, 1)
         with io.BytesIO(png) as f:

@@ -204,6 +204,12 @@ class TensorBoard(keras.callbacks.TensorBoard):
                     description="The first training records after the training augmentation.",
                 )
 
+    def on_test_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        # Keras writes each validation figure again as `evaluation_<name>_vs_iterations`; the
+        # per-class ones are under `auc_per_class/` already.
+        logs = {key: value for key, value in (logs or {}).items() if not key.startswith(self._prefix)}
+        super().on_test_end(logs)
+
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         logs = dict(logs or {})
         logs.pop("lr", None)  # Keras writes the optimizer's rate as `learning_rate`.
