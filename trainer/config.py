@@ -240,10 +240,10 @@ def _validate_choices(config: TrainConfig) -> None:
 # Profiles: each lists every field of TrainConfig (tests/config_test.py checks that).
 
 # The demo profile, measured on the synthetic demo records at 64x64 on 2 CPU cores (README,
-# "Training"): a short ramp to a high rate, as 12 epochs leave no room for an 8-epoch ramp from
-# 2e-6; the positive-weighted loss (validation mean AUC by class-imbalance mode: none 0.934,
-# resample 0.942, weights 0.976); bf16 (1.45x fp32 for this model on this CPU, avx512_bf16,
-# `python -m benchmarks.bench_train`).
+# "Training" and "Class imbalance"): a short ramp to a high rate, as 12 epochs leave no room for
+# an 8-epoch ramp from 2e-6; the positive-weighted loss, which gave the best validation mean AUC
+# of the three class-imbalance modes; bf16, faster than fp32 for this model on this CPU
+# (avx512_bf16; `python -m benchmarks.bench_train`).
 DEMO: dict[str, Any] = dict(
     profile="demo",
     records_dir="data/tfrecords",
