@@ -108,7 +108,9 @@ def augment_samples(
 
     images = np.stack([sample.image for sample in samples])[..., None]
     augment_fn = augment.make_augment_fn(config, jit_compile=False)
-    augmented = augment_fn(tf.constant(images, tf.uint8), tf.constant(seed, tf.int64)).numpy()[..., 0]
+    warped = augment_fn(tf.constant(images, tf.uint8), tf.constant(seed, tf.int64))
+    # Then what the model's input layers do: rescale to [0, 1] and standardize each image.
+    augmented = augment.standardize(warped / 255.0).numpy()[..., 0]
     return [dataclasses.replace(sample, image=image) for sample, image in zip(samples, augmented)]
 
 
