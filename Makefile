@@ -31,6 +31,8 @@ RECORDS_DIR ?= data/tfrecords-$(PROFILE)-$(TRAIN_IMAGE_SIZE)
 RUN ?= runs/$(PROFILE)
 TRAIN_ARGS ?=
 BOOTSTRAP ?= 1000
+# More trainer.evaluate flags, e.g. EVAL_ARGS="--tta=hflip --calibration=none".
+EVAL_ARGS ?=
 IMAGES ?= $(DEMO_DIR)/images_001/images
 PREDICT_ARGS ?=
 # make inspect: the records to check and draw (default: the training records, built if missing).
@@ -82,10 +84,10 @@ $(RECORDS_DIR)/manifest.json: | $(STAMP) $(DATA_DEP)
 
 train: $(STAMP) $(RECORDS_DIR)/manifest.json
 	$(PY) -m trainer.train --profile=$(PROFILE) --records_dir=$(RECORDS_DIR) --run_dir=$(RUN) $(TRAIN_ARGS)
-	$(PY) -m trainer.evaluate --run_dir=$(RUN) --bootstrap_resamples=$(BOOTSTRAP)
+	$(PY) -m trainer.evaluate --run_dir=$(RUN) --bootstrap_resamples=$(BOOTSTRAP) $(EVAL_ARGS)
 
 evaluate: $(STAMP)
-	$(PY) -m trainer.evaluate --run_dir=$(RUN) --bootstrap_resamples=$(BOOTSTRAP)
+	$(PY) -m trainer.evaluate --run_dir=$(RUN) --bootstrap_resamples=$(BOOTSTRAP) $(EVAL_ARGS)
 
 predict: $(STAMP)
 	$(PY) -m trainer.predict --run_dir=$(RUN) --images=$(IMAGES) $(PREDICT_ARGS)

@@ -158,6 +158,7 @@ def write_labeled_records(
     image_format: str = "raw",
     num_shards: int = 1,
     seed: int = 0,
+    split_pixels: dict[str, np.ndarray] | None = None,
 ) -> manifest_lib.Manifest:
     """Writes a records directory whose records carry exactly the given multi-hot labels.
 
@@ -166,6 +167,8 @@ def write_labeled_records(
       split_labels: per split, one 15-long multi-hot vector per record, in record order
         (records are dealt to `num_shards` shards in contiguous runs).
       image_size, image_format, num_shards, seed: as in `write_records`.
+      split_pixels: optional per split uint8 [records, image_size, image_size] pixels; random
+        where not given.
 
     Returns:
       The manifest written (label counts computed from `split_labels`).
@@ -186,6 +189,8 @@ def write_labeled_records(
             with tf.io.TFRecordWriter(path) as writer:
                 for index in indices:
                     pixels = rng.integers(0, 256, size=(image_size, image_size), dtype=np.uint8)
+                    if split_pixels is not None and split in split_pixels:
+                        pixels = np.asarray(split_pixels[split][index], np.uint8)
                     metadata = metadata_for(counter)
                     counter += 1
                     patients.add(metadata.patient_id)
@@ -242,9 +247,9 @@ def tiny_keras_model(image_size: int = 32, *, seed: int = 0):
 
 
 def write_fake_run(
-    run_dir: str, records_dir: str, *, image_size: int = 32, epochs: int = 3, seed: int = 0
+    run_dir: str, records_dir: str, *, image_size: int = 32, epochs: int = 3, seed: int = 0, model=None
 ) -> str:
-    """Writes a run directory like trainer.train's, with an untrained `tiny_keras_model`.
+    """Writes a run directory like trainer.train's, with an untrained `tiny_keras_model` (or `model`).
 
     `config.json` (records_dir, image_size, model), `history.csv` (made-up curves with the
     columns of trainer.train), `checkpoints/best.keras`, and `export/` through
@@ -257,12 +262,12 @@ def write_fake_run(
 
     from trainer import export as export_lib
 
-    model = tiny_keras_model(image_size, seed=seed)
+    model = model if model is not None else tiny_keras_model(image_size, seed=seed)
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     model.save(os.path.join(run_dir, "checkpoints", "best.keras"))
     export_lib.export_model(model, os.path.join(run_dir, "export"), image_size=image_size)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump({"records_dir": records_dir, "image_size": image_size, "model": "tiny"}, f, indent=2)
+        json.dump({"records_dir": records_dir, "image_size": image_size, "model": model.name}, f, indent=2)
     per_class = [f"val_auc_{label.replace(' ', '_')}" for label in schema.LABELS]
     header = [
         "epoch",
@@ -330,3 +335,52 @@ def write_nih_layout(
         with open(path, "wb") as f:
             f.write(data)
     return root
+
+
+# NIH's box file header: `Bbox [x,y,w,h]` spans four fields, then three empty columns.
+NIH_BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+
+
+def write_box_csv(path: str, rows: list[tuple] | list[str], *, header: str = NIH_BBOX_HEADER) -> str:
+    """Writes a `BBox_List_2017.csv` (gzip-compressed when `path` ends with .gz).
+
+    Args:
+      path: the file to write.
+      rows: (image_index, finding, x, y, w, h) tuples, or raw CSV lines for malformed rows.
+      header: the header line (NIH's by default).
+
+    Returns:
+      `path`.
+    """
+    import gzip
+
+    lines = [header] + [row if isinstance(row, str) else ",".join(str(v) for v in row) for row in rows]
+    data = ("\n".join(lines) + "\n").encode()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(data, mtime=0) if path.endswith(".gz") else data)
+    return path
+
+
+def bright_spot_model(image_size: int = 32):
+    """A model whose Grad-CAM map is the image itself, scaled to [0, 1] by its maximum.
+
+    pixels / 255 -> 1x1 Conv2D "decoder_output" with weight 1 and no bias (its feature map A is
+    the image) -> global average pooling -> Dense(15, sigmoid) "probabilities" with weights 1
+    and no bias. Every logit's gradient with respect to A is 1 / (N * N) everywhere, so
+    Grad-CAM = ReLU(A / (N * N)) / max = image / max(image): the map points at the brightest pixels.
+    """
+    import keras
+
+    inputs = keras.Input(shape=(image_size, image_size, 1), name="images")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones", name="decoder_output")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(
+        schema.NUM_LABELS,
+        activation="sigmoid",
+        kernel_initializer="ones",
+        bias_initializer="zeros",
+        name="probabilities",
+    )(x)
+    return keras.Model(inputs, outputs, name="bright_spot")

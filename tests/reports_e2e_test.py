@@ -37,7 +37,16 @@ class ReportsEndToEndTest(tf.test.TestCase):
         )
         train_lib.train(config, train_lib.create_strategy("one_device"))
 
-        data = evaluate.evaluate(run_dir, bootstrap_resamples=200)
+        # Test records are numbered after the 48 train and 16 val ones (fake_data.metadata_for).
+        boxes_csv = fake_data.write_box_csv(
+            os.path.join(self.get_temp_dir(), "BBox_List_2017.csv"),
+            [
+                (fake_data.metadata_for(64).image_index, "Mass", 100, 200, 300, 300),
+                (fake_data.metadata_for(65).image_index, "Infiltrate", 500, 100, 400, 600),
+                (fake_data.metadata_for(66).image_index, "Fracture", 0, 0, 10, 10),
+            ],
+        )
+        data = evaluate.evaluate(run_dir, bootstrap_resamples=200, boxes_csv=boxes_csv, tta="hflip")
         reports = os.path.join(run_dir, "reports")
         for name in (
             report.AUC_JSON,
@@ -45,8 +54,19 @@ class ReportsEndToEndTest(tf.test.TestCase):
             report.TRAINING_PNG,
             report.ROC_PNG,
             report.THRESHOLDS_JSON,
+            report.RELIABILITY_PNG,
+            report.LOCALIZATION_PNG,
+            report.MEAN_CAM_PNG,
+            report.BOX_REJECTS_JSONL,
         ):
             self.assertTrue(os.path.exists(os.path.join(reports, name)), msg=name)
+        # Grad-CAM of the real ResUNet (decoder and pooled bottleneck) scored against the boxes.
+        localization = data["localization"]
+        self.assertEqual(localization["status"], "scored")
+        self.assertEqual(localization["overall"]["pairs"], 2)
+        self.assertEqual(localization["box_file"]["rejects"]["unknown_finding"], 1)
+        self.assertEqual(data["tta"]["mode"], "hflip")
+        self.assertEqual(data["calibration"]["source_split"], "val")
         self.assertEqual(data["model_source"], "export")
         with open(os.path.join(reports, report.AUC_JSON)) as f:
             self.assertEqual(json.load(f)["splits"]["test"]["images"], 24)

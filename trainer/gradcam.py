@@ -1,9 +1,17 @@
-"""Grad-CAM heatmaps on the ResUNet's last decoder features ("decoder_output").
+"""Grad-CAM heatmaps on the ResUNet's pooled feature maps.
 
 Grad-CAM (Selvaraju et al. 2017): for a finding c with logit y_c and a feature map A [h, w, C],
 the channel weights are the spatial means of dy_c/dA, and the map is ReLU(sum_k w_k A_k),
 upsampled to the image and scaled to [0, 1]. The logit is the head's pre-sigmoid value, so
 a confident (saturated) probability still gives a usable gradient.
+
+The ResUNet's head pools the last decoder features ("decoder_output") and, by default, the
+bottleneck ("bottleneck_out") too; the logit is the sum of both layers' contributions. Each
+layer's map is therefore weighted by the spatial *sum* of its gradients (for a pooled linear
+head: the head's weights, so that the map's mean over the image is the layer's contribution
+to the logit), upsampled to the image, and the layers' maps are added before the ReLU. With one
+layer this is plain Grad-CAM; with both it is the class activation map of the whole head
+(Zhou et al. 2016), not of the 8 decoder channels alone.
 """
 
 from __future__ import annotations
@@ -20,16 +28,25 @@ from PIL import Image, ImageDraw, ImageFont
 from tfrecords import schema
 
 DECODER_OUTPUT = "decoder_output"
+BOTTLENECK_OUTPUT = "bottleneck_out"
+# Present when the ResUNet's head pools the bottleneck as well.
+BOTTLENECK_POOL = "bottleneck_pool"
 PROBABILITIES = "probabilities"
 
 
+def feature_layers(model: keras.Model) -> tuple[str, ...]:
+    """The feature maps the model's head pools: "decoder_output", plus the bottleneck when pooled."""
+    names = {layer.name for layer in model.layers}
+    return (DECODER_OUTPUT, BOTTLENECK_OUTPUT) if BOTTLENECK_POOL in names else (DECODER_OUTPUT,)
+
+
 class GradCam:
-    """Computes Grad-CAM maps of a Keras classifier at one named feature layer.
+    """Computes Grad-CAM maps of a Keras classifier at one or more named feature layers.
 
     Args:
       model: a functional model from 0..255 pixels [B, N, N, 1] to 15 probabilities, with
-        a layer named `layer_name` and a final Dense layer named `head_name`.
-      layer_name: the feature layer ("decoder_output" in the ResUNet).
+        the layers `layer_names` and a final Dense layer named `head_name`.
+      layer_names: the feature layers whose maps are added; default `feature_layers(model)`.
       head_name: the Dense(15, sigmoid) head.
 
     Raises:
@@ -37,10 +54,15 @@ class GradCam:
     """
 
     def __init__(
-        self, model: keras.Model, *, layer_name: str = DECODER_OUTPUT, head_name: str = PROBABILITIES
+        self,
+        model: keras.Model,
+        *,
+        layer_names: Sequence[str] | None = None,
+        head_name: str = PROBABILITIES,
     ):
         names = [layer.name for layer in model.layers]
-        for name in (layer_name, head_name):
+        self.layer_names = tuple(layer_names) if layer_names is not None else feature_layers(model)
+        for name in (*self.layer_names, head_name):
             if name not in names:
                 raise ValueError(
                     f"Grad-CAM needs a layer named {name!r} in model {model.name!r}; it has {names[-8:]} (last 8). "
@@ -49,7 +71,8 @@ class GradCam:
         self.image_size = int(model.input_shape[1])
         head = model.get_layer(head_name)
         # The head's input gives the logits: x @ kernel + bias, before the sigmoid.
-        self._features_model = keras.Model(model.inputs, [model.get_layer(layer_name).output, head.input])
+        outputs = [model.get_layer(name).output for name in self.layer_names]
+        self._features_model = keras.Model(model.inputs, [outputs, head.input])
         self._kernel = head.kernel
         self._bias = head.bias
 
@@ -68,9 +91,38 @@ class GradCam:
           no positive evidence anywhere.
         """
         pixels = np.asarray(pixels, np.float32).reshape(1, self.image_size, self.image_size, 1)
-        indices = tf.constant(list(class_indices), tf.int32)
         # One copy of the image per finding: one backward pass gives every finding's gradient.
-        batch = tf.repeat(tf.constant(pixels), len(class_indices), axis=0)
+        batch = np.repeat(pixels, len(class_indices), axis=0)
+        return self.batch_maps(batch, class_indices, output_size=output_size)
+
+    def batch_maps(
+        self, pixels: np.ndarray, class_indices: Sequence[int], *, output_size: tuple[int, int]
+    ) -> np.ndarray:
+        """Grad-CAM maps of several images, image i explained for finding `class_indices[i]`.
+
+        Args:
+          pixels: [B, N, N, 1] values in 0..255 at the model's size.
+          class_indices: B label indices (into `schema.LABELS`).
+          output_size: (height, width) of the maps.
+
+        Returns:
+          float32 [B, height, width], each map scaled to [0, 1] by its own maximum; all zeros
+          for a map with no positive evidence anywhere.
+
+        Raises:
+          ValueError: a pixel batch that is not [B, N, N, 1] for B class indices.
+        """
+        count = len(class_indices)
+        pixels = np.asarray(pixels, np.float32)
+        if pixels.shape != (count, self.image_size, self.image_size, 1):
+            raise ValueError(
+                f"pixels must be [{count}, {self.image_size}, {self.image_size}, 1] for {count} class "
+                f"indices, got {pixels.shape}."
+            )
+        if count == 0:
+            return np.zeros((0, *output_size), np.float32)
+        batch = tf.constant(pixels)
+        indices = tf.constant(list(class_indices), tf.int32)
         with tf.GradientTape() as tape:
             # Watching the input records every op downstream of it, the features-to-head path
             # included, whether or not the weights are trainable.
@@ -78,15 +130,42 @@ class GradCam:
             features, head_input = self._features_model(batch, training=False)
             logits = tf.matmul(tf.cast(head_input, tf.float32), tf.cast(self._kernel, tf.float32))
             logits += tf.cast(self._bias, tf.float32)
-            # Copy i explains finding class_indices[i]: the diagonal of logits[:, class_indices].
+            # Image i explains finding class_indices[i]: the diagonal of logits[:, class_indices].
+            # The images are independent (inference mode), so one gradient serves them all.
             target = tf.reduce_sum(tf.linalg.diag_part(tf.gather(logits, indices, axis=1)))
-        grads = tf.cast(tape.gradient(target, features), tf.float32)
-        features = tf.cast(features, tf.float32)
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-        cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
-        cams = tf.image.resize(cams, output_size, method="bilinear")[..., 0].numpy()
-        peak = cams.reshape(len(class_indices), -1).max(axis=1).reshape(-1, 1, 1)
+        cams = tf.zeros([count, *output_size, 1], tf.float32)
+        for layer_features, grads in zip(features, tape.gradient(target, features)):
+            layer_features = tf.cast(layer_features, tf.float32)
+            # Summed, not averaged, over positions: layers of different sizes add up in proportion
+            # to their contributions to the logit (see the module docstring).
+            weights = tf.reduce_sum(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
+            layer_map = tf.reduce_sum(weights * layer_features, axis=-1, keepdims=True)
+            cams += tf.image.resize(layer_map, output_size, method="bilinear")
+        cams = tf.nn.relu(cams)[..., 0].numpy()
+        peak = cams.reshape(count, -1).max(axis=1).reshape(-1, 1, 1)
         return np.where(peak > 0, cams / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
+
+
+def missing_layers(model: keras.Model, *, head_name: str = PROBABILITIES) -> list[str]:
+    """The layers Grad-CAM needs that `model` lacks (empty when it supports Grad-CAM)."""
+    names = {layer.name for layer in model.layers}
+    return [name for name in (*feature_layers(model), head_name) if name not in names]
+
+
+def draw_boxes(
+    rgb: np.ndarray,
+    boxes: Sequence[tuple[float, float, float, float]],
+    *,
+    color=(255, 255, 255),
+    width: int = 1,
+) -> np.ndarray:
+    """Draws box outlines (x, y, w, h in the image's pixels) on a uint8 RGB image; returns a copy."""
+    image = Image.fromarray(np.asarray(rgb, np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(image)
+    for x, y, w, h in boxes:
+        # PIL's rectangle includes its end pixel; the box's right and bottom edges are exclusive.
+        draw.rectangle([x, y, max(x, x + w - 1), max(y, y + h - 1)], outline=tuple(color), width=width)
+    return np.asarray(image)
 
 
 def overlay(gray: np.ndarray, cam: np.ndarray, *, caption: str = "", alpha: float = 0.45) -> np.ndarray:

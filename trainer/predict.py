@@ -8,7 +8,11 @@ reads every PNG under --images (a file, a folder searched recursively, or a glob
 `runs/demo/predictions/predictions.csv`: per image its path, error (empty if fine), the 15
 probabilities and the findings at or above each finding's threshold from
 `runs/demo/reports/thresholds.json` (0.5 where that file or a threshold is missing; the run
-says so). An unreadable image gets a row with its error; the others are still predicted.
+says so). When that file also stores a calibration (Platt scaling fitted on val by
+`trainer.evaluate`), the probabilities written are the calibrated ones (column `calibrated` = 1;
+--nocalibrate keeps the model's); the findings are the same either way. --tta=hflip predicts
+the mean of each image's and its mirror image's probabilities. An unreadable image gets a row
+with its error; the others are still predicted.
 With --gradcam, `runs/demo/predictions/gradcam/<image>_gradcam_<Finding>.png` shows, at the
 image's size, where the model looked for each of its top findings (Grad-CAM on the ResUNet's
 "decoder_output" layer of `checkpoints/best.keras`).
@@ -33,7 +37,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfrecords import schema
+from trainer import calibration as calibration_lib
 from trainer import run_dir as run_dir_lib
+from trainer import tta as tta_lib
 
 DEFAULT_THRESHOLD = 0.5
 PNG_SUFFIXES = (".png",)
@@ -50,15 +56,26 @@ class ImagePrediction:
     findings: tuple[str, ...]
     error: str = ""
     gradcam_paths: tuple[str, ...] = ()
+    calibrated: bool = False  # The probabilities went through the stored calibration.
 
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-    """Per-label decision thresholds and where they came from."""
+    """Per-label decision thresholds, where they came from, and what was stored with them.
+
+    Attributes:
+      values: label -> threshold on the model's probabilities.
+      source: a readable account of where they came from.
+      defaulted: labels that fell back to DEFAULT_THRESHOLD.
+      calibration: the Platt scaling stored beside them, or None.
+      tta: the test-time augmentation the thresholds were chosen with.
+    """
 
     values: dict[str, float]
     source: str
-    defaulted: tuple[str, ...]  # Labels that fell back to DEFAULT_THRESHOLD.
+    defaulted: tuple[str, ...]
+    calibration: calibration_lib.Calibration | None = None
+    tta: str = "none"
 
 
 def list_images(images: str | Sequence[str]) -> list[str]:
@@ -123,9 +140,12 @@ def read_thresholds(run_dir: str, path: str | None = None) -> Thresholds:
             value = DEFAULT_THRESHOLD
         values[label] = float(value)
     source = f"{path} (Youden J on {data.get('source_split', '?')})"
+    stored = None
+    if data.get("calibration") is not None:
+        stored = calibration_lib.Calibration.from_json(data["calibration"], where=path)
     if defaulted:
         source += f"; default {DEFAULT_THRESHOLD} for {', '.join(defaulted)}"
-    return Thresholds(values, source, tuple(defaulted))
+    return Thresholds(values, source, tuple(defaulted), stored, str(data.get("tta", "none")))
 
 
 def _tf_error_text(error: Exception) -> str:
@@ -142,18 +162,31 @@ def _tf_error_text(error: Exception) -> str:
 
 
 class _Serving:
-    """The export's `serving_default`, called on a batch, falling back to one-by-one on errors."""
+    """The export's `serving_default`, called on a batch, falling back to one-by-one on errors.
 
-    def __init__(self, export_dir: str):
+    With a test-time augmentation, each image is decoded by the export's own decoding function
+    (`trainer.export.decode_to_training_pixels`, what `serving_default` runs inside the graph),
+    and the augmented batch goes through the `serve_pixels` signature (`trainer.tta`).
+    """
+
+    def __init__(self, export_dir: str, *, tta: str = "none"):
         if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
             raise ValueError(
                 f"{export_dir} holds no SavedModel; train and export the run first (make train)."
             )
+        from trainer import export as export_lib
+
         self._loaded = tf.saved_model.load(export_dir)
         self._fn = self._loaded.signatures["serving_default"]
+        self._tta = tta
+        if tta != "none":
+            self._image_size = int(export_lib.read_labels(export_dir)["image_size"])
+            self._pixels_fn = self._loaded.signatures[export_lib.SERVE_PIXELS]
 
     def __call__(self, contents: list[bytes]) -> list[np.ndarray | str]:
         """Probabilities [15] per image, or the decoding error's text."""
+        if self._tta != "none":
+            return self._augmented(contents)
         try:
             return list(self._fn(image_bytes=tf.constant(contents, tf.string))["probabilities"].numpy())
         except tf.errors.InvalidArgumentError:
@@ -168,6 +201,27 @@ class _Serving:
                 results.append(f"cannot decode image: {_tf_error_text(e)}")
         return results
 
+    def _augmented(self, contents: list[bytes]) -> list[np.ndarray | str]:
+        from trainer import export as export_lib
+
+        pixels: dict[int, np.ndarray] = {}
+        results: dict[int, np.ndarray | str] = {}
+        for i, content in enumerate(contents):
+            try:
+                decoded = export_lib.decode_to_training_pixels(tf.constant(content), self._image_size)
+                pixels[i] = decoded.numpy().astype(np.uint8)  # Whole numbers in 0..255 already.
+            except tf.errors.InvalidArgumentError as e:
+                results[i] = f"cannot decode image: {_tf_error_text(e)}"
+        if pixels:
+            order = sorted(pixels)
+
+            def fn(batch: np.ndarray) -> np.ndarray:
+                return self._pixels_fn(images=tf.constant(batch, tf.uint8))["probabilities"].numpy()
+
+            averaged = tta_lib.predict(fn, np.stack([pixels[i] for i in order]), mode=self._tta)
+            results.update(zip(order, averaged))
+        return [results[i] for i in range(len(contents))]
+
 
 def predict(
     run_dir: str,
@@ -179,8 +233,15 @@ def predict(
     gradcam: bool = False,
     gradcam_dir: str | None = None,
     gradcam_top_k: int = 3,
+    tta: str = "none",
+    calibrate: bool = True,
 ) -> tuple[list[ImagePrediction], Thresholds, str]:
     """Predicts every image and writes the CSV (and Grad-CAM overlays).
+
+    The findings are the labels whose probability is at or above the label's threshold. When a
+    calibration is stored with the thresholds (and `calibrate`), the reported probabilities are
+    the calibrated ones; the map is increasing and the thresholds move with it, so the
+    findings are the same either way.
 
     Args:
       run_dir: the run directory (`export/`, `reports/thresholds.json`, `checkpoints/best.keras`).
@@ -191,6 +252,8 @@ def predict(
       gradcam: also write Grad-CAM overlays (needs the ResUNet checkpoint).
       gradcam_dir: default `run_dir/predictions/gradcam`.
       gradcam_top_k: findings explained per image (the most probable of the 14).
+      tta: "none", or "hflip" for the mean of the image's and its mirror image's probabilities.
+      calibrate: apply the calibration stored in the thresholds file, when there is one.
 
     Returns:
       (one `ImagePrediction` per image in file order, the thresholds used, the CSV path).
@@ -202,11 +265,22 @@ def predict(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if gradcam_top_k < 1:
         raise ValueError(f"gradcam_top_k must be >= 1, got {gradcam_top_k}.")
+    if tta not in tta_lib.TTA_MODES:
+        raise ValueError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
     paths = list_images(images)
     thresholds = read_thresholds(run_dir, thresholds_path)
     if thresholds.defaulted:
         _log.warning("Thresholds: %s", thresholds.source)
-    serving = _Serving(run_dir_lib.path(run_dir, run_dir_lib.EXPORT_DIR))
+    if thresholds.tta != tta and len(thresholds.defaulted) < len(schema.LABELS):
+        _log.warning(
+            "The thresholds were chosen with --tta=%s and the images are predicted with --tta=%s; "
+            "evaluate the run with --tta=%s for thresholds that match.",
+            thresholds.tta,
+            tta,
+            tta,
+        )
+    calibration = thresholds.calibration if calibrate else None
+    serving = _Serving(run_dir_lib.path(run_dir, run_dir_lib.EXPORT_DIR), tta=tta)
     explainer = _GradCamWriter(run_dir, gradcam_dir, top_k=gradcam_top_k) if gradcam else None
 
     results: list[ImagePrediction] = []
@@ -231,10 +305,16 @@ def predict(
             findings = tuple(
                 label for label, p in zip(schema.LABELS, probabilities) if p >= thresholds.values[label]
             )
+            if calibration is not None:
+                probabilities = calibration.apply(probabilities[None])[0]
             written: tuple[str, ...] = ()
             if explainer is not None:
                 written = explainer.write(path, contents[i], probabilities)
-            results.append(ImagePrediction(path, probabilities, findings, gradcam_paths=written))
+            results.append(
+                ImagePrediction(
+                    path, probabilities, findings, gradcam_paths=written, calibrated=calibration is not None
+                )
+            )
 
     output_csv = output_csv or os.path.join(run_dir, run_dir_lib.PREDICTIONS_DIR, "predictions.csv")
     write_csv(output_csv, results)
@@ -242,10 +322,11 @@ def predict(
 
 
 def write_csv(path: str, results: Sequence[ImagePrediction]) -> str:
-    """Columns: path, image, error, the 15 probabilities, findings ("|"-joined), gradcam files."""
+    """Columns: path, image, error, the 15 probabilities, findings ("|"-joined), gradcam files,
+    calibrated (1 when the probabilities are calibrated, 0 when they are the model's)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "image", "error", *schema.LABELS, "findings", "gradcam"])
+    writer.writerow(["path", "image", "error", *schema.LABELS, "findings", "gradcam", "calibrated"])
     for result in results:
         probabilities = [""] * schema.NUM_LABELS if result.probabilities is None else [
             f"{p:.6f}" for p in result.probabilities
@@ -253,6 +334,7 @@ def write_csv(path: str, results: Sequence[ImagePrediction]) -> str:
         writer.writerow([
             result.path, os.path.basename(result.path), result.error, *probabilities,
             schema.LABEL_SEPARATOR.join(result.findings), schema.LABEL_SEPARATOR.join(result.gradcam_paths),
+            "" if result.probabilities is None else int(result.calibrated),
         ])  # fmt: skip
     tf.io.gfile.makedirs(os.path.dirname(path) or ".")
     with tf.io.gfile.GFile(path, "w") as f:
@@ -325,8 +407,21 @@ class PredictConfig:
         default=None, metadata={"help": "Default: RUN_DIR/predictions/gradcam."}
     )
     gradcam_top_k: int = dataclasses.field(default=3, metadata={"help": "Findings explained per image."})
+    tta: str = dataclasses.field(
+        default="none",
+        metadata={
+            "help": "hflip: mean of the image's and its mirror image's probabilities.",
+            "choices": tta_lib.TTA_MODES,
+        },
+    )
+    calibrate: bool = dataclasses.field(
+        default=True,
+        metadata={"help": "Report calibrated probabilities when the thresholds file stores a calibration."},
+    )
 
     def __post_init__(self) -> None:
+        if self.tta not in tta_lib.TTA_MODES:
+            raise ValueError(f"PredictConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}.")
         if not self.images:
             raise ValueError("PredictConfig.images must name at least one file, folder or glob, got ().")
         if self.batch_size < 1:
@@ -353,10 +448,14 @@ def main(argv: list[str], *, holders: dict) -> None:
         gradcam=config.gradcam,
         gradcam_dir=config.gradcam_dir,
         gradcam_top_k=config.gradcam_top_k,
+        tta=config.tta,
+        calibrate=config.calibrate,
     )
     failed = [r for r in results if r.error]
     if not used.defaulted:  # Otherwise `predict` has already warned with the same text.
         print(f"Thresholds: {used.source}")
+    if used.calibration is not None and config.calibrate:
+        print(f"Probabilities: calibrated (Platt scaling fitted on {used.calibration.source_split})")
     print(f"Predicted {len(results) - len(failed)} of {len(results)} images; wrote {path}")
     for result in failed:
         print(f"  error: {result.path}: {result.error}")

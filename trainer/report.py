@@ -28,6 +28,7 @@ import matplotlib
 import numpy as np
 import tensorflow as tf
 from matplotlib import colors as mpl_colors
+from matplotlib import patches as mpl_patches
 from matplotlib import ticker as mpl_ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -46,6 +47,10 @@ ROC_PNG = "roc_curves.png"
 TRAINING_PNG = "training_curves.png"
 DISTRIBUTION_PNG = "label_distribution.png"
 COOCCURRENCE_PNG = "label_cooccurrence.png"
+RELIABILITY_PNG = "reliability_diagram.png"
+LOCALIZATION_PNG = "gradcam_boxes.png"
+MEAN_CAM_PNG = "gradcam_mean.png"
+BOX_REJECTS_JSONL = "box_rejects.jsonl"
 
 # Published per-finding ROC AUCs on the real NIH ChestX-ray14 data (each with its own split),
 # in the order of their tables. "No Finding" was not reported by every paper.
@@ -158,13 +163,23 @@ def thresholds_from(summary: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 def write_thresholds_json(
-    path: str, thresholds: Mapping[str, float | None], *, source_split: str, run_dir: str = ""
+    path: str,
+    thresholds: Mapping[str, float | None],
+    *,
+    source_split: str,
+    run_dir: str = "",
+    calibration: Mapping[str, Any] | None = None,
+    tta: str = "none",
 ) -> str:
     """Writes `thresholds.json`, which `trainer.predict` reads.
 
     {"method": "youden_j", "source_split": "val", "default": 0.5, "labels": [...],
-     "thresholds": {label: float | None}}; a None threshold means the split could not define
-    one and prediction uses "default" for that label.
+     "thresholds": {label: float | None}, "tta": "none", "calibration": {...} (optional)};
+    a None threshold means the split could not define one and prediction uses "default" for
+    that label. The thresholds apply to the model's own probabilities (with the named test-time
+    augmentation); "calibration" (`trainer.calibration.Calibration.to_json()`, plus the
+    thresholds' images under it as "calibrated_thresholds") maps those probabilities to
+    calibrated ones, and the same images are selected on either scale.
     """
     data = {
         "method": "youden_j",
@@ -174,7 +189,10 @@ def write_thresholds_json(
         "default": 0.5,
         "labels": list(schema.LABELS),
         "thresholds": {label: thresholds.get(label) for label in schema.LABELS},
+        "tta": tta,
     }
+    if calibration is not None:
+        data["calibration"] = dict(calibration)
     return write_json(path, data)
 
 
@@ -266,6 +284,9 @@ def render_markdown(report: Mapping[str, Any], *, figures: Sequence[str] = ()) -
         if other != split:
             lines += _other_split_section(split, summary, other, other_summary)
     lines += _subgroup_section(summary, split)
+    lines += tta_section(report)
+    lines += calibration_section(report)
+    lines += localization_section(report)
     if figures:
         lines += ["## Figures", ""]
         lines += [f"![{name}]({name})" for name in figures]
@@ -557,5 +578,313 @@ def plot_label_cooccurrence(path: str, y_true: np.ndarray, *, title: str = "") -
     ax.set_title(title or f"Label co-occurrence ({y.shape[0]} images): images with both labels")
     colorbar = figure.colorbar(image, ax=ax, shrink=0.8)
     colorbar.set_label("Images (log scale)")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Test-time augmentation, calibration and localization: sections and figures.
+
+
+def tta_section(report: Mapping[str, Any]) -> list[str]:
+    """Markdown: AUCs with and without the test-time augmentation, from the same run."""
+    tta = report.get("tta")
+    if not tta:
+        return []
+    lines = ["## Test-time augmentation", ""]
+    if tta["mode"] == "none":
+        return lines + [
+            "Not used: each image is predicted once. `--tta=hflip` averages the probabilities of the image "
+            "and its mirror image and reports the AUCs with and without it.",
+            "",
+        ]
+    lines += [
+        f"`{tta['mode']}`: each image's probabilities are the mean of the image's and its mirror image's "
+        f"(left and right swapped). The tables above use them; below, the same model and images "
+        f"({tta['split']} split) without it.",
+        "",
+        f"| Finding | AUC without | AUC with {tta['mode']} | Difference |",
+        "|---|---|---|---|",
+    ]
+    for f in tta["findings"]:
+        difference = (
+            None if f["auc_without"] is None or f["auc_with"] is None else f["auc_with"] - f["auc_without"]
+        )
+        lines.append(
+            f"| {f['label']} | {fmt(f['auc_without'])} | {fmt(f['auc_with'])} | {_signed(difference)} |"
+        )
+    without, with_ = tta["mean_auc_14_without"], tta["mean_auc_14_with"]
+    difference = None if without is None or with_ is None else with_ - without
+    lines += [
+        f"| **Mean of 14 findings** | **{fmt(without)}** ({fmt_ci(*tta['mean_auc_14_without_ci'])}) "
+        f"| **{fmt(with_)}** ({fmt_ci(*tta['mean_auc_14_with_ci'])}) | {_signed(difference)} |",
+        "",
+    ]
+    return lines
+
+
+def calibration_section(report: Mapping[str, Any]) -> list[str]:
+    """Markdown: per-label ECE on val and test, before and after the Platt scaling fitted on val."""
+    data = report.get("calibration")
+    if not data:
+        return []
+    splits = list(data["splits"])
+    lines = [
+        "## Calibration",
+        "",
+        f"Expected calibration error (ECE): over {data['num_bins']} equal-width bins of the predicted "
+        "probability, the image-weighted mean gap between a bin's mean probability and its share of "
+        f"positive images; 0 is perfect. Reliability diagrams: `{RELIABILITY_PNG}`.",
+        "",
+    ]
+    calibrated = data.get("calibrated", {})
+    if data["method"] == "platt":
+        lines += [
+            f"Recalibration: Platt scaling per label fitted on **{data['source_split']}**, "
+            "p' = sigmoid(slope * logit(p) + intercept), stored in "
+            f"`{THRESHOLDS_JSON}` and applied by `trainer.predict`. It is increasing, so AUCs and the "
+            "images above each threshold do not change. ECE after it on the split it was fitted on is "
+            "in-sample; on the other split it is the honest figure.",
+            "",
+        ]
+    else:
+        lines += [f"Recalibration: none ({data.get('note', 'not requested')}).", ""]
+    header = [
+        "Label",
+        *(f"ECE {s}" for s in splits),
+        *(f"ECE {s} after Platt" for s in calibrated),
+        "Platt slope / intercept",
+    ]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    parameters = data.get("parameters", {}).get("parameters", {})
+    not_fitted = data.get("parameters", {}).get("not_fitted", {})
+    for k, label in enumerate(report["labels"]):
+        cells = [fmt(data["splits"][s]["findings"][k]["ece"]) for s in splits]
+        cells += [fmt(calibrated[s]["findings"][k]["ece"]) for s in calibrated]
+        p = parameters.get(label)
+        if p is not None:
+            cells.append(f"{p['slope']:.3f} / {p['intercept']:.3f}")
+        else:
+            cells.append(f"not fitted: {not_fitted[label]}" if label in not_fitted else "–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    means = [fmt(data["splits"][s]["mean_ece_14"]) for s in splits] + [
+        fmt(calibrated[s]["mean_ece_14"]) for s in calibrated
+    ]
+    lines += ["| **Mean of 14 findings** | " + " | ".join(f"**{m}**" for m in means) + " | |", ""]
+    return lines
+
+
+def localization_section(report: Mapping[str, Any]) -> list[str]:
+    """Markdown: the Grad-CAM maps of boxed findings scored against the boxes, or why not."""
+    data = report.get("localization")
+    if not data:
+        return []
+    lines = ["## Localization (Grad-CAM against bounding boxes)", ""]
+    box_file = data.get("box_file")
+    if box_file:
+        rejected = {reason: n for reason, n in box_file["rejects"].items() if n}
+        lines += [
+            f"Box file `{box_file['path']}`: {box_file['rows']} rows, {box_file['boxes']} boxes on the "
+            f"{data['split']} split's images, scaled from {box_file['source_size']} to {box_file['image_size']} "
+            f"pixels; rejected rows"
+            + (": " + ", ".join(f"{reason} {n}" for reason, n in rejected.items()) if rejected else ": none")
+            + f" (each with its reason in `{BOX_REJECTS_JSONL}`).",
+            "",
+        ]
+    if data["status"] != "scored":
+        return lines + [f"**Not scored:** {data['message']}", ""]
+    overall = data["overall"]
+    lines += [
+        f"For every ({data['split']} image, boxed finding) pair, the Grad-CAM map of that finding at the "
+        "records' size against the union of its boxes: **pointing game** (the map's maximum inside a "
+        "box; a flat peak counts the share of its pixels inside), **energy inside** (the share of the "
+        f"map's mass inside the boxes), **IoU** of the boxes with the region where the map is at least "
+        f"{data['cam_threshold']:g} x its maximum. 95% intervals: bootstrap over patients "
+        f"({data['bootstrap']['resamples']} resamples). A map without positive evidence scores 0 "
+        f"({overall['empty_maps']} of {overall['pairs']}).",
+        "",
+        "| Finding | Pairs | Patients | Pointing game (95% CI) | Energy inside (95% CI) | IoU (95% CI) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in [*data["findings"], {**overall, "label": "**All pairs**"}]:
+        cells = [
+            f"{fmt(f[name])} ({fmt_ci(f[f'{name}_ci_low'], f[f'{name}_ci_high'])})" for name in _CAM_SCORES
+        ]
+        lines.append(f"| {f['label']} | {f['pairs']} | {f['patients']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    mean_maps = data.get("mean_maps")
+    if mean_maps:
+        row, col = mean_maps["peak_cell"]
+        lines += [
+            f"Mean maps (`{MEAN_CAM_PNG}`) over the {mean_maps['images']} images of the split, each image's "
+            f"map of its most probable finding: {100 * mean_maps['peak_cell_share']:.1f}% of these maps peak "
+            f"in the same cell (row {row}, column {col} of a {mean_maps['grid']}x{mean_maps['grid']} grid). "
+            "A share near 100% would mean a map that points at one place whatever the image shows.",
+            "",
+        ]
+    return lines
+
+
+_CAM_SCORES = ("pointing_game", "energy_inside", "iou")
+
+
+def _signed(value: float | None) -> str:
+    if value is None:
+        return UNDEFINED
+    text = f"{value:+.3f}"
+    return "0.000" if text in ("+0.000", "-0.000") else text  # No sign on what rounds to zero.
+
+
+def plot_reliability(
+    path: str,
+    series: Mapping[str, Mapping[str, Any]],
+    *,
+    labels: Sequence[str] = schema.LABELS,
+    omit: Mapping[str, Sequence[str]] | None = None,
+    title: str = "",
+) -> str:
+    """Reliability diagrams as small multiples: one panel per label, one curve per series.
+
+    Args:
+      path: output PNG.
+      series: name (e.g. "val", "test", "test after Platt") -> `trainer.calibration.summarize`
+        output of that split.
+      labels: panel order (the summaries' label order).
+      omit: series name -> labels whose panel leaves that series out (e.g. the labels a
+        recalibration left unchanged, whose curve would hide the raw one).
+      title: the figure's title.
+    """
+    omit = omit or {}
+    columns = 5
+    rows = math.ceil(len(labels) / columns)
+    figure = Figure(figsize=(3.1 * columns, 3.0 * rows + 0.6))
+    styles = ["-o", "-s", "--^", "--v"]
+    for k, label in enumerate(labels):
+        ax = figure.add_subplot(rows, columns, k + 1)
+        ax.plot([0, 1], [0, 1], ":", color="0.5", linewidth=1)
+        eces = []
+        for (name, summary), style in zip(series.items(), styles):
+            if label in omit.get(name, ()):
+                eces.append("–")
+                continue
+            finding = summary["findings"][k]
+            bins = finding["bins"]
+            points = [
+                (p, q)
+                for p, q in zip(bins["mean_predicted"], bins["fraction_positive"])
+                if p is not None and q is not None
+            ]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, style, markersize=3, linewidth=1.2, label=name)
+            eces.append(fmt(finding["ece"], 2))
+        ax.set_title(f"{label}\nECE " + " / ".join(eces), fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if k % columns == 0:
+            ax.set_ylabel("Share positive", fontsize=8)
+        if k >= len(labels) - columns:
+            ax.set_xlabel("Mean predicted probability", fontsize=8)
+        if k == 0:
+            ax.legend(fontsize=7, loc="upper left")
+    figure.suptitle(title or "Reliability diagrams (ECE in the order of the legend)", fontsize=12)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_cam_overlays(path: str, samples: Sequence[Any], *, title: str = "") -> str:
+    """Grad-CAM overlays with the ground-truth boxes drawn, a row per finding.
+
+    Args:
+      path: output PNG.
+      samples: objects with image_index, finding, probability, pixels (uint8 [N, N]), cam
+        ([N, N] in [0, 1]), boxes ((x, y, w, h), ...) and score (pointing_game, iou), e.g.
+        `trainer.localization_eval.CamSample`, grouped by finding.
+      title: the figure's title.
+    """
+    findings = list(dict.fromkeys(s.finding for s in samples))
+    columns = max([sum(s.finding == f for s in samples) for f in findings] + [1])
+    # At least three panels wide, so that the title fits.
+    figure = Figure(figsize=(3.0 * max(3, columns), 3.2 * max(1, len(findings)) + 0.5))
+    for row, finding in enumerate(findings):
+        for col, sample in enumerate(s for s in samples if s.finding == finding):
+            ax = figure.add_subplot(max(1, len(findings)), columns, row * columns + col + 1)
+            ax.imshow(sample.pixels, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.imshow(sample.cam, cmap="jet", alpha=0.45 * np.asarray(sample.cam), vmin=0, vmax=1)
+            for x, y, w, h in sample.boxes:
+                # Pixel (i, j) covers [j - 0.5, j + 0.5] in imshow's coordinates.
+                ax.add_patch(
+                    mpl_patches.Rectangle(
+                        (x - 0.5, y - 0.5), w, h, fill=False, edgecolor="white", linewidth=1.5
+                    )
+                )
+            hit = "hit" if sample.score.pointing_game >= 0.5 else "miss"
+            ax.set_title(
+                f"{finding}: {sample.image_index}\np={sample.probability:.2f}, {hit}, IoU {sample.score.iou:.2f}",
+                fontsize=8,
+            )
+            ax.axis("off")
+    if not findings:
+        figure.add_subplot(1, 1, 1).text(0.5, 0.5, "No boxed images", ha="center", va="center")
+    figure.suptitle(title or "Grad-CAM of the boxed finding, boxes in white", fontsize=12)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_mean_cams(
+    path: str,
+    overall: np.ndarray,
+    images: int,
+    by_finding: Mapping[str, tuple[np.ndarray, int]],
+    *,
+    peak_counts: np.ndarray | None = None,
+    title: str = "",
+) -> str:
+    """Mean Grad-CAM maps: over all images (each image's most probable finding), then per finding.
+
+    Args:
+      path: output PNG.
+      overall: [N, N] mean map of every image's most-probable-finding map.
+      images: how many images `overall` averages.
+      by_finding: finding -> (mean of its map over the images labelled with it, image count).
+      peak_counts: [G, G] images whose map peaks in each grid cell; the most common cell is outlined.
+      title: the figure's title.
+    """
+    panels = [("All images, most probable finding", overall, images)] + [
+        (label, cam, count) for label, (cam, count) in by_finding.items()
+    ]
+    columns = 5
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(3.0 * columns, 3.1 * rows + 0.6))
+    for k, (name, cam, count) in enumerate(panels):
+        ax = figure.add_subplot(rows, columns, k + 1)
+        image = ax.imshow(
+            cam, cmap="jet", vmin=0, vmax=max(1e-6, float(np.max(cam))), interpolation="nearest"
+        )
+        ax.set_title(f"{name}\n({count} images)", fontsize=8)
+        ax.axis("off")
+        if k == 0:
+            figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
+            if peak_counts is not None and np.sum(peak_counts):
+                grid = peak_counts.shape[0]
+                cell = cam.shape[0] / grid
+                row, col = np.unravel_index(int(np.argmax(peak_counts)), peak_counts.shape)
+                share = peak_counts[row, col] / np.sum(peak_counts)
+                ax.add_patch(
+                    mpl_patches.Rectangle(
+                        (col * cell - 0.5, row * cell - 0.5),
+                        cell,
+                        cell,
+                        fill=False,
+                        edgecolor="white",
+                        linewidth=1.5,
+                    )
+                )
+                ax.set_title(
+                    f"{name}\n({count} images; {100 * share:.0f}% peak in the white cell)", fontsize=8
+                )
+    figure.suptitle(title or "Mean Grad-CAM maps (each map scaled to [0, 1] before averaging)", fontsize=12)
     figure.tight_layout()
     return _save(figure, path)
