@@ -28,7 +28,7 @@ EXTRAS_REQUIRE = {
     "dev": ["pytest==9.2.0", "ruff==0.17.6", "portpicker==1.6.0"],
     # Dataflow runner and gs:// paths: pip install -e '.[gcp]'.
     "gcp": ["apache-beam[gcp]==2.77.0"],
-    # Only for `make bench-input`'s baseline (the original's Keras 2 ImageDataGenerator), in the
+    # Only for `make bench-input`'s baseline (the 2023 thesis' Keras 2 ImageDataGenerator), in the
     # separate .venv-bench/: tf-keras must never enter the product's environment.
     "bench-baseline": ["tf-keras==2.21.0", "scipy==1.17.1"],
 }

@@ -18,8 +18,10 @@ a runner: the DirectRunner in multi-processing mode on all cores.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 from cxr_cli import console
 
@@ -29,68 +31,62 @@ if __name__ == "__main__":
 from absl import app, flags
 
 from beam_pipelines import job, splits
+from cxr_cli import config_flags
 
-_DATA_DIR = flags.DEFINE_string("data_dir", "data/demo", "The NIH layout: CSV, lists, images_*/images/*.png.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "data/tfrecords", "Where shards, rejects and manifest go.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "Side of the square output images, in pixels.")
-_IMAGE_FORMAT = flags.DEFINE_enum(
-    "image_format",
-    job.DEFAULT_IMAGE_FORMAT,
-    list(job.IMAGE_FORMATS),
-    "raw uint8 pixels or PNG in the records.",
-)
-_LABELS_CSV = flags.DEFINE_string(
-    "labels_csv",
-    None,
-    "Labels CSV (2017 or v2020 format, may be .gz); default: Data_Entry_2017*.csv in data_dir.",
-)
+# This binary's flags live in their own FlagValues, parsed by `_parse_flags`: another binary's
+# flags of the same name (the trainer's --overwrite) can be defined in the same process.
+FLAGS = flags.FlagValues()
+# One flag per field of the job's config; the split's three flags by hand, as its fractions are
+# three numbers in one flag and its mode's flag is --split.
+_CONFIG = config_flags.define_from_dataclass(job.JobConfig, flag_values=FLAGS, module_name=__name__)
 _SPLIT = flags.DEFINE_enum(
     "split",
     "official",
     list(splits.MODES),
     "official: NIH's lists (+ val by patient); patient: 70/10/20 by patient.",
+    flag_values=FLAGS,
 )
 _VAL_FRACTION = flags.DEFINE_float(
-    "val_fraction", splits.DEFAULT_VAL_FRACTION, "official split: share of train_val patients that go to val."
+    "val_fraction",
+    splits.DEFAULT_VAL_FRACTION,
+    "official split: share of train_val patients that go to val.",
+    flag_values=FLAGS,
 )
 _SPLIT_FRACTIONS = flags.DEFINE_string(
-    "split_fractions", "70,10,20", "patient split: train,val,test shares in percent (or fractions)."
+    "split_fractions",
+    "70,10,20",
+    "patient split: train,val,test shares in percent (or fractions).",
+    flag_values=FLAGS,
 )
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shards per split; 0 = automatic (100-200 MB shards).")
-_MAX_IMAGES = flags.DEFINE_integer(
-    "max_images", 0, "Convert only the first N CSV rows (0 = all), for quick runs."
-)
-_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace the records of a non-empty output_dir.")
-_PROGRESS_INTERVAL = flags.DEFINE_float("progress_interval", 30.0, "Seconds between progress lines.")
 
 
 def main(argv: list[str]) -> None:
-    # INFO for this package's progress and summary; Beam's own INFO lines stay hidden.
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("beam_pipelines").setLevel(logging.INFO)
     try:
-        config = job.JobConfig(
-            data_dir=_DATA_DIR.value,
-            output_dir=_OUTPUT_DIR.value,
-            image_size=_IMAGE_SIZE.value,
-            image_format=_IMAGE_FORMAT.value,
-            labels_csv=_LABELS_CSV.value,
-            split=splits.SplitConfig(
-                mode=_SPLIT.value,
-                val_fraction=_VAL_FRACTION.value,
-                fractions=splits.parse_fractions(_SPLIT_FRACTIONS.value),
-            ),
-            num_shards=_NUM_SHARDS.value,
-            max_images=_MAX_IMAGES.value,
-            overwrite=_OVERWRITE.value,
-            progress_interval_s=_PROGRESS_INTERVAL.value,
+        split = splits.SplitConfig(
+            mode=_SPLIT.value,
+            val_fraction=_VAL_FRACTION.value,
+            fractions=splits.parse_fractions(_SPLIT_FRACTIONS.value),
         )
+        config = config_flags.build_config(job.JobConfig, _CONFIG, overrides={"split": split})
     except ValueError as e:  # A bad flag value.
         sys.exit(f"build_tfrecords: {e}")
     try:
-        job.run_job(config, beam_args=argv[1:])
+        with _beam_logs_at(logging.WARNING):
+            job.run_job(config, beam_args=argv[1:])
     except job.InputError as e:  # Bad input, found before the pipeline started.
         sys.exit(f"build_tfrecords: {e}")
+
+
+@contextlib.contextmanager
+def _beam_logs_at(level: int) -> Iterator[None]:
+    """Beam's own INFO lines hidden while the job runs (its progress and summary stay), then restored."""
+    logger = logging.getLogger("apache_beam")
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def run() -> None:
@@ -100,8 +96,11 @@ def run() -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    # Flags this binary does not define are Beam's: absl leaves them in argv for PipelineOptions.
-    return flags.FLAGS(argv, known_only=True)
+    """This binary's flags, then absl's own; the flags neither defines are Beam's, left in argv."""
+    if "--help" in argv[1:] or "-h" in argv[1:]:
+        print(FLAGS.get_help())
+        sys.exit(0)
+    return flags.FLAGS(FLAGS(argv, known_only=True), known_only=True)
 
 
 if __name__ == "__main__":

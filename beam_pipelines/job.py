@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import threading
 import time
 import uuid
@@ -24,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -33,22 +33,21 @@ from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 
 _LOG = logging.getLogger(__name__)
-IMAGE_FORMATS = ("raw", "png")
 DEFAULT_RUNNER = "FnApiRunner"
 STAGING_PREFIX = "_staging-"
 TRAIN_VAL_LIST_NAME = "train_val_list.txt"
 TEST_LIST_NAME = "test_list.txt"
-# The files a previous run left in output_dir, which --overwrite replaces.
-_OWN_FILE_RE = re.compile(
-    r"^((train|val|test)-\d{5}-of-\d{5}\.tfrecord|rejects\.jsonl|manifest\.json(\.tmp)?)$"
-)
 CSV_PATTERNS = ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz")
-# raw by default, by measurement at 256x256 (benchmarks/bench_tfrecords.py, 2-core machine):
-# png records are 54% of raw's size (35.4 vs 65.8 KB; 51% on real NIH images) but tf.data reads
-# raw records 7.8x faster (6,093 vs 778 images/s: png costs a decode per image per epoch, which
-# takes CPU from training), and png conversion is 17% slower (78 vs 94 real images/s per core).
-# 7.4 GB instead of 4 GB for all of NIH: disk is cheaper than CPU here.
+# raw by default: png records are about half the size, but tf.data decodes a PNG per image per
+# epoch, which takes CPU from training, and the conversion is slower (figures: the "read_raw",
+# "read_png", "job" and "job_png" cases of benchmarks/bench_tfrecords.py). Disk is cheaper than CPU.
 DEFAULT_IMAGE_FORMAT = "raw"
+
+
+def _field(default: Any, help_text: str, *, choices: Sequence[str] | None = None) -> Any:
+    """A config field with the help (and choices) of the flag derived from it."""
+    metadata = {"help": help_text} | ({"choices": tuple(choices)} if choices else {})
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 class InputError(ValueError):
@@ -73,17 +72,22 @@ class JobConfig:
       progress_interval_s: seconds between progress lines.
     """
 
-    data_dir: str
-    output_dir: str = "data/tfrecords"
-    image_size: int = 256
-    image_format: str = DEFAULT_IMAGE_FORMAT
-    labels_csv: str | None = None
-    split: splits.SplitConfig = splits.SplitConfig()
-    num_shards: int = 0
-    max_images: int = 0
-    overwrite: bool = False
-    chunk_size: int = transforms.DEFAULT_CHUNK_SIZE
-    progress_interval_s: float = 30.0
+    data_dir: str = _field("data/demo", "The NIH layout: CSV, lists, images_*/images/*.png.")
+    output_dir: str = _field("data/tfrecords", "Where shards, rejects.jsonl and manifest.json go.")
+    image_size: int = _field(256, "Side of the square output images, in pixels.")
+    image_format: str = _field(
+        DEFAULT_IMAGE_FORMAT, "raw uint8 pixels or PNG in the records.", choices=schema.IMAGE_FORMATS
+    )
+    labels_csv: str | None = _field(
+        None, "Labels CSV (2017 or v2020 format, may be .gz); default: Data_Entry_2017*.csv in data_dir."
+    )
+    # Its flags (--split, --val_fraction, --split_fractions) are defined by the binary.
+    split: splits.SplitConfig = dataclasses.field(default=splits.SplitConfig(), metadata={"flag": False})
+    num_shards: int = _field(0, "Shards per split; 0 = automatic (100-200 MB shards).")
+    max_images: int = _field(0, "Convert only the first N CSV rows (0 = all), for quick runs.")
+    overwrite: bool = _field(False, "Replace the records of a non-empty output_dir.")
+    chunk_size: int = _field(transforms.DEFAULT_CHUNK_SIZE, "Images per work unit at most.")
+    progress_interval_s: float = _field(30.0, "Seconds between progress lines.")
 
     def __post_init__(self):
         if not self.data_dir:
@@ -92,9 +96,9 @@ class JobConfig:
             raise ValueError("output_dir must be set (--output_dir), got an empty value.")
         if not 8 <= self.image_size <= 4096:
             raise ValueError(f"image_size must be in [8, 4096] pixels (--image_size), got {self.image_size}.")
-        if self.image_format not in IMAGE_FORMATS:
+        if self.image_format not in schema.IMAGE_FORMATS:
             raise ValueError(
-                f"image_format must be one of {IMAGE_FORMATS} (--image_format), got {self.image_format!r}."
+                f"image_format must be one of {schema.IMAGE_FORMATS} (--image_format), got {self.image_format!r}."
             )
         if self.num_shards < 0:
             raise ValueError(f"num_shards must be >= 0, 0 = automatic (--num_shards), got {self.num_shards}.")
@@ -158,31 +162,8 @@ def prepare_inputs(config: JobConfig) -> Inputs:
         raise InputError(
             f"--data_dir {data_dir!r} does not exist; point it at the NIH layout (or run `make demo-data`)."
         )
-    if config.labels_csv:
-        labels_csv = config.labels_csv
-        if not FileSystems.exists(labels_csv):
-            raise InputError(f"--labels_csv {labels_csv!r} does not exist.")
-    else:
-        found = _find(data_dir, CSV_PATTERNS)
-        if not found:
-            raise InputError(
-                f"No labels CSV (Data_Entry_2017*.csv or .csv.gz) in --data_dir {data_dir!r} or its "
-                f"subfolders; pass --labels_csv."
-            )
-        if len(found) > 1:
-            raise InputError(
-                f"Several labels CSVs in --data_dir {data_dir!r}: {found}; choose one with --labels_csv."
-            )
-        labels_csv = found[0]
-    try:
-        with FileSystems.open(labels_csv) as f:
-            header, data = nih.read_labels_table(f, name=labels_csv)
-    except nih.CsvError as e:
-        raise InputError(str(e)) from None
-    if data.empty:
-        raise InputError(f"Labels CSV {labels_csv!r} has a header but no data rows.")
-    csv_names = set(data[header.index(nih.IMAGE_INDEX)].dropna().str.strip())
-
+    labels_csv = _resolve_labels_csv(config)
+    csv_names, limited_names = _read_csv_names(labels_csv, config.max_images)
     train_val_list = _find_one(data_dir, TRAIN_VAL_LIST_NAME)
     test_list = _find_one(data_dir, TEST_LIST_NAME)
     if config.split.mode == "official" and not (train_val_list and test_list):
@@ -191,17 +172,68 @@ def prepare_inputs(config: JobConfig) -> Inputs:
             f"(found: {train_val_list}, {test_list}); add them or use --split=patient."
         )
     for list_path in (train_val_list, test_list):
-        if list_path is None:
-            continue
-        with FileSystems.open(list_path) as f:
-            names = nih.read_name_list(f.read().decode("utf-8"))
-        unknown = sorted(set(names) - csv_names)
-        if unknown:
-            raise InputError(
-                f"List file {list_path!r} names {len(unknown)} image(s) that are not in the labels CSV "
-                f"{labels_csv!r}, e.g. {unknown[:3]}; the list and the CSV do not belong together."
-            )
+        if list_path is not None:
+            _check_list(list_path, csv_names, labels_csv)
+    on_disk = _images_on_disk(data_dir)
+    _check_output_dir(config)
+    return Inputs(
+        labels_csv=labels_csv,
+        train_val_list=train_val_list,
+        test_list=test_list,
+        expected_rows=len(limited_names),
+        expected_images=len(set(limited_names) & on_disk),
+    )
 
+
+def _resolve_labels_csv(config: JobConfig) -> str:
+    if config.labels_csv:
+        if not FileSystems.exists(config.labels_csv):
+            raise InputError(f"--labels_csv {config.labels_csv!r} does not exist.")
+        return config.labels_csv
+    found = _find(config.data_dir, CSV_PATTERNS)
+    if not found:
+        raise InputError(
+            f"No labels CSV (Data_Entry_2017*.csv or .csv.gz) in --data_dir {config.data_dir!r} or its "
+            f"subfolders; pass --labels_csv."
+        )
+    if len(found) > 1:
+        raise InputError(
+            f"Several labels CSVs in --data_dir {config.data_dir!r}: {found}; choose one with --labels_csv."
+        )
+    return found[0]
+
+
+def _read_csv_names(labels_csv: str, max_images: int) -> tuple[set[str], list[str]]:
+    """(every Image Index of the CSV, the Image Index of each row to convert), streamed."""
+    names, limited = set(), []
+    try:
+        with FileSystems.open(labels_csv) as f:
+            header, records = nih.read_labels_table(f, name=labels_csv)
+            column = header.index(nih.IMAGE_INDEX)
+            for count, record in enumerate(records):
+                name = record[column].strip() if column < len(record) else ""
+                names.add(name)
+                if not max_images or count < max_images:
+                    limited.append(name)
+    except nih.CsvError as e:
+        raise InputError(str(e)) from None
+    if not limited:
+        raise InputError(f"Labels CSV {labels_csv!r} has a header but no data rows.")
+    return names, limited
+
+
+def _check_list(list_path: str, csv_names: set[str], labels_csv: str) -> None:
+    with FileSystems.open(list_path) as f:
+        names = nih.read_name_list(f.read().decode("utf-8"))
+    unknown = sorted(set(names) - csv_names)
+    if unknown:
+        raise InputError(
+            f"List file {list_path!r} names {len(unknown)} image(s) that are not in the labels CSV "
+            f"{labels_csv!r}, e.g. {unknown[:3]}; the list and the CSV do not belong together."
+        )
+
+
+def _images_on_disk(data_dir: str) -> set[str]:
     pattern = FileSystems.join(data_dir.rstrip("/"), "**")
     on_disk = {
         nih.image_name(m.path)
@@ -210,21 +242,15 @@ def prepare_inputs(config: JobConfig) -> Inputs:
     }
     if not on_disk:
         raise InputError(f"No .png images anywhere under --data_dir {data_dir!r}.")
+    return on_disk
 
+
+def _check_output_dir(config: JobConfig) -> None:
     output_dir = config.output_dir
     if FileSystems.exists(output_dir) and not config.overwrite:
         existing = FileSystems.match([FileSystems.join(output_dir, "**")])[0].metadata_list
         if existing:
             raise InputError(_refuse_output_dir(output_dir, [m.path for m in existing]))
-    rows = len(data) if not config.max_images else min(len(data), config.max_images)
-    names = data[header.index(nih.IMAGE_INDEX)].iloc[:rows].dropna().str.strip()
-    return Inputs(
-        labels_csv=labels_csv,
-        train_val_list=train_val_list,
-        test_list=test_list,
-        expected_rows=rows,
-        expected_images=len(set(names) & on_disk),
-    )
 
 
 def _refuse_output_dir(output_dir: str, paths: Sequence[str]) -> str:
@@ -232,7 +258,7 @@ def _refuse_output_dir(output_dir: str, paths: Sequence[str]) -> str:
     prefix = output_dir.rstrip("/") + "/"
     names = [path[len(prefix) :] if path.startswith(prefix) else path for path in paths]
     staging = sorted({name.split("/", 1)[0] for name in names if name.startswith(STAGING_PREFIX)})
-    own = [name for name in names if "/" not in name and _OWN_FILE_RE.match(name)]
+    own = [name for name in names if "/" not in name and manifest_lib.is_output_file(name)]
     others = [name for name in names if name not in own and not name.startswith(STAGING_PREFIX)]
     shards = sum(name.endswith(manifest_lib.SHARD_SUFFIX) for name in own)
     if manifest_lib.MANIFEST_NAME in own:
@@ -301,38 +327,39 @@ class StagingPaths:
 
 def build_pipeline(root: beam.Pipeline, config: JobConfig, inputs: Inputs, staging: StagingPaths) -> None:
     """Wires the job's transforms onto `root` (a Pipeline or TestPipeline)."""
-    read = (
+    planned = (
         root
         | "LabelsCsv" >> beam.Create([inputs.labels_csv])
-        | "ReadRows"
-        >> transforms.ReadRows(
-            train_val_list=inputs.train_val_list, test_list=inputs.test_list, max_images=config.max_images
+        | "PlanWork"
+        >> transforms.PlanWork(
+            data_dir=config.data_dir,
+            train_val_list=inputs.train_val_list,
+            test_list=inputs.test_list,
+            split_config=config.split,
+            max_images=config.max_images,
+            plan_args=dict(
+                image_size=config.image_size,
+                image_format=config.image_format,
+                num_shards=config.num_shards,
+                chunk_size=config.chunk_size,
+            ),
         )
     )
-    data_dir = root | "DataDir" >> beam.Create([config.data_dir])
-    accounted = (
-        read["rejects"] | "RejectedNames" >> beam.Map(transforms.image_index_of),
-        read["beyond_limit"],
-    ) | "AccountedNames" >> beam.Flatten()
-    joined = {
-        "rows": read["rows"],
-        "accounted": accounted,
-        "data_dir": data_dir,
-    } | "JoinRowsAndFiles" >> transforms.JoinRowsAndFiles(config.split)
-    converted = joined["tasks"] | "ConvertToShards" >> transforms.ConvertToShards(
+    converted = {
+        "units": planned["units"],
+        "plans": planned["plans"],
+    } | "ConvertToShards" >> transforms.ConvertToShards(
         output_dir=staging.root,
         parts_dir=staging.parts,
         image_size=config.image_size,
         image_format=config.image_format,
-        num_shards=config.num_shards,
-        chunk_size=config.chunk_size,
         progress_dir=staging.progress,
         progress_interval_s=min(5.0, config.progress_interval_s),
     )
-    rejects = (read["rejects"], joined["rejects"], converted["rejects"]) | "AllRejects" >> beam.Flatten()
+    rejects = (planned["rejects"], converted["rejects"]) | "AllRejects" >> beam.Flatten()
     _ = {
-        "csv_rows": read["csv_rows"],
-        "unlisted": joined["unlisted"],
+        "input_rows": planned["input_rows"],
+        "unlisted": planned["unlisted"],
         "rejects": rejects,
         "shards": converted["shards"],
     } | "WriteSummary" >> transforms.WriteSummary(rejects_path=staging.rejects, summary_path=staging.summary)
@@ -346,7 +373,8 @@ class _ProgressMonitor(threading.Thread):
         self._progress_dir = progress_dir
         self._total = total
         self._interval_s = interval_s
-        self._stop = threading.Event()
+        # Not `_stop`: threading.Thread has a method of that name, which join() calls.
+        self._finished = threading.Event()
 
     def done(self) -> int:
         total = 0
@@ -367,7 +395,7 @@ class _ProgressMonitor(threading.Thread):
         # often enough that the rate, counted from the first poll that sees work, is close.
         poll_s = min(1.0 if console.interactive() else 5.0, self._interval_s)
         progress = None
-        while not self._stop.wait(poll_s):
+        while not self._finished.wait(poll_s):
             done = self.done()
             if not done or (progress is not None and progress.done >= self._total):
                 continue
@@ -383,8 +411,11 @@ class _ProgressMonitor(threading.Thread):
             if done >= self._total:
                 progress.close(f"progress: all {done} images converted; merging shards.")
 
-    def stop(self):
-        self._stop.set()
+    def stop(self) -> None:
+        """Stops the thread and waits for it, so that no progress line follows."""
+        self._finished.set()
+        if self.is_alive():
+            self.join()
 
 
 def _format_seconds(seconds: float) -> str:
@@ -510,9 +541,24 @@ def finalize(config: JobConfig, inputs: Inputs, staging: StagingPaths) -> manife
     )
     manifest.validate(where=f"manifest for {config.output_dir}")
     _replace_output(config.output_dir, staging, manifest)
-    manifest_lib.write_manifest(config.output_dir, manifest)
+    manifest = _write_manifest(config.output_dir, manifest)
     _delete_tree(staging.root)
-    return manifest_lib.read_manifest(config.output_dir)
+    return manifest
+
+
+def _write_manifest(output_dir: str, manifest: manifest_lib.Manifest) -> manifest_lib.Manifest:
+    """Writes manifest.json through a temporary name, with FileSystems.
+
+    Not `manifest_lib.write_manifest`: that one goes through tf.io.gfile, and importing
+    TensorFlow would add about 600 MB to the launcher at the very end of the job.
+    """
+    text = manifest.with_created_time().to_json_text()
+    path = manifest_lib.manifest_path(output_dir)
+    with FileSystems.create(path + ".tmp", compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(text.encode())
+    FileSystems.rename([path + ".tmp"], [path])
+    # The manifest as readers will see it (JSON round trip).
+    return manifest_lib.Manifest.from_json(json.loads(text), where=path)
 
 
 def _replace_output(output_dir: str, staging: StagingPaths, manifest: manifest_lib.Manifest) -> None:
@@ -524,7 +570,7 @@ def _replace_output(output_dir: str, staging: StagingPaths, manifest: manifest_l
     old = [
         m.path
         for m in FileSystems.match([FileSystems.join(output_dir, "*")])[0].metadata_list
-        if _OWN_FILE_RE.match(nih.image_name(m.path))
+        if manifest_lib.is_output_file(nih.image_name(m.path))
     ]
     if old:
         FileSystems.delete(old)

@@ -10,29 +10,25 @@ The CSV comes in two formats, both read by `read_labels_table`:
 Either may be gzip-compressed (`.csv.gz`).
 
 Why this module does not import TensorFlow: every Beam worker process imports it, and
-`import tensorflow` costs 4.4 s and 800 MB RSS per process here (measured with /usr/bin/time),
-which on the 2-core DirectRunner benchmark is a third of the conversion time of 2,000 images
-and, on a 24-core machine, 19 GB of RAM for nothing. The record keys, labels and label parsing
-come from `tfrecords.schema` (which loads TensorFlow only in its TensorFlow functions), and
-`serialize_example` writes the `tf.train.Example` wire format directly; tests check it against
-`schema.make_example` / `schema.parse_example`.
+`import tensorflow` costs about 4 s and 800 MB of memory per process, for nothing: the record
+keys, labels and label parsing come from `tfrecords.schema`, and the record bytes from the
+TensorFlow-free encoder of `tfrecords.codec`.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import math
 import re
-import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from tfrecords import schema
+from tfrecords import codec, schema
 
 # The CSV columns the job needs, by their names in both formats.
 IMAGE_INDEX = "Image Index"
@@ -77,100 +73,6 @@ class CsvError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# The record contract, without TensorFlow.
-
-
-def _varint(value: int) -> bytes:
-    if value < 0:
-        value += 1 << 64  # int64 negatives are ten-byte two's complement varints.
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _length_delimited(field_number: int, payload: bytes) -> bytes:
-    return _varint((field_number << 3) | 2) + _varint(len(payload)) + payload
-
-
-def _bytes_feature(value: bytes) -> bytes:
-    # Feature.bytes_list (field 1) = BytesList{ repeated bytes value = 1 }.
-    return _length_delimited(1, _length_delimited(1, value))
-
-
-def _int64_feature(values: Sequence[int]) -> bytes:
-    # Feature.int64_list (field 3) = Int64List{ repeated int64 value = 1 [packed] }.
-    packed = b"".join(_varint(int(v)) for v in values)
-    return _length_delimited(3, _length_delimited(1, packed))
-
-
-def serialize_example(
-    encoded_image: bytes,
-    *,
-    image_format: str,
-    height: int,
-    width: int,
-    multi_hot: Sequence[int],
-    image_index: str,
-    patient_id: int,
-    follow_up: int,
-    age: int,
-    sex: str,
-    view_position: str,
-) -> bytes:
-    """The serialized `tf.train.Example` that `schema.make_example(...).SerializeToString()` builds.
-
-    Written with the protobuf wire format directly so that workers need no TensorFlow (see the
-    module docstring). `tests/nih_test.py` checks that TensorFlow parses it into the same message.
-    Measured at 256x256 raw: 93 us per record, against 187 us for
-    `schema.make_example(...).SerializeToString()`; either is under 1% of the decoding.
-    """
-    small_features = (
-        (schema.FORMAT_KEY, _bytes_feature(image_format.encode())),
-        (schema.HEIGHT_KEY, _int64_feature([height])),
-        (schema.WIDTH_KEY, _int64_feature([width])),
-        (schema.LABELS_KEY, _int64_feature(multi_hot)),
-        (schema.IMAGE_INDEX_KEY, _bytes_feature(image_index.encode())),
-        (schema.PATIENT_ID_KEY, _int64_feature([patient_id])),
-        (schema.FOLLOW_UP_KEY, _int64_feature([follow_up])),
-        (schema.AGE_KEY, _int64_feature([age])),
-        (schema.SEX_KEY, _bytes_feature(sex.encode())),
-        (schema.VIEW_POSITION_KEY, _bytes_feature(view_position.encode())),
-    )
-    # Features.feature is a map<string, Feature>: each entry is a message {key = 1; value = 2}.
-    entries = [
-        _length_delimited(1, _length_delimited(1, key.encode()) + _length_delimited(2, feature))
-        for key, feature in small_features
-    ]
-    # The image entry goes last, as headers plus the image, so its bytes are copied once (by the
-    # final join) rather than once per nesting level.
-    bytes_list = _varint(0x0A) + _varint(len(encoded_image))  # BytesList.value = 1.
-    feature = _varint(0x0A) + _varint(len(bytes_list) + len(encoded_image))  # Feature.bytes_list = 1.
-    value_len = len(feature) + len(bytes_list) + len(encoded_image)
-    key = _length_delimited(1, schema.IMAGE_KEY.encode())
-    entry_head = key + _varint(0x12) + _varint(value_len)  # MapEntry.value = 2.
-    entry_len = len(entry_head) + value_len
-    image_entry_head = _varint(0x0A) + _varint(entry_len)  # Features.feature = 1.
-    features_len = sum(len(e) for e in entries) + len(image_entry_head) + entry_len
-    return b"".join(
-        [
-            _varint(0x0A) + _varint(features_len),  # Example.features = 1.
-            *entries,
-            image_entry_head,
-            entry_head,
-            feature,
-            bytes_list,
-            encoded_image,
-        ]
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # The labels CSV.
 
 
@@ -184,7 +86,7 @@ class CsvRow:
     expected_fields: int
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ParsedRow:
     """A valid CSV row: everything a record needs besides the pixels."""
 
@@ -216,74 +118,68 @@ class Reject:
         }
 
 
-def read_labels_table(file_obj: io.IOBase | Any, *, name: str) -> tuple[list[str], pd.DataFrame]:
-    """Reads the labels CSV into strings, keeping each data line's position.
+def read_labels_table(file_obj: io.IOBase | Any, *, name: str) -> tuple[list[str], Iterator[list[str]]]:
+    """Opens the labels CSV: its header, and the data records as a stream.
 
-    Rows are read without a header (`header=None`) and with spare columns, so that a short or
-    long row becomes a `bad_row` reject with its line number instead of stopping the job; only a
-    file pandas cannot tokenize at all stops it.
+    One record is in memory at a time, whatever the file's size. A short or long row becomes a
+    `bad_row` reject with its line number (in `parse_row`) instead of stopping the job.
 
     Args:
-      file_obj: the opened (decompressed) file.
+      file_obj: the opened (decompressed) file, binary (UTF-8) or text.
       name: the path, for messages.
 
     Returns:
-      (header names without trailing empty ones, DataFrame of the data rows as strings; row i of
-      the frame is line i + 2 of the file).
+      (header names without empty ones, an iterator over the data records as lists of strings;
+      record i is line i + 2 of the file).
 
     Raises:
-      CsvError: empty file, unreadable file, or missing required columns (named).
+      CsvError: empty file, unreadable file, or missing required columns (named); while
+        iterating, a record the CSV reader cannot parse.
     """
-    # 64 columns: NIH rows have 11; anything wider is a malformed row we report, not a crash.
+    reader = csv.reader(_text_lines(file_obj))
     try:
-        table = pd.read_csv(
-            file_obj,
-            header=None,
-            names=list(range(64)),
-            dtype=str,
-            # Only empty and missing fields are NaN; "NA" or "null" stay strings.
-            keep_default_na=False,
-            na_values=[""],
-            skip_blank_lines=False,
-            encoding="utf-8",
-        )
-    except pd.errors.EmptyDataError as e:
-        raise CsvError(f"Labels CSV {name!r} is empty; expected NIH's Data_Entry_2017.csv.") from e
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        first = next(reader, None)
+    except (csv.Error, UnicodeDecodeError) as e:
         raise CsvError(f"Labels CSV {name!r} cannot be parsed: {e}") from e
-    if table.empty:
+    if not first:
         raise CsvError(f"Labels CSV {name!r} is empty; expected NIH's Data_Entry_2017.csv.")
-    header = [str(v).strip() for v in table.iloc[0].tolist() if isinstance(v, str)]
-    while header and not header[-1]:
-        header.pop()  # The 2017 header's trailing comma.
+    # Empty names (the 2017 header's trailing comma) are not columns.
+    header = [value.strip() for value in first if value]
     missing = [column for column in REQUIRED_COLUMNS if column not in header]
     if missing:
         raise CsvError(
             f"Labels CSV {name!r} lacks required column(s) {missing}; its header is {header}. "
             f"Expected NIH's Data_Entry_2017.csv (2017 or v2020 format)."
         )
-    data = table.iloc[1:].reset_index(drop=True)
-    return header, data
+    return header, _records(reader, name)
 
 
-def iter_csv_rows(header: Sequence[str], data: pd.DataFrame) -> Iterator[CsvRow]:
-    """Yields each data row of `read_labels_table` as a `CsvRow` (line numbers are 1-based)."""
+def _text_lines(file_obj: io.IOBase | Any) -> Iterator[str]:
+    # Line by line, also from Beam's CompressedFile (gzip), which io.TextIOWrapper cannot wrap.
+    while line := file_obj.readline():
+        yield line.decode("utf-8") if isinstance(line, bytes) else line
+
+
+def _records(reader: Iterator[list[str]], name: str) -> Iterator[list[str]]:
+    try:
+        yield from reader
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise CsvError(f"Labels CSV {name!r} cannot be parsed: {e}") from e
+
+
+def iter_csv_rows(header: Sequence[str], records: Iterable[Sequence[str]]) -> Iterator[CsvRow]:
+    """Yields each data record of `read_labels_table` as a `CsvRow` (line numbers are 1-based)."""
     # The header's bracketed names (OriginalImage[Width,Height]) split into two fields like the
     # data, so data rows have as many fields as the header's non-empty names.
     expected = len(header)
     columns = {name: header.index(name) for name in REQUIRED_COLUMNS}
-    present = data.notna().to_numpy()
-    # Fields up to the last non-empty one: trailing empty fields (a trailing comma) do not count.
-    last = np.where(present.any(axis=1), present.shape[1] - np.argmax(present[:, ::-1], axis=1), 0)
-    values = data.to_numpy()
-    for position in range(len(data)):
-        row_values = values[position]
-        fields = {
-            name: (row_values[col] if present[position, col] else "").strip() for name, col in columns.items()
-        }
-        yield CsvRow(
-            line=position + 2, fields=fields, num_fields=int(last[position]), expected_fields=expected
-        )
+    for position, record in enumerate(records):
+        # Fields up to the last non-empty one: trailing empty fields (a trailing comma) do not count.
+        num_fields = len(record)
+        while num_fields and not record[num_fields - 1]:
+            num_fields -= 1
+        fields = {name: (record[col].strip() if col < len(record) else "") for name, col in columns.items()}
+        yield CsvRow(line=position + 2, fields=fields, num_fields=num_fields, expected_fields=expected)
 
 
 def parse_age(value: str) -> int:
@@ -365,10 +261,10 @@ def decode_gray(data: bytes) -> np.ndarray:
     R=G=B images of NIH); 16-bit gray (I;16 and friends) is scaled to 8 bits by v / 257, rounded,
     so 65535 -> 255 and nothing is clipped.
 
-    Pillow rather than tf.image, measured on 60 real NIH 1024x1024 PNGs on one core: Pillow
-    decode + BOX resize to 256 at 94 images/s, tf.io.decode_png + tf.image.resize(area) at 98
-    images/s (results differ by at most 1 grey level), but TensorFlow costs each worker 4.4 s
-    and 800 MB to import, which Pillow does not (see the module docstring).
+    Pillow rather than tf.image: both decode and resize at about the same speed (the
+    "decode_pil" and "decode_tf" cases of benchmarks/bench_tfrecords.py; results differ by at
+    most 1 grey level), but TensorFlow would have to be imported by every worker (see the
+    module docstring).
 
     Raises:
       ValueError: empty, truncated, corrupt or not an image; the message is the decoder's.
@@ -406,17 +302,6 @@ def resize_area(pixels: np.ndarray, image_size: int) -> np.ndarray:
     return np.asarray(image.resize((image_size, image_size), Image.Resampling.BOX))
 
 
-def encode_pixels(pixels: np.ndarray, image_format: str, *, png_compress_level: int = 1) -> bytes:
-    """`schema.encode_image` without TensorFlow: raw row-major bytes or a PNG (zlib level 1)."""
-    if image_format == "raw":
-        return np.ascontiguousarray(pixels).tobytes()
-    if image_format == "png":
-        buffer = io.BytesIO()
-        Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=png_compress_level)
-        return buffer.getvalue()
-    raise ValueError(f"image_format must be one of ('raw', 'png'), got {image_format!r}.")
-
-
 def image_to_record(data: bytes, row: ParsedRow, *, image_size: int, image_format: str) -> bytes:
     """The whole per-image work: PNG bytes + CSV row -> serialized record.
 
@@ -424,8 +309,8 @@ def image_to_record(data: bytes, row: ParsedRow, *, image_size: int, image_forma
       ValueError: the image cannot be decoded (reject `bad_image`).
     """
     pixels = resize_area(decode_gray(data), image_size)
-    return serialize_example(
-        encode_pixels(pixels, image_format),
+    return codec.serialize_example(
+        codec.encode_image(pixels, image_format),
         image_format=image_format,
         height=image_size,
         width=image_size,
@@ -437,25 +322,3 @@ def image_to_record(data: bytes, row: ParsedRow, *, image_size: int, image_forma
         sex=row.sex,
         view_position=row.view_position,
     )
-
-
-def estimated_record_bytes(image_size: int, image_format: str) -> int:
-    """Bytes per record, to size shards before any image is converted.
-
-    raw is exact (H*W plus about 200 bytes of metadata); png at zlib level 1 measured 51% of raw
-    on 60 real NIH images at 256x256 (33.5 KB), so 0.6 leaves a margin.
-    """
-    pixels = image_size * image_size
-    return 256 + (pixels if image_format == "raw" else int(0.6 * pixels))
-
-
-def tfrecord_frame(record: bytes) -> bytes:
-    """One record in the TFRecord framing: length, masked crc32c of length, data, masked crc."""
-    import google_crc32c  # Pinned in setup.py; the C implementation.
-
-    def masked_crc(data: bytes) -> bytes:
-        crc = google_crc32c.value(data)
-        return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
-
-    length = struct.pack("<Q", len(record))
-    return length + masked_crc(length) + record + masked_crc(record)

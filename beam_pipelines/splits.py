@@ -19,7 +19,10 @@ import hashlib
 import math
 from collections.abc import Sequence
 
-SPLITS = ("train", "val", "test")
+from tfrecords import manifest
+
+TRAIN, VAL, TEST = manifest.SPLITS
+
 MODES = ("official", "patient")
 TRAIN_VAL_LIST = "train_val"
 TEST_LIST = "test"
@@ -91,10 +94,10 @@ def patient_split(patient_id: int, fractions: Sequence[float] = DEFAULT_FRACTION
     u = stable_fraction(patient_id, salt="patient-split")
     train, val, _ = fractions
     if u < train:
-        return "train"
+        return TRAIN
     if u < train + val:
-        return "val"
-    return "test"
+        return VAL
+    return TEST
 
 
 def official_split(
@@ -108,9 +111,9 @@ def official_split(
       val_fraction: share of train_val patients that go to val.
     """
     if official_list == TEST_LIST:
-        return "test"
+        return TEST
     if official_list == TRAIN_VAL_LIST:
-        return "val" if stable_fraction(patient_id, salt="official-val") < val_fraction else "train"
+        return VAL if stable_fraction(patient_id, salt="official-val") < val_fraction else TRAIN
     return None
 
 

@@ -1,33 +1,39 @@
 """The Beam stages of the NIH -> TFRecord job: composite PTransforms and their DoFns.
 
-    labels CSV ─ ReadRows ─► rows ─┐                         ┌─► rejects ─ WriteRejects
-    data_dir ── ListImages ─► files┴ JoinRowsAndFiles ─► tasks ─ ConvertToShards ─► shards ─ WriteSummary
+    labels CSV ─ PlanWork ─► work units ─ ConvertToShards ─► shards ─┐
+                   └──────► rejects, unlisted images, row count ──────┴ WriteSummary
 
 How records reach the shards with flat memory on every runner. `WriteToTFRecord` with a fixed
 `num_shards` groups all records by shard, which the DirectRunner does in memory (about 0.3 MB
 per image at 256x256, some 30 GB for NIH). Here the records never pass through a shuffle:
-  1. Each image gets a shard, and a chunk within that shard, by a stable hash of its name
-     (`shard_and_chunk`); the number of shards per split comes from the split's row count and
-     the known record size (`plan_shards`, 100-200 MB shards), before any image is read.
-  2. `GroupChunks` groups the small *rows* (not images) by (split, shard, chunk). This is the
-     fusion break (what `Reshuffle` does with random keys): chunks of ~64 images spread over the
-     workers, and each group becomes one part file written as its images stream through
-     decoding (`ConvertChunkFn`), sorted by image name so the bytes are the same every run.
-  3. `MergeShardFn` concatenates a shard's parts in chunk order (TFRecord files concatenate
-     byte-wise) into the final shard, counting and hashing as it copies, and deletes the parts.
-Part names are fixed by their key, so a retried bundle overwrites its own part: idempotent on
+  1. `PlanWork` reads the CSV, the official lists and the names of the image files in one
+     worker and decides everything per row there (`plan_work`): rejects, split, and a shard
+     and a chunk within that shard by a stable hash of the image name (`shard_and_chunk`).
+     The number of shards per split comes from the split's row count and the known record
+     size (`plan_shards`), before any image is read. It yields one element per chunk (a
+     `WorkUnit`), not one per row, so no per-row element crosses a stage boundary.
+  2. `Reshuffle` spreads the units over the workers, and each unit becomes one file written as
+     its images stream through decoding (`ConvertChunkFn`), in image-name order so the bytes
+     are the same every run.
+  3. Where a split is large (NIH's), each shard is one chunk: it is written under its final
+     name and hashed as it is written, so nothing is left to do once the last image is done.
+     A small split's shard is cut into several chunks so that the work still spreads over the
+     workers; `MergeShardFn` then concatenates its parts in chunk order (TFRecord files
+     concatenate byte-wise), hashing as it copies, and deletes the parts.
+File names are fixed by their key, so a retried bundle overwrites its own part: idempotent on
 runners that retry (Dataflow, Flink, Spark).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
 import math
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from typing import Any
 
 import apache_beam as beam
@@ -36,25 +42,29 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from beam_pipelines import nih, splits
+from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
-from tfrecords import schema
 
 NAMESPACE = "build_tfrecords"
 REJECTS_TAG = "rejects"
 UNLISTED_TAG = "unlisted"
+INPUT_ROWS_TAG = "input_rows"
+PLANS_TAG = "plans"
 PART_SUFFIX = ".part"
 SUMMARY_NAME = "_job_summary.json"
-# Shards of at most this size, so between 100 and 200 MB once a split exceeds 100 MB.
+# Shards of at most this size, and of at least MIN_SHARD_BYTES once a split exceeds it.
 MAX_SHARD_BYTES = 200 * 1000 * 1000
-# Images per work unit (one part file) at most: the full data set makes under 2,000 part files.
-DEFAULT_CHUNK_SIZE = 64
-# Work units at least, over all splits: a small run still spreads evenly over the workers (the
-# last unit of a worker is the others' idle time; 64 units of ~30 images for 2,000 images).
+MIN_SHARD_BYTES = 100 * 1000 * 1000
+# Images per work unit (one part file) at most.
+DEFAULT_CHUNK_SIZE = 4096
+# Work units at least, over all splits: a run spreads evenly over the workers (the last unit of
+# a worker is the others' idle time; 64 units of ~30 images for 2,000 images). Where a split is
+# large enough, its shards are the work units (of 100-200 MB), so no part files are merged.
 MIN_WORK_UNITS = 64
 _COPY_CHUNK = 1 << 22
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ImageTask:
     """A row whose image was found, with its split: the unit of per-image work."""
 
@@ -82,6 +92,8 @@ class PartInfo:
     records: int
     label_counts: tuple[int, ...]
     patients: tuple[int, ...]
+    # Set when the part is a whole shard, written under its final name.
+    sha256: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +110,30 @@ class ShardResult:
     patients: tuple[int, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkUnit:
+    """One chunk of one shard: the images one worker converts into one file, sorted by name.
+
+    One element, pickled as a whole, so the tasks' shared strings are stored once per unit.
+    """
+
+    split: str
+    shard: int
+    chunk: int
+    plan: ShardPlan
+    tasks: tuple[ImageTask, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkPlan:
+    """What `plan_work` decided: the work units, the rejects of the join, the unlisted images."""
+
+    units: tuple[WorkUnit, ...]
+    rejects: tuple[nih.Reject, ...]
+    unlisted: tuple[str, ...]
+    plans: Mapping[str, ShardPlan]
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure functions (tested without Beam).
 
@@ -111,11 +147,16 @@ def plan_shards(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     min_work_units: int = MIN_WORK_UNITS,
 ) -> dict[str, ShardPlan]:
-    """Shards per split: `num_shards` when given, else ceil(bytes / 200 MB), at least one.
+    """Shards per split, and chunks (work units) per shard.
+
+    `num_shards` when given; otherwise as many shards as the split's share of `min_work_units`
+    while shards stay over 100 MB, and at least ceil(bytes / 200 MB) and one. A large split
+    thus gets one work unit per shard, written and hashed where it is converted; a small one
+    gets one shard cut into chunks that are merged at the end.
 
     Args:
       counts: rows to convert per split (an upper bound on the records: bad images drop out).
-      image_size, image_format: give the record size (`nih.estimated_record_bytes`).
+      image_size, image_format: give the record size (`codec.estimated_record_bytes`).
       num_shards: the `--num_shards` flag; 0 means automatic.
       chunk_size: at most this many images per part file.
       min_work_units: at least this many part files over all splits (shared by row count),
@@ -124,14 +165,17 @@ def plan_shards(
     Returns:
       A plan for every split with at least one row.
     """
-    record_bytes = nih.estimated_record_bytes(image_size, image_format)
+    record_bytes = codec.estimated_record_bytes(image_size, image_format)
     total = sum(max(0, count) for count in counts.values())
     plans = {}
     for split, count in counts.items():
         if count <= 0:
             continue
-        shards = num_shards or max(1, math.ceil(count * record_bytes / MAX_SHARD_BYTES))
         units = max(math.ceil(count / chunk_size), math.ceil(min_work_units * count / total))
+        split_bytes = count * record_bytes
+        shards = num_shards or max(
+            1, math.ceil(split_bytes / MAX_SHARD_BYTES), min(units, split_bytes // MIN_SHARD_BYTES)
+        )
         chunks = max(1, min(math.ceil(units / shards), math.ceil(count / shards)))
         plans[split] = ShardPlan(num_shards=shards, chunks_per_shard=chunks)
     return plans
@@ -190,114 +234,147 @@ def resolve_image(
 
 
 # ---------------------------------------------------------------------------------------------
+# Planning: every row and file decided in one place (pure functions, then one DoFn).
+
+
+def read_membership(lists: Mapping[str, str | None]) -> dict[str, str]:
+    """Image name -> the official list that names it, from {list name: path or None}."""
+    membership: dict[str, str] = {}
+    for list_name, path in lists.items():
+        if path:
+            with FileSystems.open(path) as f:
+                for name in nih.read_name_list(f.read().decode("utf-8")):
+                    membership[name] = list_name
+    return membership
+
+
+def list_images(data_dir: str) -> dict[str, list[str]]:
+    """Image name -> the paths of the PNGs of that name anywhere below `data_dir`."""
+    files: dict[str, list[str]] = {}
+    for match in FileSystems.match([FileSystems.join(data_dir.rstrip("/"), "**")])[0].metadata_list:
+        if match.path.lower().endswith(nih.IMAGE_SUFFIX):
+            files.setdefault(nih.image_name(match.path), []).append(match.path)
+    return files
+
+
+def parse_rows(
+    rows: Iterable[nih.CsvRow], membership: Mapping[str, str], *, max_images: int = 0
+) -> tuple[list[tuple[nih.ParsedRow, str | None]], list[nih.Reject], set[str], int]:
+    """Parses the CSV rows up to `max_images` (0 = all).
+
+    Returns:
+      (valid rows with their official list, rejects of malformed rows, the names of rows that
+      do not reach the join (rejected or beyond the limit, so their files are not unlisted),
+      the number of rows to convert).
+    """
+    parsed, rejects, accounted = [], [], set()
+    input_rows = 0
+    for count, row in enumerate(rows):
+        name = row.fields[nih.IMAGE_INDEX]
+        if max_images and count >= max_images:
+            accounted.add(name)
+            continue
+        input_rows += 1
+        try:
+            parsed.append((nih.parse_row(row), membership.get(name)))
+        except schema.UnknownLabelError as e:
+            rejects.append(nih.Reject(nih.UNKNOWN_LABEL, name, row.line, str(e)))
+            accounted.add(name)
+        except ValueError as e:
+            rejects.append(nih.Reject(nih.BAD_ROW, name, row.line, f"line {row.line}: {e}"))
+            accounted.add(name)
+    return parsed, rejects, accounted, input_rows
+
+
+def plan_work(
+    parsed: Iterable[tuple[nih.ParsedRow, str | None]],
+    files: Mapping[str, Sequence[str]],
+    accounted: Set[str],
+    split_config: splits.SplitConfig,
+    **plan_args: Any,
+) -> WorkPlan:
+    """Joins rows and files by image name, assigns splits, shards and chunks.
+
+    Args:
+      parsed, accounted: from `parse_rows`.
+      files: from `list_images`.
+      split_config: the split assignment.
+      **plan_args: for `plan_shards` (image_size, image_format, num_shards, chunk_size).
+
+    Returns:
+      The work units in a fixed order, the rejects of the join and the unlisted image names.
+    """
+    by_name: dict[str, list[tuple[nih.ParsedRow, str | None]]] = {}
+    for row, official_list in parsed:
+        by_name.setdefault(row.image_index, []).append((row, official_list))
+    tasks, rejects = [], []
+    for name in sorted(by_name):
+        task, found = resolve_image(name, by_name[name], files.get(name, ()), split_config)
+        rejects.extend(found)
+        if task is not None:
+            tasks.append(task)
+    unlisted = tuple(sorted(name for name in files if name not in by_name and name not in accounted))
+    plans = plan_shards(collections.Counter(task.split for task in tasks), **plan_args)
+    grouped: dict[tuple[str, int, int], list[ImageTask]] = {}
+    for task in tasks:  # In name order, so each unit's tasks are sorted by name.
+        shard, chunk = shard_and_chunk(task.row.image_index, plans[task.split])
+        grouped.setdefault((task.split, shard, chunk), []).append(task)
+    units = tuple(
+        WorkUnit(split, shard, chunk, plans[split], tuple(unit_tasks))
+        for (split, shard, chunk), unit_tasks in sorted(grouped.items())
+    )
+    return WorkPlan(units=units, rejects=tuple(rejects), unlisted=unlisted, plans=plans)
+
+
+# ---------------------------------------------------------------------------------------------
 # DoFns.
 
 
-class ReadCsvRowsFn(beam.DoFn):
-    """Reads the labels CSV and the official lists; yields (CsvRow, official list or None).
+class PlanWorkFn(beam.DoFn):
+    """labels CSV path -> WorkUnits; tagged: rejects, unlisted names, the row count, the plans.
 
-    With `max_images`, rows past the limit go to the `beyond_limit` tag (as names only), so their
-    images are neither converted nor counted as unlisted.
+    The whole plan is made by this one DoFn, in one worker: the rows, lists and file names of
+    NIH's 112,120 images take about 100 MB there for a few seconds. Joining them with Beam's
+    CoGroupByKey instead would hold every row and every task in the runner's shuffle buffers
+    and in the workers' input queues, which grows the memory of every process with the rows.
     """
 
-    BEYOND_LIMIT_TAG = "beyond_limit"
-
-    def __init__(self, train_val_list: str | None, test_list: str | None, max_images: int = 0):
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        train_val_list: str | None,
+        test_list: str | None,
+        split_config: splits.SplitConfig,
+        max_images: int = 0,
+        plan_args: Mapping[str, Any],
+    ):
+        self._data_dir = data_dir
         self._lists = {splits.TRAIN_VAL_LIST: train_val_list, splits.TEST_LIST: test_list}
+        self._split_config = split_config
         self._max_images = max_images
+        self._plan_args = dict(plan_args)
         self._rows_read = Metrics.counter(NAMESPACE, "rows_read")
+        self._unlisted = Metrics.counter(NAMESPACE, "unlisted_images")
 
     def process(self, csv_path: str) -> Iterator[Any]:
-        membership: dict[str, str] = {}
-        for list_name, path in self._lists.items():
-            if path:
-                with FileSystems.open(path) as f:
-                    for name in nih.read_name_list(f.read().decode("utf-8")):
-                        membership[name] = list_name
+        membership = read_membership(self._lists)
         with FileSystems.open(csv_path) as f:
-            header, data = nih.read_labels_table(f, name=csv_path)
-        for count, row in enumerate(nih.iter_csv_rows(header, data)):
-            if self._max_images and count >= self._max_images:
-                yield beam.pvalue.TaggedOutput(self.BEYOND_LIMIT_TAG, row.fields[nih.IMAGE_INDEX])
-                continue
-            self._rows_read.inc()
-            yield row, membership.get(row.fields[nih.IMAGE_INDEX])
-
-
-class ParseRowFn(beam.DoFn):
-    """CsvRow -> ParsedRow keyed by image name; malformed rows to the `rejects` tag."""
-
-    def __init__(self):
-        self._rejected = {
-            reason: Metrics.counter(NAMESPACE, f"rejected_{reason}")
-            for reason in (nih.BAD_ROW, nih.UNKNOWN_LABEL)
-        }
-
-    def process(self, element: tuple[nih.CsvRow, str | None]) -> Iterator[Any]:
-        row, official_list = element
-        try:
-            parsed = nih.parse_row(row)
-        except schema.UnknownLabelError as e:
-            self._rejected[nih.UNKNOWN_LABEL].inc()
-            yield beam.pvalue.TaggedOutput(
-                REJECTS_TAG, nih.Reject(nih.UNKNOWN_LABEL, row.fields[nih.IMAGE_INDEX], row.line, str(e))
-            )
-            return
-        except ValueError as e:
-            self._rejected[nih.BAD_ROW].inc()
-            yield beam.pvalue.TaggedOutput(
-                REJECTS_TAG,
-                nih.Reject(nih.BAD_ROW, row.fields[nih.IMAGE_INDEX], row.line, f"line {row.line}: {e}"),
-            )
-            return
-        yield parsed.image_index, (parsed, official_list)
-
-
-class ListImagesFn(beam.DoFn):
-    """data_dir -> (file name, path) of every PNG below it, at any depth, through FileSystems."""
-
-    def process(self, data_dir: str) -> Iterator[tuple[str, str]]:
-        pattern = FileSystems.join(data_dir.rstrip("/"), "**")
-        for match in FileSystems.match([pattern])[0].metadata_list:
-            if match.path.lower().endswith(nih.IMAGE_SUFFIX):
-                yield nih.image_name(match.path), match.path
-
-
-class ResolveImageFn(beam.DoFn):
-    """Joined rows and files of one image name -> ImageTask, rejects, or an unlisted name."""
-
-    def __init__(self, split_config: splits.SplitConfig):
-        self._split_config = split_config
-        self._unlisted = Metrics.counter(NAMESPACE, "unlisted_images")
-        self._rejected = {
-            reason: Metrics.counter(NAMESPACE, f"rejected_{reason}")
-            for reason in (nih.DUPLICATE, nih.MISSING_IMAGE, nih.NOT_IN_SPLIT_LISTS)
-        }
-
-    def process(self, element: tuple[str, Mapping[str, Iterable[Any]]]) -> Iterator[Any]:
-        image_index, joined = element
-        rows = list(joined["rows"])
-        paths = list(joined["files"])
-        if not rows:
-            # An image whose row was rejected or left out by --max_images is not "unlisted".
-            if paths and not list(joined["accounted"]):
-                self._unlisted.inc()
-                yield beam.pvalue.TaggedOutput(UNLISTED_TAG, image_index)
-            return
-        task, rejects = resolve_image(image_index, rows, paths, self._split_config)
-        for reject in rejects:
-            self._rejected[reject.reason].inc()
+            rows = nih.iter_csv_rows(*nih.read_labels_table(f, name=csv_path))
+            parsed, rejects, accounted, input_rows = parse_rows(rows, membership, max_images=self._max_images)
+        plan = plan_work(
+            parsed, list_images(self._data_dir), accounted, self._split_config, **self._plan_args
+        )
+        self._rows_read.inc(input_rows)
+        self._unlisted.inc(len(plan.unlisted))
+        yield beam.pvalue.TaggedOutput(INPUT_ROWS_TAG, input_rows)
+        yield beam.pvalue.TaggedOutput(PLANS_TAG, plan.plans)
+        for reject in [*rejects, *plan.rejects]:
+            Metrics.counter(NAMESPACE, f"rejected_{reject.reason}").inc()
             yield beam.pvalue.TaggedOutput(REJECTS_TAG, reject)
-        if task is not None:
-            yield task
-
-
-class AssignChunkFn(beam.DoFn):
-    """ImageTask -> ((split, shard, chunk), task), with the shard plan as a side input."""
-
-    def process(self, task: ImageTask, plans: Mapping[str, ShardPlan]) -> Iterator[Any]:
-        shard, chunk = shard_and_chunk(task.row.image_index, plans[task.split])
-        yield (task.split, shard, chunk), task
+        for name in plan.unlisted:
+            yield beam.pvalue.TaggedOutput(UNLISTED_TAG, name)
+        yield from plan.units
 
 
 class _ProgressFile:
@@ -323,9 +400,11 @@ class _ProgressFile:
 
 
 class ConvertChunkFn(beam.DoFn):
-    """((split, shard, chunk), tasks) -> one part file of serialized records, streamed.
+    """WorkUnit -> one file of serialized records, written as the images stream through.
 
-    Bad images go to the `rejects` tag with the decoder's message. Yields a `PartInfo`.
+    A shard of one chunk is written under its final name in `output_dir` and hashed as it is
+    written; otherwise the part goes to `parts_dir` for `MergeShardFn`. Bad images go to the
+    `rejects` tag with the decoder's message. Yields a `PartInfo`.
     """
 
     def __init__(
@@ -333,12 +412,14 @@ class ConvertChunkFn(beam.DoFn):
         *,
         image_size: int,
         image_format: str,
+        output_dir: str,
         parts_dir: str,
         progress_dir: str | None = None,
         progress_interval_s: float = 5.0,
     ):
         self._image_size = image_size
         self._image_format = image_format
+        self._output_dir = output_dir
         self._parts_dir = parts_dir
         self._progress_dir = progress_dir
         self._progress_interval_s = progress_interval_s
@@ -351,14 +432,19 @@ class ConvertChunkFn(beam.DoFn):
         self._progress = _ProgressFile(self._progress_dir, self._progress_interval_s)
         self._num_labels = schema.NUM_LABELS
 
-    def process(self, element: tuple[tuple[str, int, int], Iterable[ImageTask]]) -> Iterator[Any]:
-        (split, shard, chunk), tasks = element
-        path = part_path(self._parts_dir, split, shard, chunk)
+    def process(self, unit: WorkUnit) -> Iterator[Any]:
+        split, shard, chunk, plan = unit.split, unit.shard, unit.chunk, unit.plan
+        whole_shard = plan.chunks_per_shard == 1
+        if whole_shard:
+            path = FileSystems.join(self._output_dir, manifest_lib.shard_name(split, shard, plan.num_shards))
+        else:
+            path = part_path(self._parts_dir, split, shard, chunk)
+        digest = hashlib.sha256()
         label_counts = [0] * self._num_labels
         patients = set()
         records = 0
         with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as out:
-            for task in sorted(tasks, key=lambda t: t.row.image_index):
+            for task in unit.tasks:
                 try:
                     with FileSystems.open(task.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                         data = f.read()
@@ -373,7 +459,10 @@ class ConvertChunkFn(beam.DoFn):
                         nih.Reject(nih.BAD_IMAGE, task.row.image_index, task.row.line, f"{task.path}: {e}"),
                     )
                     continue
-                out.write(nih.tfrecord_frame(record))
+                frame = codec.tfrecord_frame(record)
+                out.write(frame)
+                if whole_shard:
+                    digest.update(frame)
                 records += 1
                 patients.add(task.row.patient_id)
                 for i, on in enumerate(task.row.multi_hot):
@@ -388,6 +477,7 @@ class ConvertChunkFn(beam.DoFn):
             records=records,
             label_counts=tuple(label_counts),
             patients=tuple(sorted(patients)),
+            sha256=digest.hexdigest() if whole_shard else None,
         )
 
     def finish_bundle(self):
@@ -405,6 +495,12 @@ class MergeShardFn(beam.DoFn):
         (num_shards,) = list(joined["num_shards"])
         parts = sorted(joined["parts"], key=lambda part: part.chunk)
         name = manifest_lib.shard_name(split, index, num_shards)
+        if len(parts) == 1 and parts[0].sha256 is not None:  # Written whole, where converted.
+            (part,) = parts
+            yield ShardResult(
+                split, index, num_shards, name, part.records, part.sha256, part.label_counts, part.patients
+            )
+            return
         digest = hashlib.sha256()
         num_labels = schema.NUM_LABELS
         label_counts = [0] * num_labels
@@ -473,58 +569,24 @@ class WriteRejectsFn(beam.DoFn):
 # Composite transforms.
 
 
-class ReadRows(beam.PTransform):
-    """labels CSV path -> {csv_rows, rows: (image name, (ParsedRow, official list)), rejects, beyond_limit}."""
+class PlanWork(beam.PTransform):
+    """labels CSV path -> {units, rejects, unlisted, input_rows, plans}; see `PlanWorkFn`."""
 
-    def __init__(self, *, train_val_list: str | None, test_list: str | None, max_images: int = 0):
+    def __init__(self, **plan_fn_args: Any):
         super().__init__()
-        self._read = ReadCsvRowsFn(train_val_list, test_list, max_images)
+        self._plan = PlanWorkFn(**plan_fn_args)
 
     def expand(self, csv_path):
-        read = csv_path | "ReadCsv" >> beam.ParDo(self._read).with_outputs(
-            ReadCsvRowsFn.BEYOND_LIMIT_TAG, main="rows"
+        planned = csv_path | "Plan" >> beam.ParDo(self._plan).with_outputs(
+            REJECTS_TAG, UNLISTED_TAG, INPUT_ROWS_TAG, PLANS_TAG, main="units"
         )
-        parsed = read.rows | "ParseRows" >> beam.ParDo(ParseRowFn()).with_outputs(REJECTS_TAG, main="rows")
         return {
-            "csv_rows": read.rows,
-            "rows": parsed.rows,
-            "rejects": parsed[REJECTS_TAG],
-            "beyond_limit": read.beyond_limit,
+            "units": planned.units,
+            "rejects": planned[REJECTS_TAG],
+            "unlisted": planned[UNLISTED_TAG],
+            "input_rows": planned[INPUT_ROWS_TAG],
+            "plans": planned[PLANS_TAG],
         }
-
-
-class JoinRowsAndFiles(beam.PTransform):
-    """{rows, accounted, data_dir} -> {tasks: ImageTask, rejects, unlisted}.
-
-    `accounted` holds the names of CSV rows that do not reach the join (rejected while parsing, or
-    beyond --max_images): their files are listed by the CSV, so not counted as unlisted.
-    """
-
-    def __init__(self, split_config: splits.SplitConfig):
-        super().__init__()
-        self._split_config = split_config
-
-    def expand(self, inputs):
-        rows, accounted, data_dir = inputs["rows"], inputs["accounted"], inputs["data_dir"]
-        files = data_dir | "ListImages" >> beam.ParDo(ListImagesFn())
-        accounted = accounted | "KeyAccounted" >> beam.Map(_keyed_none)
-        resolved = (
-            {"rows": rows, "files": files, "accounted": accounted}
-            | "CoGroupByName" >> beam.CoGroupByKey()
-            | "Resolve"
-            >> beam.ParDo(ResolveImageFn(self._split_config)).with_outputs(
-                REJECTS_TAG, UNLISTED_TAG, main="tasks"
-            )
-        )
-        return {"tasks": resolved.tasks, "rejects": resolved[REJECTS_TAG], "unlisted": resolved[UNLISTED_TAG]}
-
-
-def _keyed_none(name: str) -> tuple[str, None]:
-    return name, None
-
-
-def _split_of(task: ImageTask) -> str:
-    return task.split
 
 
 def _shard_keys(plans: Mapping[str, ShardPlan]) -> Iterator[tuple[tuple[str, int], int]]:
@@ -538,7 +600,7 @@ def _key_by_shard(part: PartInfo) -> tuple[tuple[str, int], PartInfo]:
 
 
 class ConvertToShards(beam.PTransform):
-    """ImageTasks -> {shards: ShardResult, rejects}: per-image work and shard files, see module doc."""
+    """{units, plans} -> {shards: ShardResult, rejects}: per-image work and shard files, see module doc."""
 
     def __init__(
         self,
@@ -547,40 +609,29 @@ class ConvertToShards(beam.PTransform):
         parts_dir: str,
         image_size: int,
         image_format: str,
-        num_shards: int = 0,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress_dir: str | None = None,
         progress_interval_s: float = 5.0,
     ):
         super().__init__()
         self._output_dir = output_dir
-        self._plan_args = dict(
-            image_size=image_size, image_format=image_format, num_shards=num_shards, chunk_size=chunk_size
-        )
         self._convert = ConvertChunkFn(
             image_size=image_size,
             image_format=image_format,
+            output_dir=output_dir,
             parts_dir=parts_dir,
             progress_dir=progress_dir,
             progress_interval_s=progress_interval_s,
         )
 
-    def expand(self, tasks):
-        plan_args = self._plan_args
-        plans = (
-            tasks
-            | "SplitOf" >> beam.Map(_split_of)
-            | "CountPerSplit" >> beam.combiners.Count.PerElement()
-            | "CountsToDict" >> beam.combiners.ToDict()
-            | "PlanShards" >> beam.Map(plan_shards, **plan_args)
-        )
+    def expand(self, inputs):
         converted = (
-            tasks
-            | "AssignChunk" >> beam.ParDo(AssignChunkFn(), beam.pvalue.AsSingleton(plans))
-            | "GroupChunks" >> beam.GroupByKey()
+            inputs["units"]
+            # The fusion break: the units spread over the workers instead of staying in the
+            # planning worker.
+            | "SpreadUnits" >> beam.Reshuffle()
             | "ConvertChunks" >> beam.ParDo(self._convert).with_outputs(REJECTS_TAG, main="parts")
         )
-        shard_keys = plans | "ShardKeys" >> beam.FlatMap(_shard_keys)
+        shard_keys = inputs["plans"] | "ShardKeys" >> beam.FlatMap(_shard_keys)
         parts = converted.parts | "KeyPartsByShard" >> beam.Map(_key_by_shard)
         shards = (
             {"num_shards": shard_keys, "parts": parts}
@@ -588,10 +639,6 @@ class ConvertToShards(beam.PTransform):
             | "MergeShards" >> beam.ParDo(MergeShardFn(self._output_dir))
         )
         return {"shards": shards, "rejects": converted[REJECTS_TAG]}
-
-
-def image_index_of(reject: nih.Reject) -> str:
-    return reject.image_index
 
 
 def _reason(reject: nih.Reject) -> str:
@@ -607,14 +654,14 @@ class WriteSummary(beam.PTransform):
         self._summary_path = summary_path
 
     def expand(self, inputs):
-        root = inputs["csv_rows"].pipeline
+        root = inputs["input_rows"].pipeline
         rejects = inputs["rejects"]
         rejects_written = (
             rejects
             | "AllRejects" >> beam.combiners.ToList()
             | "WriteRejects" >> beam.ParDo(WriteRejectsFn(self._rejects_path))
         )
-        input_rows = inputs["csv_rows"] | "CountRows" >> beam.combiners.Count.Globally()
+        input_rows = inputs["input_rows"] | "SumRows" >> beam.CombineGlobally(sum)
         unlisted = inputs["unlisted"] | "CountUnlisted" >> beam.combiners.Count.Globally()
         reject_counts = (
             rejects | "ReasonOf" >> beam.Map(_reason) | "CountPerReason" >> beam.combiners.Count.PerElement()

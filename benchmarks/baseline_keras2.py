@@ -1,4 +1,4 @@
-"""The original work's input pipeline, timed: Keras 2 ImageDataGenerator.flow_from_dataframe.
+"""The 2023 thesis' input pipeline, timed: Keras 2 ImageDataGenerator.flow_from_dataframe.
 
 Runs only in the benchmark-only environment with tf-keras (never in the product's .venv);
 `benchmarks.bench_input` calls it in a subprocess:
@@ -7,7 +7,7 @@ Runs only in the benchmark-only environment with tf-keras (never in the product'
       --images_dir=data/bench/demo/images_001/images --workers=2 --multiprocessing --batches=15
 
 prints one JSON object: {"setting": ..., "images_per_second": ..., ...}. The generator is
-configured exactly as the original: samplewise centring and std normalization, horizontal
+configured exactly as the 2023 thesis: samplewise centring and std normalization, horizontal
 flip, height shift 0.05, width shift 0.1, rotation 3, reflect fill, zoom 0.15, 256x256
 grayscale, batch 32. Workers are what Keras 2's fit(workers=, use_multiprocessing=) used: an
 OrderedEnqueuer over the iterator (workers=0 iterates in the main thread).

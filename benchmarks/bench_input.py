@@ -1,9 +1,9 @@
-r"""Input pipeline benchmark: the original's Keras 2 generator against our tf.data pipeline.
+r"""Input pipeline benchmark: the 2023 thesis' Keras 2 generator against our tf.data pipeline.
 
   python -m benchmarks.bench_input
 
 Side by side in one run, images/s at 256x256, batch 32, over 2,000 demo images:
-  * baseline: the original's Keras 2 ImageDataGenerator.flow_from_dataframe over the 1024x1024
+  * baseline: the 2023 thesis' Keras 2 ImageDataGenerator.flow_from_dataframe over the 1024x1024
     demo PNGs (decode, resize, augment, standardize per image), at each worker setting, run in
     the benchmark-only environment (.venv-bench/, tensorflow 2.21.0 + tf-keras 2.21.0; see
     benchmarks/baseline_keras2.py; never installed into the product's .venv);
@@ -43,9 +43,9 @@ import tensorflow as tf
 from absl import app, flags, logging
 from PIL import Image
 
+from tfrecords import codec, schema
 from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
-from tfrecords import schema
 from trainer import augment as augment_lib
 from trainer import inputs
 
@@ -107,13 +107,13 @@ def _record_bytes(row: tuple[str, str, int, int, str, str, str], *, image_size: 
         view_position=view,
     )
     labels = schema.labels_to_multi_hot(finding_labels)
-    return schema.make_example(pixels, metadata, labels, image_format="raw").SerializeToString()
+    return codec.encode_example(pixels, metadata, labels, image_format="raw")
 
 
 def ensure_records(
     demo_dir: str, records_dir: str, *, image_size: int, num_shards: int
 ) -> manifest_lib.Manifest:
-    """Writes all demo images as one "train" split of raw records (with schema.make_example)."""
+    """Writes all demo images as one "train" split of raw records (with codec.encode_example)."""
     try:
         return manifest_lib.read_manifest(records_dir)
     except manifest_lib.ManifestError:
@@ -199,7 +199,7 @@ def floor_bare_loop(paths: list[str], image_size: int, batch_size: int, num_batc
 
     def batches() -> Iterator[tf.Tensor]:
         for serialized in tf.data.TFRecordDataset(paths).batch(batch_size, drop_remainder=True):
-            features = schema.parse_examples(serialized)
+            features = codec.parse_examples(serialized)
             pixels = tf.io.decode_raw(features[schema.IMAGE_KEY], tf.uint8)
             yield (
                 tf.reshape(pixels, [-1, image_size, image_size, 1]),
@@ -215,7 +215,7 @@ def floor_parallel_map(
     """The same work in tf.data with only a parallel map and prefetch (no shuffle, no interleave)."""
 
     def parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        features = schema.parse_examples(serialized)
+        features = codec.parse_examples(serialized)
         pixels = tf.io.decode_raw(features[schema.IMAGE_KEY], tf.uint8)
         return tf.reshape(pixels, [-1, image_size, image_size, 1]), tf.cast(
             features[schema.LABELS_KEY], tf.float32

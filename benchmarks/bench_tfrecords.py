@@ -17,7 +17,7 @@ prints a table. Cases, all in one run on the same cores:
                 cost that --image_format trades against disk space;
   decode_pil/tf one core, decode + area resize of 100 demo PNGs with Pillow vs tf.image.
 
-The demo images are generated once with beam_pipelines.demo_data into --data_dir (cached).
+The demo images are generated once with demo_data into --data_dir (cached).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ import numpy as np
 from absl import app, flags
 
 from beam_pipelines import job, nih, splits
+from benchmarks.rss import tree_rss_bytes
+from tfrecords import codec
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 2000, "Demo images to convert.")
 _SOURCE_SIZE = flags.DEFINE_integer("source_size", 1024, "Side of the demo PNGs.")
@@ -82,7 +84,7 @@ def _floor_convert(task: tuple[str, nih.ParsedRow]) -> bytes | None:
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return nih.tfrecord_frame(nih.image_to_record(data, row, **_FLOOR_ARGS))
+        return codec.tfrecord_frame(nih.image_to_record(data, row, **_FLOOR_ARGS))
     except ValueError:
         return None
 
@@ -94,8 +96,8 @@ def _floor_init(args: dict) -> None:
 def run_floor(data_dir: str, out_path: str, *, image_size: int, num_images: int, workers: int) -> dict:
     start = time.monotonic()
     with open(os.path.join(data_dir, "Data_Entry_2017.csv"), "rb") as f:
-        header, data = nih.read_labels_table(f, name="csv")
-    rows = [nih.parse_row(row) for row in nih.iter_csv_rows(header, data)][:num_images]
+        rows = [nih.parse_row(row) for row in nih.iter_csv_rows(*nih.read_labels_table(f, name="csv"))]
+    rows = rows[:num_images]
     paths = {}
     for dirpath, _, files in os.walk(data_dir):
         for name in files:
@@ -156,32 +158,6 @@ def run_job_case(
     }
 
 
-def _tree_rss_bytes(root_pid: int) -> int:
-    """Sum of VmRSS over `root_pid` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    total, stack = 0, [root_pid]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-        except OSError:
-            continue
-    return total
-
-
 def run_memory_case(
     data_dir: str, output_dir: str, *, image_size: int, num_images: int, workers: int
 ) -> dict:
@@ -206,7 +182,7 @@ def run_memory_case(
     reader = threading.Thread(target=lambda: (output.append(process.stdout.read()), done.set()), daemon=True)
     reader.start()
     while process.poll() is None:
-        peak = max(peak, _tree_rss_bytes(process.pid))
+        peak = max(peak, tree_rss_bytes(process.pid))
         time.sleep(0.2)
     wall = time.monotonic() - start
     done.wait(10)
@@ -228,15 +204,14 @@ def run_read_case(records_dir: str, image_format: str) -> dict:
     import tensorflow as tf
 
     from tfrecords import manifest as manifest_lib
-    from tfrecords import schema
 
     manifest = manifest_lib.read_manifest(records_dir)
     files = [p for split in manifest.splits for p in manifest_lib.shard_paths(records_dir, manifest, split)]
     size = manifest.image_size
 
     def parse(serialized):
-        features = schema.parse_example(serialized)
-        return schema.decode_image(features, image_size=size, image_format=image_format)
+        features = codec.parse_example(serialized)
+        return codec.decode_image(features, image_size=size, image_format=image_format)
 
     dataset = tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(64)
     for _ in dataset:  # Warm the page cache and tf.data.

@@ -4,23 +4,29 @@ One pipeline run on a tiny NIH layout holding every kind of bad input is shared 
 assertions (setUpClass), because each DirectRunner start costs seconds.
 """
 
+import dataclasses
 import glob
 import json
+import logging
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tarfile
+import time
 from unittest import mock
 
 import numpy as np
+import portpicker
+import pytest
 import tensorflow as tf
-from absl import flags
-from absl.testing import flagsaver, parameterized
+from absl.testing import parameterized
 
 from beam_pipelines import build_tfrecords, job, nih, splits, transforms
 from tests import fake_data
+from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
-from tfrecords import schema
 
 _SIZE = 16
 _IN_MEMORY = ["--direct_running_mode=in_memory"]
@@ -35,8 +41,8 @@ def _read_records(records_dir: str) -> dict[str, list[dict]]:
         records = []
         for path in manifest_lib.shard_paths(records_dir, manifest, split):
             for serialized in tf.data.TFRecordDataset(path):
-                features = schema.parse_example(serialized)
-                image = schema.decode_image(
+                features = codec.parse_example(serialized)
+                image = codec.decode_image(
                     features, image_size=manifest.image_size, image_format=manifest.image_format
                 )
                 records.append(
@@ -357,6 +363,87 @@ class BeforePipelineErrorsTest(parameterized.TestCase, tf.test.TestCase):
             job.JobConfig(**{"data_dir": "data/demo", **kwargs})
 
 
+def _wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode} before serving port {port}.")
+        with socket.socket() as probe:
+            if probe.connect_ex(("localhost", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{process.args} did not serve port {port} within {timeout_s} s.")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class PortableRunnerTest(tf.test.TestCase):
+    """The path Flink and Spark take: Beam's job API with an external SDK worker pool.
+
+    One local job service and one worker-pool process on localhost, not a cluster.
+    """
+
+    def _start(self, module: str, port_flag: str) -> int:
+        port = portpicker.pick_unused_port()
+        # The worker pool starts its SDK workers as `python` from PATH: this environment's first.
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+        log = open(os.path.join(self.get_temp_dir(), f"{module.rsplit('.', 1)[-1]}.log"), "w")
+        self.addCleanup(log.close)
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, f"{port_flag}={port}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PATH=path),
+        )
+        self.addCleanup(_stop, process)  # Also when the test fails.
+        _wait_for_port(port, process)
+        return port
+
+    @pytest.mark.slow
+    def test_portable_runner_writes_the_direct_runners_bytes(self):
+        temp = self.get_temp_dir() + "/portable"
+        data_dir = temp + "/data"
+        expected = _bad_input_layout(data_dir)
+        job_port = self._start("apache_beam.runners.portability.local_job_service_main", "--job_port")
+        worker_port = self._start("apache_beam.runners.worker.worker_pool_main", "--service_port")
+
+        def config(name):
+            return job.JobConfig(data_dir=data_dir, output_dir=f"{temp}/{name}", image_size=_SIZE)
+
+        direct = job.run_job(config("direct"), ["--direct_num_workers=2"])
+        portable = job.run_job(
+            config("portable"),
+            [
+                "--runner=PortableRunner",
+                f"--job_endpoint=localhost:{job_port}",
+                "--environment_type=EXTERNAL",
+                f"--environment_config=localhost:{worker_port}",
+                # The job's state stream carries this deadline (default 300 s) for the whole run.
+                "--job_server_timeout=3600",
+            ],
+        )
+        self.assertEqual(portable.manifest.records_written, len(expected["written"]))
+        self.assertEqual(portable.manifest.splits, direct.manifest.splits)  # Same shards and sha256.
+        for split in direct.manifest.splits.values():
+            for shard in split.shards:
+                with (
+                    open(f"{temp}/direct/{shard.name}", "rb") as a,
+                    open(f"{temp}/portable/{shard.name}", "rb") as b,
+                ):
+                    self.assertEqual(a.read(), b.read())
+        self.assertEqual(_read_rejects(f"{temp}/portable"), _read_rejects(f"{temp}/direct"))
+        self.assertEqual(portable.counters["records_written"], len(expected["written"]))
+        self.assertEqual(portable.counters, direct.counters)
+
+
 class ProgressTest(tf.test.TestCase):
     def test_monitor_sums_the_workers_files(self):
         progress_dir = self.get_temp_dir() + "/progress"
@@ -369,32 +456,55 @@ class ProgressTest(tf.test.TestCase):
         self.assertEqual(job._ProgressMonitor(progress_dir, total=20, interval_s=1.0).done(), 12)
         self.assertEqual(job._format_seconds(3725), "1:02:05")
 
+    def test_monitor_stops_and_joins(self):
+        progress_dir = self.get_temp_dir() + "/stopped"
+        os.makedirs(progress_dir)
+        monitor = job._ProgressMonitor(progress_dir, total=20, interval_s=0.01)
+        monitor.start()
+        self.assertTrue(monitor.is_alive())
+        monitor.stop()  # Joins: no progress line can follow the summary.
+        self.assertFalse(monitor.is_alive())
+        monitor.stop()  # Idempotent.
+
 
 class EntryPointTest(parameterized.TestCase, tf.test.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS(["build_tfrecords"], known_only=True)
+    def _main(self, *args: str) -> None:
+        self.addCleanup(build_tfrecords.FLAGS.unparse_flags)
+        build_tfrecords.main(build_tfrecords._parse_flags(["build_tfrecords", *args]))
 
     @parameterized.parameters(
-        (dict(image_size=0), "build_tfrecords: image_size must be in .* got 0"),
-        (dict(split_fractions="60,10"), "build_tfrecords: --split_fractions must be three"),
-        (dict(val_fraction=2.0), "build_tfrecords: val_fraction must be in"),
-        (dict(data_dir="/nonexistent/nih"), "build_tfrecords: --data_dir '/nonexistent/nih' does not exist"),
+        ("--image_size=0", "build_tfrecords: image_size must be in .* got 0"),
+        ("--split_fractions=60,10", "build_tfrecords: --split_fractions must be three"),
+        ("--val_fraction=2.0", "build_tfrecords: val_fraction must be in"),
+        ("--data_dir=/nonexistent/nih", "build_tfrecords: --data_dir '/nonexistent/nih' does not exist"),
     )
-    def test_bad_flags_stop_with_a_message(self, overrides, message):
-        with flagsaver.flagsaver(**overrides):
-            with self.assertRaisesRegex(SystemExit, message):
-                build_tfrecords.main(["build_tfrecords"])
+    def test_bad_flags_stop_with_a_message(self, flag, message):
+        with self.assertRaisesRegex(SystemExit, message):
+            self._main(flag)
 
-    def test_unknown_flags_are_left_for_beam(self):
+    def test_main_leaves_logging_levels_as_it_found_them(self):
+        root, beam_logger = logging.getLogger(), logging.getLogger("apache_beam")
+        before = (root.level, beam_logger.level)
+        with self.assertRaises(SystemExit):
+            self._main("--data_dir=/nonexistent/nih")
+        self.assertEqual((root.level, beam_logger.level), before)
+
+    def test_flags_come_from_the_config_and_beams_are_left(self):
         argv = build_tfrecords._parse_flags(
-            ["prog", "--image_size=64", "--runner=DataflowRunner", "--project=p"]
+            ["prog", "--image_size=64", "--progress_interval_s=5", "--runner=DataflowRunner", "--project=p"]
         )
+        self.addCleanup(build_tfrecords.FLAGS.unparse_flags)
         self.assertEqual(argv, ["prog", "--runner=DataflowRunner", "--project=p"])
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["build_tfrecords"], known_only=True)
+        self.assertEqual(build_tfrecords._CONFIG["image_size"].value, 64)
+        self.assertEqual(build_tfrecords._CONFIG["progress_interval_s"].value, 5.0)
+        fields = {f.name for f in dataclasses.fields(job.JobConfig)} - {"split"}
+        self.assertEqual(set(build_tfrecords._CONFIG), fields)
+
+    def test_both_binaries_import_in_one_process(self):
+        # The trainer also has an --overwrite flag; importing both must not clash.
+        code = "import beam_pipelines.build_tfrecords, trainer.train; print('ok')"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        self.assertEqual(result.stdout.strip(), "ok", result.stderr[-2000:])
 
     def test_pipeline_options_pass_through_untouched(self):
         args = [
@@ -428,19 +538,29 @@ class EntryPointTest(parameterized.TestCase, tf.test.TestCase):
 
     def test_setup_py_works_as_dataflow_setup_file(self):
         # Dataflow's stager runs `python setup.py sdist` on --setup_file and installs the result.
+        # Built from a copy of the tree: sdist writes *.egg-info next to setup.py.
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        dist = self.get_temp_dir() + "/dist"
+        before = sorted(os.listdir(root))
+        source, dist = self.get_temp_dir() + "/source", self.get_temp_dir() + "/dist"
+        shutil.copytree(
+            root,
+            source,
+            ignore=shutil.ignore_patterns(
+                ".git", ".venv*", "data", "runs", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+            ),
+        )
         subprocess.run(
             [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", dist],
-            cwd=root,
+            cwd=source,
             check=True,
             capture_output=True,
         )
         (tarball,) = glob.glob(dist + "/*.tar.gz")
         with tarfile.open(tarball) as tar:
             names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
-        for module in ("beam_pipelines/transforms.py", "beam_pipelines/nih.py", "tfrecords/schema.py"):
+        for module in ("beam_pipelines/transforms.py", "beam_pipelines/nih.py", "tfrecords/codec.py"):
             self.assertIn(module, names)
+        self.assertEqual(sorted(os.listdir(root)), before)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from tests import fake_data
+from tfrecords import codec, schema
 from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
-from tfrecords import schema
 
 _FINDING = {name: index for index, name in enumerate(schema.LABELS)}
 
@@ -202,7 +202,7 @@ class DatasetTest(tf.test.TestCase, parameterized.TestCase):
         with tf.io.TFRecordWriter(shard) as writer:
             for size in (8, 6):
                 pixels = np.zeros([size, size], np.uint8)
-                writer.write(schema.make_example(pixels, metadata, _multi_hot("Mass")).SerializeToString())
+                writer.write(codec.make_example(pixels, metadata, _multi_hot("Mass")).SerializeToString())
         with self.assertRaisesRegex(
             tf.errors.InvalidArgumentError, "differs from the manifest option image_size=8"
         ):

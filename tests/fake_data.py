@@ -11,8 +11,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
-from tfrecords import schema
 
 # NIH's 2017 header, trailing comma included (12 fields; data rows have 11).
 NIH_2017_HEADER = (
@@ -128,7 +128,7 @@ def write_records(
                     counter += 1
                     patients.add(metadata.patient_id)
                     label_counts += labels
-                    example = schema.make_example(pixels, metadata, labels, image_format=image_format)
+                    example = codec.make_example(pixels, metadata, labels, image_format=image_format)
                     writer.write(example.SerializeToString())
             shards.append(
                 manifest_lib.ShardInfo(name=name, records=len(indices), sha256=manifest_lib.sha256_file(path))
@@ -194,7 +194,7 @@ def write_labeled_records(
                     metadata = metadata_for(counter)
                     counter += 1
                     patients.add(metadata.patient_id)
-                    example = schema.make_example(
+                    example = codec.make_example(
                         pixels, metadata, all_labels[index], image_format=image_format
                     )
                     writer.write(example.SerializeToString())

@@ -10,6 +10,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from beam_pipelines import splits
+from tfrecords import manifest as manifest_lib
 
 _NUM_PATIENTS = 10_000
 
@@ -35,7 +36,7 @@ class PatientModeTest(parameterized.TestCase, tf.test.TestCase):
     @parameterized.parameters((0.7, 0.1, 0.2), (0.8, 0.1, 0.1), (0.5, 0.0, 0.5))
     def test_fractions_of_patients_within_tolerance(self, *fractions):
         counts = collections.Counter(splits.patient_split(p, fractions) for p in range(1, _NUM_PATIENTS + 1))
-        for split, fraction in zip(splits.SPLITS, fractions):
+        for split, fraction in zip(manifest_lib.SPLITS, fractions):
             # Binomial standard deviation at n=10,000 is at most 0.005; 0.015 is three of them.
             self.assertAllClose(counts[split] / _NUM_PATIENTS, fraction, atol=0.015)
 
@@ -54,7 +55,7 @@ class PatientModeTest(parameterized.TestCase, tf.test.TestCase):
         before = {p: splits.assign_split(config, p, None) for p in range(1, 1001)}
         after = {p: splits.assign_split(config, p, None) for p in range(1, 3001)}
         self.assertEqual({p: after[p] for p in before}, before)
-        self.assertEqual(set(after.values()), set(splits.SPLITS))
+        self.assertEqual(set(after.values()), set(manifest_lib.SPLITS))
 
 
 class OfficialModeTest(tf.test.TestCase):

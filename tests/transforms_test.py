@@ -8,11 +8,12 @@ import apache_beam as beam
 import tensorflow as tf
 from absl.testing import parameterized
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from beam_pipelines import nih, splits, transforms
 from tests import fake_data
-from tfrecords import schema
+from tfrecords import codec, schema
+from tfrecords import manifest as manifest_lib
 
 
 def _pipeline() -> TestPipeline:
@@ -36,12 +37,23 @@ def _row(name: str, line: int, *, patient_id: int = 1, labels: str = "Mass") -> 
 
 class PureFunctionsTest(parameterized.TestCase, tf.test.TestCase):
     def test_automatic_shards_hold_100_to_200_mb(self):
-        record = nih.estimated_record_bytes(256, "raw")
+        record = codec.estimated_record_bytes(256, "raw")
         for count in (1600, 3100, 9000, 78000):
             (plan,) = transforms.plan_shards({"train": count}, image_size=256, image_format="raw").values()
             shard_mb = count * record / plan.num_shards / 1e6
             self.assertLessEqual(shard_mb, 200.0)
             self.assertGreater(shard_mb, 100.0)
+
+    def test_nih_sized_splits_are_written_one_shard_per_work_unit(self):
+        # NIH's official split at 256x256 raw: every shard is one chunk (nothing merged at the
+        # end), 100-200 MB, and there are at least MIN_WORK_UNITS of them.
+        counts = {"train": 77_872, "val": 8_652, "test": 25_596}
+        plans = transforms.plan_shards(counts, image_size=256, image_format="raw")
+        record = codec.estimated_record_bytes(256, "raw")
+        self.assertEqual({plan.chunks_per_shard for plan in plans.values()}, {1})
+        self.assertGreaterEqual(sum(plan.num_shards for plan in plans.values()), transforms.MIN_WORK_UNITS)
+        for split, plan in plans.items():
+            self.assertBetween(counts[split] * record / plan.num_shards / 1e6, 100.0, 200.0)
 
     def test_small_splits_get_one_shard_and_empty_splits_none(self):
         plans = transforms.plan_shards(
@@ -98,10 +110,10 @@ class PureFunctionsTest(parameterized.TestCase, tf.test.TestCase):
         self.assertEqual([r.reason for r in rejects], [nih.NOT_IN_SPLIT_LISTS])
 
 
-class ReadRowsTest(tf.test.TestCase):
-    def test_rows_rejects_and_official_lists(self):
+class PlanWorkTest(tf.test.TestCase):
+    def test_parse_rows_rejects_and_limit(self):
         root = fake_data.write_nih_layout(
-            self.get_temp_dir() + "/read",
+            self.get_temp_dir() + "/parse",
             [
                 fake_data.nih_row("00000001_000.png", "Mass", patient_id=1),
                 fake_data.nih_row("00000002_000.png", "Infiltrate", patient_id=2),
@@ -112,80 +124,172 @@ class ReadRowsTest(tf.test.TestCase):
             train_val=["00000001_000.png", "00000002_000.png", "00000003_000.png"],
             test=["00000004_000.png"],
         )
+        membership = transforms.read_membership(
+            {
+                splits.TRAIN_VAL_LIST: os.path.join(root, "train_val_list.txt"),
+                splits.TEST_LIST: os.path.join(root, "test_list.txt"),
+            }
+        )
+        self.assertEqual(membership["00000004_000.png"], splits.TEST_LIST)
+        with open(os.path.join(root, "Data_Entry_2017.csv"), "rb") as f:
+            rows = nih.iter_csv_rows(*nih.read_labels_table(f, name="csv"))
+            parsed, rejects, accounted, input_rows = transforms.parse_rows(rows, membership, max_images=3)
+        self.assertEqual(
+            [(row.image_index, row.line, official) for row, official in parsed],
+            [("00000001_000.png", 2, "train_val")],
+        )
+        self.assertEqual(
+            [(r.reason, r.line, r.image_index) for r in rejects],
+            [("unknown_label", 3, "00000002_000.png"), ("bad_row", 4, "00000003_000.png")],
+        )
+        self.assertEqual(accounted, {"00000002_000.png", "00000003_000.png", "00000004_000.png"})
+        self.assertEqual(input_rows, 3)
+
+    def test_plan_work_joins_rows_and_files(self):
+        rows = [(_row(f"0000000{i}_000.png", i + 1, patient_id=i), None) for i in range(1, 6)]
+        rows.append((_row("00000001_000.png", 9, patient_id=1), None))  # A duplicate row.
+        files = {f"0000000{i}_000.png": [f"/d/0000000{i}_000.png"] for i in (1, 2, 3, 4)}
+        files["00000008_000.png"] = ["/d/00000008_000.png"]  # Rejected row: accounted, not unlisted.
+        files["00000009_000.png"] = ["/d/00000009_000.png"]  # In no row: unlisted.
+        plan = transforms.plan_work(
+            rows,
+            files,
+            {"00000008_000.png"},
+            splits.SplitConfig(mode="patient", fractions=(1.0, 0.0, 0.0)),
+            image_size=16,
+            image_format="raw",
+            chunk_size=2,
+        )
+        self.assertEqual(
+            sorted((r.reason, r.image_index, r.line) for r in plan.rejects),
+            [("duplicate", "00000001_000.png", 9), ("missing_image", "00000005_000.png", 6)],
+        )
+        self.assertEqual(plan.unlisted, ("00000009_000.png",))
+        self.assertEqual(set(plan.plans), {"train"})
+        tasks = [task for unit in plan.units for task in unit.tasks]
+        self.assertCountEqual(
+            [t.row.image_index for t in tasks], [f"0000000{i}_000.png" for i in (1, 2, 3, 4)]
+        )
+        for unit in plan.units:
+            names = [task.row.image_index for task in unit.tasks]
+            self.assertEqual(names, sorted(names))
+            for name in names:
+                self.assertEqual(transforms.shard_and_chunk(name, unit.plan), (unit.shard, unit.chunk))
+
+    def test_plan_work_transform_emits_every_output(self):
+        root = fake_data.write_nih_layout(
+            self.get_temp_dir() + "/plan",
+            [fake_data.nih_row("00000001_000.png", "Mass", patient_id=1), "bad,row"],
+            {"00000001_000.png": b"x", "00000007_000.png": b"y"},
+        )
         with _pipeline() as p:
-            read = (
+            planned = (
                 p
                 | beam.Create([os.path.join(root, "Data_Entry_2017.csv")])
-                | transforms.ReadRows(
-                    train_val_list=os.path.join(root, "train_val_list.txt"),
-                    test_list=os.path.join(root, "test_list.txt"),
-                    max_images=3,
+                | transforms.PlanWork(
+                    data_dir=root,
+                    train_val_list=None,
+                    test_list=None,
+                    split_config=splits.SplitConfig(mode="patient", fractions=(1.0, 0.0, 0.0)),
+                    plan_args=dict(image_size=16, image_format="raw"),
                 )
             )
-            names = read["rows"] | "Names" >> beam.Map(lambda kv: (kv[0], kv[1][0].line, kv[1][1]))
-            assert_that(names, equal_to([("00000001_000.png", 2, "train_val")]), label="Rows")
-            reasons = read["rejects"] | "Reasons" >> beam.Map(lambda r: (r.reason, r.line, r.image_index))
-            assert_that(
-                reasons,
-                equal_to([("unknown_label", 3, "00000002_000.png"), ("bad_row", 4, "00000003_000.png")]),
-                label="Rejects",
-            )
-            assert_that(read["beyond_limit"], equal_to(["00000004_000.png"]), label="BeyondLimit")
+            names = planned["units"] | "Names" >> beam.FlatMap(lambda u: [t.row.image_index for t in u.tasks])
+            assert_that(names, equal_to(["00000001_000.png"]), label="Units")
+            assert_that(planned["unlisted"], equal_to(["00000007_000.png"]), label="Unlisted")
+            assert_that(planned["input_rows"], equal_to([2]), label="Rows")
+            reasons = planned["rejects"] | "Reasons" >> beam.Map(lambda r: (r.reason, r.line))
+            assert_that(reasons, equal_to([("bad_row", 3)]), label="Rejects")
 
 
-class JoinAndConvertTest(tf.test.TestCase):
-    def test_join_then_convert_streams_into_shards(self):
+def _sha256(directory: str, name: str) -> str:
+    return manifest_lib.sha256_file(os.path.join(directory, name))
+
+
+def _six_hashed_shards_of_six_records(actual):
+    names = sorted(name for name, _, _ in actual)
+    if names != [f"train-0000{i}-of-00006.tfrecord" for i in range(6)]:
+        raise BeamAssertException(f"expected the 6 shards, got {names}")
+    if sum(records for _, records, _ in actual) != 6 or not all(ok for _, _, ok in actual):
+        raise BeamAssertException(f"expected 6 records in shards whose sha256 matches, got {actual}")
+
+
+def _units(plan_args, rows, data_dir):
+    files = transforms.list_images(data_dir)
+    return transforms.plan_work(
+        rows, files, set(), splits.SplitConfig(mode="patient", fractions=(1.0, 0.0, 0.0)), **plan_args
+    )
+
+
+class ConvertTest(tf.test.TestCase):
+    def test_convert_streams_chunks_into_shards(self):
         temp = self.get_temp_dir()
         pixels = fake_data.gray_pixels(32, 32, seed=2)
         good = {
             f"0000000{i}_000.png": fake_data.png_bytes(pixels, mode="RGBA" if i == 2 else "L")
             for i in (1, 2, 3)
         }
-        images = dict(
-            good, **{"00000004_000.png": b"not a png", "99999999_000.png": fake_data.png_bytes(pixels)}
-        )
+        images = dict(good, **{"00000004_000.png": b"not a png"})
         data_dir = fake_data.write_nih_layout(temp + "/data", [], images)
-        rows = [
-            (name, (_row(name, i + 2, patient_id=i + 1), None)) for i, name in enumerate(sorted(images)[:4])
-        ]
-        rows.append(("00000005_000.png", (_row("00000005_000.png", 9, patient_id=5), None)))
+        rows = [(_row(name, i + 2, patient_id=i + 1), None) for i, name in enumerate(sorted(images))]
+        plan = _units(dict(image_size=16, image_format="raw", chunk_size=2), rows, data_dir)
+        self.assertEqual(plan.plans["train"].num_shards, 1)
+        self.assertGreater(plan.plans["train"].chunks_per_shard, 1)
         out_dir, parts_dir = temp + "/out", temp + "/out/_parts"
         with _pipeline() as p:
-            joined = {
-                "rows": p | "Rows" >> beam.Create(rows),
-                "accounted": p | "Accounted" >> beam.Create([]),
-                "data_dir": p | "DataDir" >> beam.Create([data_dir]),
-            } | transforms.JoinRowsAndFiles(splits.SplitConfig(mode="patient", fractions=(1.0, 0.0, 0.0)))
-            converted = joined["tasks"] | transforms.ConvertToShards(
-                output_dir=out_dir, parts_dir=parts_dir, image_size=16, image_format="raw", chunk_size=2
-            )
-            assert_that(joined["unlisted"], equal_to(["99999999_000.png"]), label="Unlisted")
-            assert_that(
-                joined["rejects"] | "JoinReasons" >> beam.Map(lambda r: (r.reason, r.image_index)),
-                equal_to([("missing_image", "00000005_000.png")]),
-                label="JoinRejects",
+            converted = {
+                "units": p | "Units" >> beam.Create(plan.units),
+                "plans": p | "Plans" >> beam.Create([plan.plans]),
+            } | transforms.ConvertToShards(
+                output_dir=out_dir, parts_dir=parts_dir, image_size=16, image_format="raw"
             )
             assert_that(
                 converted["rejects"] | "ConvertReasons" >> beam.Map(lambda r: (r.reason, r.image_index)),
                 equal_to([("bad_image", "00000004_000.png")]),
                 label="ConvertRejects",
             )
+            summary = converted["shards"] | "ShardSummary" >> beam.Map(
+                lambda s: (s.name, s.records, s.patients, _sha256(out_dir, s.name) == s.sha256)
+            )
             assert_that(
-                converted["shards"] | "ShardSummary" >> beam.Map(lambda s: (s.name, s.records, s.patients)),
-                equal_to([("train-00000-of-00001.tfrecord", 3, (1, 2, 3))]),
-                label="Shards",
+                summary, equal_to([("train-00000-of-00001.tfrecord", 3, (1, 2, 3), True)]), label="Shards"
             )
         records = list(tf.data.TFRecordDataset(os.path.join(out_dir, "train-00000-of-00001.tfrecord")))
-        names = [schema.parse_example(r)["image_index"].numpy().decode() for r in records]
-        # Chunks (planned for the 4 tasks, the bad image included) are written one after the
-        # other, each sorted by name.
-        plan = transforms.plan_shards({"train": 4}, image_size=16, image_format="raw", chunk_size=2)["train"]
-        self.assertEqual(names, sorted(good, key=lambda n: (transforms.shard_and_chunk(n, plan)[1], n)))
+        names = [codec.parse_example(r)["image_index"].numpy().decode() for r in records]
+        # Chunks are written one after the other, each sorted by name.
+        train_plan = plan.plans["train"]
+        self.assertEqual(names, sorted(good, key=lambda n: (transforms.shard_and_chunk(n, train_plan)[1], n)))
         expected = nih.resize_area(pixels, 16)
         for record in records:
-            image = schema.decode_image(schema.parse_example(record), image_size=16, image_format="raw")
+            image = codec.decode_image(codec.parse_example(record), image_size=16, image_format="raw")
             self.assertAllEqual(image[..., 0], expected)
         self.assertFalse(tf.io.gfile.exists(parts_dir) and tf.io.gfile.listdir(parts_dir))
+
+    def test_shards_of_one_chunk_are_written_and_hashed_where_converted(self):
+        temp = self.get_temp_dir()
+        images = {
+            f"0000001{i}_000.png": fake_data.png_bytes(fake_data.gray_pixels(32, 32, seed=i))
+            for i in range(6)
+        }
+        data_dir = fake_data.write_nih_layout(temp + "/whole", [], images)
+        rows = [(_row(name, i + 2, patient_id=i + 1), None) for i, name in enumerate(sorted(images))]
+        # As many shards as images: one chunk per shard.
+        plan = _units(dict(image_size=16, image_format="raw", num_shards=6), rows, data_dir)
+        self.assertEqual(plan.plans["train"], transforms.ShardPlan(6, 1))
+        out_dir, parts_dir = temp + "/whole-out", temp + "/whole-out/_parts"
+        with _pipeline() as p:
+            converted = {
+                "units": p | "Units" >> beam.Create(plan.units),
+                "plans": p | "Plans" >> beam.Create([plan.plans]),
+            } | transforms.ConvertToShards(
+                output_dir=out_dir, parts_dir=parts_dir, image_size=16, image_format="raw"
+            )
+            hashed = converted["shards"] | beam.Map(
+                lambda s: (s.name, s.records, _sha256(out_dir, s.name) == s.sha256)
+            )
+            assert_that(hashed, _six_hashed_shards_of_six_records)
+        # The parts directory was never used.
+        self.assertFalse(tf.io.gfile.exists(parts_dir))
 
 
 class WriteSummaryTest(tf.test.TestCase):
@@ -199,7 +303,7 @@ class WriteSummaryTest(tf.test.TestCase):
         shard = transforms.ShardResult("test", 0, 1, "test-00000-of-00001.tfrecord", 2, "ab", (0,) * 15, (1,))
         with _pipeline() as p:
             _ = {
-                "csv_rows": p | "Rows" >> beam.Create(range(5)),
+                "input_rows": p | "Rows" >> beam.Create([5]),
                 "unlisted": p | "Unlisted" >> beam.Create(["u.png"]),
                 "rejects": p | "Rejects" >> beam.Create(rejects),
                 "shards": p | "Shards" >> beam.Create([shard]),

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 
 import tensorflow as tf
 
+from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
-from tfrecords import schema
 
 # Files read at once. More than the cores keeps reads overlapping on networked file systems
 # (gs://); the AUTOTUNEd parallelism decides how many are actually busy.
@@ -214,16 +214,16 @@ def _check_arguments(
 
 
 def _parse_record(serialized: tf.Tensor, image_size: int, image_format: str) -> dict[str, tf.Tensor]:
-    features = schema.parse_example(serialized)
+    features = codec.parse_example(serialized)
     with tf.control_dependencies([_check_size(features, image_size)]):
-        features[schema.IMAGE_KEY] = schema.decode_image(
+        features[schema.IMAGE_KEY] = codec.decode_image(
             features, image_size=image_size, image_format=image_format
         )
     return features
 
 
 def _parse_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
-    features = schema.parse_examples(serialized)
+    features = codec.parse_examples(serialized)
     with tf.control_dependencies([_check_size(features, image_size)]):
         pixels = tf.io.decode_raw(features[schema.IMAGE_KEY], tf.uint8)
     # Restore the static shape (batching and XLA need it); the batch dimension is static

@@ -132,7 +132,7 @@ def check_shards(
             if progress is not None:
                 progress.advance()
     for name in sorted(on_disk - listed):
-        if manifest_lib._SHARD_RE.match(name):
+        if manifest_lib.SHARD_NAME_RE.match(name):
             problems.append(
                 ShardProblem(name, "unlisted", "not listed in manifest.json (old output mixed in?)")
             )

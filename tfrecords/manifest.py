@@ -42,9 +42,11 @@ from tfrecords import schema
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.jsonl"
 FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
+# The splits, in this order everywhere.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 SHARD_SUFFIX = ".tfrecord"
-_SHARD_RE = re.compile(r"^(train|val|test)-(\d{5})-of-(\d{5})\.tfrecord$")
+# `shard_name`'s pattern, to recognise shards on disk.
+SHARD_NAME_RE = re.compile(rf"^({'|'.join(SPLITS)})-(\d{{5}})-of-(\d{{5}}){re.escape(SHARD_SUFFIX)}$")
 # Options every reader relies on.
 REQUIRED_OPTIONS = ("image_size", "image_format")
 
@@ -60,6 +62,11 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
     if not 0 <= index < num_shards:
         raise ValueError(f"shard index must be in [0, {num_shards}), got {index}.")
     return f"{split}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
+
+
+def is_output_file(name: str) -> bool:
+    """Whether a file name is one the records job writes into a records directory."""
+    return bool(SHARD_NAME_RE.match(name)) or name in (REJECTS_NAME, MANIFEST_NAME, MANIFEST_NAME + ".tmp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +135,18 @@ class Manifest:
                 for name, split in self.splits.items()
             },
         }
+
+    def to_json_text(self) -> str:
+        """The text of manifest.json."""
+        return json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"
+
+    def with_created_time(self) -> Manifest:
+        """This manifest with `created` set to now (UTC) when it is not set yet."""
+        if self.created:
+            return self
+        return dataclasses.replace(
+            self, created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        )
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, where: str = "manifest") -> Manifest:
@@ -274,14 +293,11 @@ def write_manifest(records_dir: str, manifest: Manifest) -> str:
     import tensorflow as tf
 
     manifest.validate(where=f"manifest for {records_dir}")
-    if not manifest.created:
-        created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        manifest = dataclasses.replace(manifest, created=created)
+    manifest = manifest.with_created_time()
     path = manifest_path(records_dir)
     tmp_path = path + ".tmp"
     with tf.io.gfile.GFile(tmp_path, "w") as f:
-        json.dump(manifest.to_json(), f, indent=2, sort_keys=False)
-        f.write("\n")
+        f.write(manifest.to_json_text())
     tf.io.gfile.rename(tmp_path, path, overwrite=True)
     return path
 
@@ -319,7 +335,7 @@ def _check_shards(records_dir: str, manifest: Manifest, *, verify_checksums: boo
     import tensorflow as tf
 
     listed = {shard.name for split in manifest.splits.values() for shard in split.shards}
-    on_disk = {name for name in tf.io.gfile.listdir(records_dir) if _SHARD_RE.match(name.rstrip("/"))}
+    on_disk = {name for name in tf.io.gfile.listdir(records_dir) if SHARD_NAME_RE.match(name.rstrip("/"))}
     missing = sorted(listed - on_disk)
     if missing:
         raise ManifestError(
