@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
-from tfrecords import schema
 
 # Contact sheet geometry, in inches at `SHEET_DPI`: each tile is an image with three caption
 # lines under it; each split's block starts with a title line.
@@ -67,11 +67,11 @@ def read_samples(
     if count <= 0:
         return samples
     for serialized in tf.data.TFRecordDataset(paths):
-        features = schema.parse_example(serialized)
+        features = codec.parse_example(serialized)
         labels = features[schema.LABELS_KEY].numpy()
         if label_index is not None and not labels[label_index]:
             continue
-        image = schema.decode_image(features, image_format=manifest.image_format).numpy()[..., 0]
+        image = codec.decode_image(features, image_format=manifest.image_format).numpy()[..., 0]
         samples.append(Sample(split=split, image=image, labels=labels, metadata=_metadata(features)))
         if len(samples) == count:
             break
