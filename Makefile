@@ -42,7 +42,7 @@ INSPECT_ARGS ?=
 DATA_DEP := $(if $(filter $(DEMO_DIR),$(DATA_DIR)),$(DEMO_DIR)/Data_Entry_2017.csv,)
 
 .PHONY: help setup demo-data tfrecords train evaluate predict inspect test test-slow lint format clean \
-	bench bench-tfrecords bench-input bench-train bench-bootstrap bench-demo bench-nih-scale
+	bench bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo bench-nih-scale
 
 help:
 	@echo "make train      demo data -> TFRecords -> train -> export -> reports (runs/demo/)"
@@ -102,7 +102,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 # Benchmarks: side-by-side ratios in one run each, written to runs/bench/*.json.
-bench: bench-tfrecords bench-input bench-train bench-bootstrap bench-demo
+bench: bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo
 
 bench-tfrecords: $(STAMP)
 	$(PY) -m benchmarks.bench_tfrecords
@@ -120,6 +120,11 @@ bench-input: $(STAMP) $(BENCH_STAMP)
 
 bench-train: $(STAMP)
 	$(PY) -m benchmarks.bench_train
+
+# Where the training loop's wall time goes (steps, metrics, input, validation, each callback),
+# the fit/bare-step ratio, CPU cores busy and epoch spread, for the demo and full profiles.
+profile-train: $(STAMP)
+	$(PY) -m benchmarks.profile_train --full_variants=before,after
 
 bench-bootstrap: $(STAMP)
 	$(PY) -m benchmarks.bench_bootstrap --nih_scale

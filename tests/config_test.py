@@ -70,7 +70,7 @@ class ProfilesTest(tf.test.TestCase, parameterized.TestCase):
             exp_decay=0.85,
             scale_lr=True,
             class_imbalance="weights",
-            mixed_precision="bf16",
+            mixed_precision="auto",
             augment_placement="auto",
             early_stopping_patience=5,
         )
@@ -85,7 +85,7 @@ class ProfilesTest(tf.test.TestCase, parameterized.TestCase):
         )
         self.assertEqual((full.batch_size_per_replica, full.epochs), (16, 30))
         self.assertEqual(full.class_imbalance, "none")  # Plain binary cross-entropy.
-        self.assertEqual(full.mixed_precision, "none")
+        self.assertEqual(full.mixed_precision, "auto")  # Per device: trainer/hardware.py.
         self.assertFalse(full.scale_lr)
         self.assertEqual(full.early_stopping_patience, 0)
         # The thesis' ImageDataGenerator, which is also AugmentConfig's default.

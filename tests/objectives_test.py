@@ -30,6 +30,33 @@ class ObjectivesTest(tf.test.TestCase):
         self.assertTrue(np.isnan(per_class[2].result()))
         self.assertEqual(objectives.ClassAUC(14).name, "auc_No_Finding")
 
+    def test_shared_class_auc_equals_class_auc(self):
+        # Random scores over two batches: each label's AUC read from the MeanAUC's counts must
+        # equal a ClassAUC of that label (same thresholds), NaN where a label lacks a class.
+        rng = np.random.default_rng(0)
+        mean = objectives.MeanAUC()
+        shared = [objectives.SharedClassAUC(i, source=mean) for i in range(schema.NUM_LABELS)]
+        separate = [objectives.ClassAUC(i) for i in range(schema.NUM_LABELS)]
+        for _ in range(2):
+            y_true = (rng.random((16, schema.NUM_LABELS)) < 0.3).astype(np.float32)
+            y_true[:, 7] = 0  # Label 7 never positive: undefined.
+            y_pred = rng.random((16, schema.NUM_LABELS)).astype(np.float32)
+            for metric in [mean, *shared, *separate]:
+                metric.update_state(y_true, y_pred)
+        got = [float(m.result()) for m in shared]
+        want = [float(m.result()) for m in separate]
+        self.assertTrue(np.isnan(got[7]) and np.isnan(want[7]))
+        self.assertAllClose(np.delete(got, 7), np.delete(want, 7), atol=1e-6)
+        self.assertEqual([m.name for m in shared], [m.name for m in separate])
+        self.assertEqual(shared[0].variables, [])  # Nothing of its own to update or save.
+        mean.reset_state()
+        self.assertTrue(np.isnan(float(shared[0].result())))
+
+    def test_shared_class_auc_without_source(self):
+        metric = objectives.SharedClassAUC(2)
+        with self.assertRaisesRegex(ValueError, "auc_Consolidation: no source MeanAUC"):
+            metric.result()
+
     def test_weighted_bce(self):
         # One label, p = 0.25: positive term -log(0.25) * w, negative term -log(0.75).
         weights = np.ones(schema.NUM_LABELS, np.float32)

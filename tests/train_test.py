@@ -46,6 +46,29 @@ class _RaiseAfterEpoch(keras.callbacks.Callback):
             raise KeyboardInterrupt(f"simulated crash after epoch {epoch}")
 
 
+class _RecordSteps(keras.callbacks.Callback):
+    """Records (epoch, batch) of each train-batch end, validation batch ends per pass, steps run."""
+
+    def __init__(self):
+        super().__init__()
+        self.batch_ends, self.val_batch_ends, self._epoch, self.iterations = [], [], 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch_ends.append((self._epoch, batch))
+
+    def on_test_begin(self, logs=None):
+        self.val_batch_ends.append([])
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.val_batch_ends[-1].append(batch)
+
+    def on_train_end(self, logs=None):
+        self.iterations = int(self.model.optimizer.iterations.numpy())
+
+
 class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.named_parameters(
         ("unknown_model", dict(model="alexnet"), "TrainConfig.model must be one of"),
@@ -61,6 +84,16 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
         ("lr_min_above_max", dict(lr_min=1.0), "lr_min must be <= lr_max"),
         ("negative_patience", dict(early_stopping_patience=-1), "early_stopping_patience must be an integer"),
         ("bad_decay", dict(exp_decay=1.5), r"exp_decay must be in \(0, 1\]"),
+        (
+            "zero_steps_per_execution",
+            dict(steps_per_execution=0),
+            "steps_per_execution must be an integer >= 1",
+        ),
+        (
+            "zero_validation_batch",
+            dict(validation_batch_size_per_replica=0),
+            "validation_batch_size_per_replica must be None or an integer >= 1",
+        ),
     )
     def test_invalid_fields(self, kwargs, message):
         with self.assertRaisesRegex(ValueError, message):
@@ -71,6 +104,18 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(task.resolve_augment_placement("dataset", "GPU"), "dataset")
         self.assertEqual(task.resolve_augment_placement("auto", "CPU"), "dataset")
         self.assertEqual(task.resolve_augment_placement("auto", "GPU"), "model")
+
+    @parameterized.parameters(
+        (8, (42, None), 7),
+        (1, (42, 6), 1),
+        (50, (42, None), 42),
+        (8, (42, 6), 6),
+        (8, (42, 3), 3),
+        (3, (4, 2), 2),
+        (5, (7, 6), 1),
+    )
+    def test_steps_per_execution_divides_every_pass(self, requested, step_counts, expected):
+        self.assertEqual(task.whole_epoch_steps_per_execution(requested, *step_counts), expected)
 
     def test_resolve_jit_compile(self):
         self.assertTrue(task.resolve_jit_compile("on", "CPU"))
@@ -133,6 +178,13 @@ class TrainTest(tf.test.TestCase):
         self.assertEqual(saved["image_size"], 32)
         self.assertEqual(saved["records_dir"], self.records)
         self.assertEqual(saved["model"], "resunet")
+        # `auto` precision, resolved for this machine, with its reason; validation in one pass
+        # of 8 records at batch 8.
+        self.assertEqual(saved["mixed_precision"]["requested"], "auto")
+        policy = saved["mixed_precision"]["policy"]
+        self.assertEqual(saved["dtype_policy"], config_lib.MIXED_PRECISION_POLICIES[policy])
+        self.assertTrue(saved["mixed_precision"]["reason"])
+        self.assertEqual((saved["validation_batch_size"], saved["validation_steps"]), (8, 1))
 
         # Best checkpoint and export agree with each other on the same images.
         best = keras.models.load_model(os.path.join(config.run_dir, run_dir_lib.BEST_CHECKPOINT))
@@ -160,6 +212,23 @@ class TrainTest(tf.test.TestCase):
         self.assertTrue(os.path.exists(os.path.join(result.export_dir, "saved_model.pb")))
         # A mixed-precision run leaves the global policy as it found it.
         self.assertEqual(keras.config.dtype_policy().name, "float32")
+
+    def test_steps_per_execution_keeps_epochs_whole(self):
+        # 4 steps per epoch and 8 validation records at batch 4 (2 steps), 3 requested -> 2 per
+        # call: two calls per epoch ending at steps 1 and 3, one validation call ending at step
+        # 1, and the optimizer ran exactly 4 steps per epoch.
+        recorder = _RecordSteps()
+        config = self._config(
+            "spe", epochs=2, steps_per_epoch=4, steps_per_execution=3, validation_batch_size_per_replica=4
+        )
+        result = train_lib.train(config, _STRATEGY(), extra_callbacks=[recorder])
+        saved = json.load(open(os.path.join(config.run_dir, run_dir_lib.CONFIG_FILE)))
+        self.assertEqual(saved["steps_per_execution"], 2)
+        self.assertEqual(recorder.batch_ends, [(0, 1), (0, 3), (1, 1), (1, 3)])
+        self.assertEqual(recorder.iterations, 8)
+        self.assertEqual((saved["validation_batch_size"], saved["validation_steps"]), (4, 2))
+        self.assertEqual(len(result.history["val_auc"]), 2)
+        self.assertEqual(recorder.val_batch_ends, [[1], [1]])
 
     def test_weighted_loss_dataset_augmentation_bf16(self):
         self._train_variant(class_imbalance="weights", augment_placement="dataset", mixed_precision="bf16")
@@ -240,7 +309,10 @@ class FullProfileBinaryTest(tf.test.TestCase):
         self.assertEqual(saved["profile"], "full")
         self.assertEqual(saved["train_config"], expected.to_dict())
         self.assertEqual((saved["batch_size_per_replica"], saved["global_batch_size"]), (16, 16))
-        self.assertEqual(saved["dtype_policy"], "float32")
+        # `auto` precision, resolved for this machine (trainer/hardware.py) and logged with why.
+        precision = saved["mixed_precision"]
+        self.assertEqual(saved["dtype_policy"], config_lib.MIXED_PRECISION_POLICIES[precision["policy"]])
+        self.assertIn(precision["reason"], run.stderr)
         # Table 1 of the 2023 thesis, epochs 0 and 1.
         self.assertAllClose(saved["lr_per_epoch"], [2e-6, 1.425e-5], rtol=1e-9, atol=0)
         rows = _history_rows(run_dir)

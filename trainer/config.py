@@ -27,6 +27,8 @@ Where `full` departs from the 2023 thesis, on purpose (every other field is the 
   - `augment_placement` and `xla` choose where and how the same augmentation and training
     step run (`auto`: measured per device, see `trainer/task.py`); they change speed, not
     the recipe.
+  - `mixed_precision` is `auto`: bf16 (or fp16 with loss scaling) where the device computes
+    it natively (`trainer/hardware.py`), float32 elsewhere, as the thesis trained.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ from trainer import lr_schedule, models
 PROFILE_NAMES = ("demo", "full")
 CLASS_IMBALANCE_MODES = ("none", "weights", "resample")
 AUGMENT_PLACEMENTS = ("auto", "model", "dataset")
-# Flag value -> Keras dtype policy.
+# Flag value -> Keras dtype policy; "auto" resolves per device (trainer/hardware.py).
 MIXED_PRECISION_POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+MIXED_PRECISIONS = ("auto", *MIXED_PRECISION_POLICIES)
 XLA_MODES = ("auto", "on", "off")
 # Fields that do not change what a run computes; a resumed run may differ in them.
 NON_IDENTITY_FIELDS = ("overwrite", "verbose")
@@ -109,7 +112,20 @@ class TrainConfig:
     augment_vertical_flip: bool = _field(False, "Mirror top-bottom with probability 1/2.")
     augment_fill_mode: str = _field("reflect", "Points outside the image.", augment_lib.FILL_MODES)
     augment_interpolation: str = _field("bilinear", "Resampling.", augment_lib.INTERPOLATIONS)
-    mixed_precision: str = _field("bf16", "none, bf16 or fp16.", tuple(MIXED_PRECISION_POLICIES))
+    mixed_precision: str = _field(
+        "auto",
+        "auto: bf16 where the device computes it natively, fp16 on GPUs of compute capability 7.x, "
+        "else none (float32); or none, bf16, fp16.",
+        MIXED_PRECISIONS,
+    )
+    steps_per_execution: int = _field(
+        6,
+        "Training steps per compiled call (fewer Python round trips); lowered to the largest "
+        "divisor of steps_per_epoch so epochs stay whole.",
+    )
+    validation_batch_size_per_replica: int | None = _field(
+        None, "Validation images per replica per step; default: the training batch."
+    )
     xla: str = _field("auto", "auto: on where benchmarks/bench_train measured it faster.", XLA_MODES)
     seed: int = _field(0, "Seed of weights, shuffling and augmentation.")
     early_stopping_patience: int = _field(5, "Epochs without validation AUC gain before stopping; 0: off.")
@@ -226,8 +242,15 @@ def _validate_choices(config: TrainConfig) -> None:
         _fail(config, "class_imbalance", f"must be one of {CLASS_IMBALANCE_MODES}")
     if config.augment_placement not in AUGMENT_PLACEMENTS:
         _fail(config, "augment_placement", f"must be one of {AUGMENT_PLACEMENTS}")
-    if config.mixed_precision not in MIXED_PRECISION_POLICIES:
-        _fail(config, "mixed_precision", f"must be one of {tuple(MIXED_PRECISION_POLICIES)}")
+    if config.mixed_precision not in MIXED_PRECISIONS:
+        _fail(config, "mixed_precision", f"must be one of {MIXED_PRECISIONS}")
+    if not isinstance(config.steps_per_execution, int) or config.steps_per_execution < 1:
+        _fail(config, "steps_per_execution", "must be an integer >= 1")
+    if config.validation_batch_size_per_replica is not None and (
+        not isinstance(config.validation_batch_size_per_replica, int)
+        or config.validation_batch_size_per_replica < 1
+    ):
+        _fail(config, "validation_batch_size_per_replica", "must be None or an integer >= 1")
     if config.xla not in XLA_MODES:
         _fail(config, "xla", f"must be one of {XLA_MODES}")
     if not isinstance(config.shuffle_buffer, int) or config.shuffle_buffer < 1:
@@ -242,8 +265,8 @@ def _validate_choices(config: TrainConfig) -> None:
 # The demo profile, measured on the synthetic demo records at 64x64 on 2 CPU cores (README,
 # "Training" and "Class imbalance"): a short ramp to a high rate, as 12 epochs leave no room for
 # an 8-epoch ramp from 2e-6; the positive-weighted loss, which gave the best validation mean AUC
-# of the three class-imbalance modes; bf16, faster than fp32 for this model on this CPU
-# (avx512_bf16; `python -m benchmarks.bench_train`).
+# of the three class-imbalance modes; mixed precision per device (`auto`: bf16 on this CPU, which
+# has avx512_bf16; the table it follows is in trainer/hardware.py).
 DEMO: dict[str, Any] = dict(
     profile="demo",
     records_dir="data/tfrecords",
@@ -275,7 +298,11 @@ DEMO: dict[str, Any] = dict(
     augment_vertical_flip=False,
     augment_fill_mode="reflect",
     augment_interpolation="bilinear",
-    mixed_precision="bf16",
+    mixed_precision="auto",
+    # Six steps per call (divides the demo's 42 training and 6 validation steps): the loop's own
+    # cost per step fell with it in `make profile-train` (README, "The training loop").
+    steps_per_execution=6,
+    validation_batch_size_per_replica=None,
     xla="auto",
     seed=0,
     early_stopping_patience=5,
@@ -323,7 +350,9 @@ FULL: dict[str, Any] = dict(
     augment_vertical_flip=False,
     augment_fill_mode="reflect",
     augment_interpolation="bilinear",
-    mixed_precision="none",
+    mixed_precision="auto",
+    steps_per_execution=1,
+    validation_batch_size_per_replica=None,
     xla="auto",
     seed=0,
     early_stopping_patience=0,

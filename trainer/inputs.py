@@ -180,13 +180,18 @@ def distributed_dataset(
     *,
     training: bool,
     augment_fn: AugmentFn | None = None,
+    batch_size_per_replica: int | None = None,
+    repeat: bool = False,
 ) -> tf.distribute.DistributedDataset:
     """The input of `fit`: one pipeline per worker, batches of `batch_size_per_replica`.
 
     Validation is read directly, never through the data service (it must be complete and is
-    small), and never augmented or resampled.
+    small), and never augmented or resampled. With `repeat`, the evaluation pass (every record
+    once, the last batch partial) repeats, so `fit` given the pass's step count keeps one
+    iterator for all epochs instead of starting a new one each epoch.
     """
-    global_batch_size = config.batch_size_per_replica * strategy.num_replicas_in_sync
+    per_replica = batch_size_per_replica or config.batch_size_per_replica
+    global_batch_size = per_replica * strategy.num_replicas_in_sync
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         if training:
@@ -197,12 +202,13 @@ def distributed_dataset(
                 input_context=input_context,
                 augment_fn=augment_fn,
             )
-        return dataset_lib.build_dataset(
+        dataset = dataset_lib.build_dataset(
             config.records_dir,
             split,
             batch_size=global_batch_size,
             training=False,
             input_context=input_context,
         )
+        return dataset.repeat() if repeat else dataset
 
     return strategy.distribute_datasets_from_function(dataset_fn)

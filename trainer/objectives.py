@@ -1,14 +1,16 @@
 """What training optimizes and reports: the loss and the AUC metrics.
 
 `WeightedBinaryCrossentropy` is the `class_imbalance="weights"` loss; `MeanAUC` (logged as
-`auc`) and `ClassAUC` (one per label, `auc_<Label>`) are the epoch metrics the checkpoint and
-early stopping follow. Each class is registered with Keras where it is defined (package
+`auc`) and the per-label AUCs (`auc_<Label>`) are the epoch metrics the checkpoint and early
+stopping follow. Training compiles the per-label AUCs as `SharedClassAUC`, which read the
+`MeanAUC`'s per-label counts; `ClassAUC` is the same value as a metric of its own. Each class is registered with Keras where it is defined (package
 "cxr"), so `checkpoints/best.keras` loads with `custom_objects()` or after importing this
 module.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,6 +87,50 @@ class ClassAUC(keras.metrics.AUC):
 
 
 @keras.saving.register_keras_serializable(package="cxr")
+class SharedClassAUC(keras.metrics.Metric):
+    """ROC AUC of one label, read from a `MeanAUC`'s per-label counts (logged as `auc_<Label>`).
+
+    Gives the value a `ClassAUC` of the same label would (same thresholds, same
+    interpolation), but updates nothing itself: the `MeanAUC` it reads already counts every
+    label at every threshold in one vectorized update, so the per-label AUCs cost only their
+    result. NaN while the label has not seen both a positive and a negative. The source is held
+    by a weak reference, so its variables are not tracked (or saved) twice; a metric restored
+    from a saved config has no source and is only a placeholder (models load with
+    `compile=False`).
+    """
+
+    def __init__(self, class_index: int, source: MeanAUC | None = None, name: str | None = None, **kwargs):
+        super().__init__(name=name or f"auc_{metric_label(schema.LABELS[class_index])}", **kwargs)
+        self.class_index = class_index
+        self._source = weakref.ref(source) if source is not None else None
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        del y_true, y_pred, sample_weight  # The source counted them.
+
+    def reset_state(self):
+        pass  # The source is reset with the other compiled metrics.
+
+    def result(self):
+        source = self._source() if self._source is not None else None
+        if source is None:
+            raise ValueError(
+                f"{self.name}: no source MeanAUC (this metric only reads one; build it with source=)."
+            )
+        one_hot = [1.0 if i == self.class_index else 0.0 for i in range(source.num_labels)]
+        saved = source.label_weights
+        source.label_weights = keras.ops.convert_to_tensor(one_hot, dtype="float32")
+        try:
+            value = keras.metrics.AUC.result(source)  # The label-weighted mean of one label.
+        finally:
+            source.label_weights = saved
+        defined = _defined_labels(source)[self.class_index]
+        return keras.ops.where(defined > 0, value, float("nan"))
+
+    def get_config(self):
+        return {**super().get_config(), "class_index": self.class_index}
+
+
+@keras.saving.register_keras_serializable(package="cxr")
 class WeightedBinaryCrossentropy(keras.losses.Loss):
     """Binary cross-entropy whose positive term of label c is multiplied by `pos_weights[c]`.
 
@@ -110,5 +156,6 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
 def custom_objects() -> dict[str, Any]:
     """The classes of this module by registered name, for `keras.models.load_model`."""
     return {
-        keras.saving.get_registered_name(cls): cls for cls in (MeanAUC, ClassAUC, WeightedBinaryCrossentropy)
+        keras.saving.get_registered_name(cls): cls
+        for cls in (MeanAUC, ClassAUC, SharedClassAUC, WeightedBinaryCrossentropy)
     }

@@ -168,14 +168,17 @@ def _fit(
 ) -> dict[str, list[float]]:
     train_data, val_data = task.build_inputs(config, strategy, plan)
     with warnings.catch_warnings(), keras_compat.multi_worker_fit(model, strategy):
-        # Validation has no fixed step count (each worker's share of the val files differs);
-        # Keras warns when it first runs to the end, which is the intent here.
+        # Under multi-worker, validation has no fixed step count (each worker's share of the val
+        # files differs); Keras warns when it first runs to the end, which is the intent there.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         fit = model.fit(
             train_data,
             validation_data=val_data,
             epochs=config.epochs,
             steps_per_epoch=plan.steps_per_epoch,
+            # One validation iterator for the whole run where the pass length is known: a new
+            # one per epoch left the process idle for seconds (benchmarks/profile_train.py).
+            validation_steps=plan.validation_steps,
             callbacks=callbacks,
             verbose=0 if config.verbose == 2 else config.verbose,  # 2: console_callbacks.EpochLine.
             shuffle=False,  # The input shuffles; Keras cannot shuffle a tf.data pipeline.
