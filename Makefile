@@ -34,16 +34,20 @@ BOOTSTRAP ?= 1000
 EVAL_ARGS ?=
 IMAGES ?= $(DEMO_DIR)/images_001/images
 PREDICT_ARGS ?=
+# make inspect: the records to check and draw (default: the training records, built if missing).
+RECORDS ?= $(RECORDS_DIR)
+INSPECT_ARGS ?=
 
 # The demo set is a prerequisite only when DATA_DIR is the demo folder.
 DATA_DEP := $(if $(filter $(DEMO_DIR),$(DATA_DIR)),$(DEMO_DIR)/Data_Entry_2017.csv,)
 
-.PHONY: help setup demo-data tfrecords train evaluate predict test test-slow lint format clean \
+.PHONY: help setup demo-data tfrecords train evaluate predict inspect test test-slow lint format clean \
 	bench bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo bench-nih-scale
 
 help:
 	@echo "make train      demo data -> TFRecords -> train -> export -> reports (runs/demo/)"
 	@echo "make test       set up and run the test suite"
+	@echo "make inspect    check a records directory against its manifest, summary + contact sheet PNG"
 	@echo "make setup | demo-data | tfrecords | evaluate | predict | test-slow | bench | lint | format | clean"
 
 setup: $(STAMP)
@@ -86,6 +90,10 @@ evaluate: $(STAMP)
 
 predict: $(STAMP)
 	$(PY) -m trainer.predict --run_dir=$(RUN) --images=$(IMAGES) $(PREDICT_ARGS)
+
+# Summary and <RECORDS>-contact-sheet.png; e.g. INSPECT_ARGS="--label=Effusion --augmented".
+inspect: $(STAMP) $(if $(filter $(RECORDS_DIR),$(RECORDS)),$(RECORDS_DIR)/manifest.json,)
+	$(PY) -m tfrecords.inspect $(RECORDS) $(INSPECT_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

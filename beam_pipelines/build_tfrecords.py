@@ -23,6 +23,11 @@ import logging
 import sys
 from collections.abc import Iterator
 
+from cxr_cli import console
+
+if __name__ == "__main__":
+    console.configure()  # Quiet unless --verbosity=1, Beam's workers included (cxr_cli/console.py).
+
 from absl import app, flags
 
 from beam_pipelines import job, splits
@@ -86,7 +91,8 @@ def _beam_logs_at(level: int) -> Iterator[None]:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main, flags_parser=_parse_flags)
+    console.configure()
+    app.run(console.exit_on_expected_errors(main, program="build_tfrecords"), flags_parser=_parse_flags)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -28,6 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_pipelines import nih, splits, transforms
+from cxr_cli import console
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 
@@ -249,10 +250,36 @@ def _check_output_dir(config: JobConfig) -> None:
     if FileSystems.exists(output_dir) and not config.overwrite:
         existing = FileSystems.match([FileSystems.join(output_dir, "**")])[0].metadata_list
         if existing:
-            raise InputError(
-                f"--output_dir {output_dir!r} is not empty ({len(existing)} entries, e.g. "
-                f"{existing[0].path!r}); pass --overwrite to replace its records, or choose another directory."
-            )
+            raise InputError(_refuse_output_dir(output_dir, [m.path for m in existing]))
+
+
+def _refuse_output_dir(output_dir: str, paths: Sequence[str]) -> str:
+    """Why a non-empty output_dir is refused: what is there, and what --overwrite would remove."""
+    prefix = output_dir.rstrip("/") + "/"
+    names = [path[len(prefix) :] if path.startswith(prefix) else path for path in paths]
+    staging = sorted({name.split("/", 1)[0] for name in names if name.startswith(STAGING_PREFIX)})
+    own = [name for name in names if "/" not in name and manifest_lib.is_output_file(name)]
+    others = [name for name in names if name not in own and not name.startswith(STAGING_PREFIX)]
+    shards = sum(name.endswith(manifest_lib.SHARD_SUFFIX) for name in own)
+    if manifest_lib.MANIFEST_NAME in own:
+        state = "holds finished records (manifest.json)"
+    elif staging or own:
+        state = (
+            "holds an unfinished run (no manifest.json: the job that wrote it crashed or was stopped, "
+            "or is still running)"
+        )
+    else:
+        state = "holds no records"
+    removed = [f"{shards} shard(s)"] if shards else []
+    removed += [name for name in own if not name.endswith(manifest_lib.SHARD_SUFFIX)]
+    removed += [f"staging dir(s) {' '.join(staging)}"] if staging else []
+    message = f"--output_dir {output_dir!r} is not empty: it {state}. "
+    if removed:
+        message += f"--overwrite will remove: {', '.join(removed)}"
+        message += f" and keep the {len(others)} other entries (e.g. {others[0]!r})." if others else "."
+    else:
+        message += f"It holds {len(others)} entries (e.g. {others[0]!r}), which --overwrite keeps."
+    return message + " Pass --overwrite, or choose another directory."
 
 
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
@@ -348,7 +375,6 @@ class _ProgressMonitor(threading.Thread):
         self._interval_s = interval_s
         # Not `_stop`: threading.Thread has a method of that name, which join() calls.
         self._finished = threading.Event()
-        self._start = time.monotonic()
 
     def done(self) -> int:
         total = 0
@@ -365,31 +391,25 @@ class _ProgressMonitor(threading.Thread):
         return total
 
     def run(self):
-        first_time, first_done, finished = None, 0, False
-        while not self._finished.wait(self._interval_s):
+        # On a terminal one line rewritten every second; in logs a line every interval_s. Polled
+        # often enough that the rate, counted from the first poll that sees work, is close.
+        poll_s = min(1.0 if console.interactive() else 5.0, self._interval_s)
+        progress = None
+        while not self._finished.wait(poll_s):
             done = self.done()
-            now = time.monotonic()
-            if finished or not done:
+            if not done or (progress is not None and progress.done >= self._total):
                 continue
-            if first_time is None:  # Conversion started: measure the rate from here.
-                first_time, first_done = now, done
+            if progress is None:  # Conversion started: rate and ETA count from here.
+                progress = console.Progress(
+                    self._total,
+                    description="progress",
+                    unit="images",
+                    interval_s=self._interval_s,
+                    logger=_LOG,
+                )
+            progress.update(done)
             if done >= self._total:
-                finished = True
-                _LOG.info("progress: all %d images converted; merging shards.", done)
-                continue
-            if done > first_done:
-                rate = (done - first_done) / (now - first_time)
-            else:
-                rate = done / (now - self._start)
-            eta = (self._total - done) / rate if rate > 0 else float("inf")
-            _LOG.info(
-                "progress: %d/%d images (%.0f%%), %.1f images/s, ETA %s",
-                done,
-                self._total,
-                100.0 * done / max(1, self._total),
-                rate,
-                _format_seconds(eta),
-            )
+                progress.close(f"progress: all {done} images converted; merging shards.")
 
     def stop(self) -> None:
         """Stops the thread and waits for it, so that no progress line follows."""

@@ -23,6 +23,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from cxr_cli import console
+
+if __name__ == "__main__":
+    console.configure()  # Quiet unless --verbosity=1 (cxr_cli/console.py).
+
 from absl import app, flags
 
 from cxr_cli import config_flags
@@ -39,12 +44,15 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     config = config_flags.build_config(writer.DemoDataConfig, _CONFIG)
-    print(json.dumps(writer.write(config), indent=2))
+    summary = writer.write(config)
+    # JSON with one top-level key per line: machine-readable, and short enough to read.
+    print("{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in summary.items()) + "\n}")
 
 
 def run() -> None:
     """Entry point of `python -m demo_data.generate` and the `cxr-demo-data` console script."""
-    app.run(main)
+    console.configure()
+    app.run(console.exit_on_expected_errors(main, program="demo_data.generate"))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 
 from absl import logging
 
+from cxr_cli import console
 from demo_data import label_model, layout, png, render
 from demo_data.canvas import Box
 from demo_data.layout import DemoImage
@@ -149,7 +150,13 @@ def _write_images(
         config.image_size,
         workers,
     )
-    progress = _Progress(len(rows))
+    progress = console.Progress(
+        len(rows),
+        description="demo data",
+        unit="images",
+        logger=logging.get_absl_logger(),
+        final_line=True,
+    )
     boxes = []
     for done, (number, encoded, found) in enumerate(_render_all(tasks, workers), start=1):
         row = rows[number]
@@ -158,6 +165,7 @@ def _write_images(
         if row.image_index in boxed:
             boxes.extend(_boxes_of(row, found))
         progress.update(done)
+    progress.close()
     return boxes
 
 
@@ -227,26 +235,6 @@ def _prepare_output_dir(output_dir: str, overwrite: bool) -> None:
             if os.path.exists(path):
                 os.remove(path)
     os.makedirs(output_dir, exist_ok=True)
-
-
-class _Progress:
-    """Logs done / total, rate and ETA every `interval` seconds and at the end."""
-
-    def __init__(self, total: int, interval: float = 5.0):
-        self._total = total
-        self._interval = interval
-        self._start = time.monotonic()
-        self._last = self._start
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if done < self._total and now - self._last < self._interval:
-            return
-        self._last = now
-        elapsed = max(now - self._start, 1e-9)
-        rate = done / elapsed
-        eta = (self._total - done) / rate if rate > 0 else float("inf")
-        logging.info("demo data: %d/%d images, %.1f images/s, ETA %.0f s", done, self._total, rate, eta)
 
 
 def _summary(

@@ -336,6 +336,21 @@ class BeforePipelineErrorsTest(parameterized.TestCase, tf.test.TestCase):
             self._prepare(self._layout("ok"), output_dir=output_dir)
         self._prepare(self._layout("ok2"), output_dir=output_dir, overwrite=True)
 
+    def test_unfinished_run_in_output_dir_is_named(self):
+        # What a crashed job leaves: staged shards, and old shards without their manifest.
+        output_dir = os.path.join(self.get_temp_dir(), "crashed_records")
+        os.makedirs(os.path.join(output_dir, "_staging-20261126-0000-ab12", "_progress"))
+        for name in ("_staging-20261126-0000-ab12/train-00000-of-00001.tfrecord", "val-00000-of-00002.tfrecord",
+                     "val-00001-of-00002.tfrecord", "rejects.jsonl", "notes.txt"):  # fmt: skip
+            open(os.path.join(output_dir, name), "w").close()
+        with self.assertRaisesRegex(
+            job.InputError,
+            r"--output_dir '.*crashed_records' is not empty: it holds an unfinished run \(no manifest.json.*\)\. "
+            r"--overwrite will remove: 2 shard\(s\), rejects.jsonl, staging dir\(s\) _staging-20261126-0000-ab12 "
+            r"and keep the 1 other entries \(e.g. 'notes.txt'\)\.",
+        ):
+            self._prepare(self._layout("crashed"), output_dir=output_dir)
+
     @parameterized.parameters(
         (dict(image_size=0), "image_size must be in"),
         (dict(image_format="jpeg"), "image_format must be one of"),

@@ -351,7 +351,11 @@ class GenerateArgumentsTest(tf.test.TestCase, parameterized.TestCase):
         # logger would not see.
         with self.assertLogs(logger="absl", level="INFO") as logs:
             writer.generate(output_dir, num_images=12, image_size=16, num_workers=1)
-        self.assertTrue(any(re.search(r"12/12 images, [\d.]+ images/s, ETA", line) for line in logs.output))
+        self.assertTrue(
+            any(
+                re.search(r"demo data: 12/12 images \(100%\), [\d.,]+ images/s", line) for line in logs.output
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -294,6 +294,7 @@ class FullProfileBinaryTest(tf.test.TestCase):
                 "--epochs=2",
                 "--steps_per_epoch=1",
                 "--verbose=0",
+                "--verbosity=1",  # The effective-configuration block is logged at DEBUG.
             ],
             cwd=_REPO,
             capture_output=True,
@@ -321,7 +322,7 @@ class FullProfileBinaryTest(tf.test.TestCase):
             rtol=1e-6,
             atol=0,
         )
-        # One compact block of the effective configuration at start.
+        # One compact block of the effective configuration at start (with --verbosity=1).
         self.assertEqual(run.stderr.count("Effective training configuration:"), 1)
         self.assertRegex(run.stderr, r"lr_per_epoch\s+= 2e-06, 1\.425e-05")
         self.assertRegex(run.stderr, r"global_batch_size\s+= 16")

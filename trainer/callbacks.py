@@ -10,19 +10,23 @@ Order matters and is fixed here:
      before the backup, so a kill between the two leaves a row that a resume drops.
   4. `BackupAndRestore`: per-epoch state to resume from.
   5. `ModelCheckpoint`: `checkpoints/best.keras` by validation mean AUC.
-  6. `TensorBoard` (chief, when installed), 7. `EarlyStopping` (when its patience is > 0),
-  8. the caller's extra callbacks.
+  6. `TensorBoard` (chief, when installed; `console_callbacks.TensorBoard`: per-class AUCs
+     grouped, the run configuration, augmented training records), 7. `EarlyStopping` (when
+     its patience is > 0), 8. `console_callbacks.EpochLine` (the compact epoch line, when
+     asked for), 9. the caller's extra callbacks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import keras
 from absl import logging
 
+from trainer import console_callbacks
 from trainer import run_dir as run_dir_lib
 
 # What the checkpoint and early stopping follow: the validation mean AUC (`objectives.MeanAUC`).
@@ -78,6 +82,9 @@ def build_callbacks(
     *,
     early_stopping_patience: int,
     extra: Sequence[keras.callbacks.Callback] = (),
+    epoch_line: bool = False,
+    run_config: Mapping[str, Any] | None = None,
+    images_fn: Callable[[], bytes] | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The run's callbacks, in the order of the module docstring.
 
@@ -87,6 +94,10 @@ def build_callbacks(
       early_stopping_patience: epochs without a gain in `MONITOR` before stopping (restoring
         the best weights); 0 disables early stopping.
       extra: appended last (tests use this to interrupt a run).
+      epoch_line: print one compact line per epoch (run `fit` with verbose=0 beside it).
+      run_config: written to TensorBoard as text.
+      images_fn: a PNG for TensorBoard's images at the first epoch
+        (`console_callbacks.augmented_records_sheet`).
 
     Returns:
       The list for `model.fit(callbacks=...)`.
@@ -102,7 +113,13 @@ def build_callbacks(
     ]
     if paths.tensorboard_dir is not None and _tensorboard_installed():
         callbacks.append(
-            keras.callbacks.TensorBoard(paths.tensorboard_dir, write_graph=False, profile_batch=0)
+            console_callbacks.TensorBoard(
+                paths.tensorboard_dir,
+                write_graph=False,
+                profile_batch=0,
+                run_config=run_config,
+                images_fn=images_fn,
+            )
         )
     if early_stopping_patience:
         callbacks.append(
@@ -110,6 +127,8 @@ def build_callbacks(
                 monitor=MONITOR, mode="max", patience=early_stopping_patience, restore_best_weights=True
             )
         )
+    if epoch_line:
+        callbacks.append(console_callbacks.EpochLine(MONITOR, "max"))
     return callbacks + list(extra)
 
 

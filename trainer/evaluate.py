@@ -32,6 +32,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from cxr_cli import console
+
+if __name__ == "__main__":
+    console.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/console.py).
+
 import numpy as np
 import tensorflow as tf
 
@@ -164,6 +169,9 @@ def predict_split(
     batches = dataset_lib.build_dataset(
         records_dir, split, batch_size=batch_size, training=False, with_metadata=True
     )
+    progress = console.Progress(
+        manifest.splits[split].records, description=f"evaluate {split}", unit="images"
+    )
     for images, batch_labels, batch_metadata in batches:
         without, augmented = tta_lib.predict_both(predictor.fn, images.numpy(), mode=tta)
         probabilities.append(augmented)
@@ -171,6 +179,8 @@ def predict_split(
         labels.append(batch_labels.numpy())
         for key, value in batch_metadata.items():
             metadata[key].append(value.numpy())
+        progress.advance(len(batch_labels))
+    progress.close()
     meta = {}
     for key, chunks in metadata.items():
         values = np.concatenate(chunks)
@@ -782,8 +792,11 @@ def run() -> None:
 
     from cxr_cli import config_flags
 
+    console.configure()  # As a console script TensorFlow is loaded by now; this sets the rest.
     holders = config_flags.define_from_dataclass(EvaluateConfig)
-    app.run(functools.partial(main, holders=holders))
+    app.run(
+        console.exit_on_expected_errors(functools.partial(main, holders=holders), program="trainer.evaluate")
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ import logging
 import os
 from collections.abc import Sequence
 
+from cxr_cli import console
+
+if __name__ == "__main__":
+    console.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/console.py).
+
 import numpy as np
 import tensorflow as tf
 
@@ -464,8 +469,11 @@ def run() -> None:
 
     from cxr_cli import config_flags
 
+    console.configure()  # As a console script TensorFlow is loaded by now; this sets the rest.
     holders = config_flags.define_from_dataclass(PredictConfig)
-    app.run(functools.partial(main, holders=holders))
+    app.run(
+        console.exit_on_expected_errors(functools.partial(main, holders=holders), program="trainer.predict")
+    )
 
 
 if __name__ == "__main__":

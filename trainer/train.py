@@ -22,7 +22,11 @@ a tf.data service dispatcher.
 from __future__ import annotations
 
 import functools
-import sys
+
+from cxr_cli import console
+
+if __name__ == "__main__":
+    console.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/console.py).
 
 from absl import app, flags, logging
 
@@ -56,15 +60,12 @@ def config_from_flags(holders: config_flags.FlagHolders) -> config_lib.TrainConf
 
 
 def main(argv: list[str], *, holders: config_flags.FlagHolders) -> None:
-    """Trains the configuration given by the flags; exits with a one-line error on bad input."""
+    """Trains the configuration given by the flags; `run` turns bad input into a one-line error."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        config = config_from_flags(holders)  # Validates every field before TensorFlow starts.
-        strategy = train_lib.create_strategy(holders["strategy"].value)
-        result = train_lib.train(config, strategy)
-    except ValueError as error:  # ManifestError included: bad input, not a bug; no traceback.
-        sys.exit(f"trainer.train: error: {error}")
+    config = config_from_flags(holders)  # Validates every field before TensorFlow starts.
+    strategy = train_lib.create_strategy(holders["strategy"].value)
+    result = train_lib.train(config, strategy)
     logging.info(
         "Done: %d epochs (from epoch %d), best val mean AUC %.4f, export %s, weights sha256 %s.",
         result.epochs_run,
@@ -80,7 +81,9 @@ def main(argv: list[str], *, holders: config_flags.FlagHolders) -> None:
 
 def run() -> None:
     """Console-script entry point (`cxr-train`): defines the flags, then runs `main`."""
-    app.run(functools.partial(main, holders=define_flags()))
+    console.configure()  # As a console script TensorFlow is loaded by now; this sets the rest.
+    main_fn = functools.partial(main, holders=define_flags())
+    app.run(console.exit_on_expected_errors(main_fn, program="trainer.train"))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -25,8 +26,8 @@ from absl import logging
 from tfrecords import manifest as manifest_lib
 from trainer import callbacks as callbacks_lib
 from trainer import config as config_lib
+from trainer import console_callbacks, keras_compat, task
 from trainer import export as export_lib
-from trainer import keras_compat, task
 from trainer import run_dir as run_dir_lib
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
@@ -179,7 +180,7 @@ def _fit(
             # one per epoch left the process idle for seconds (benchmarks/profile_train.py).
             validation_steps=plan.validation_steps,
             callbacks=callbacks,
-            verbose=config.verbose,
+            verbose=0 if config.verbose == 2 else config.verbose,  # 2: console_callbacks.EpochLine.
             shuffle=False,  # The input shuffles; Keras cannot shuffle a tf.data pipeline.
         )
     return {k: [float(v) for v in values] for k, values in fit.history.items()}
@@ -236,7 +237,8 @@ def train(
         ignore=config_lib.NON_IDENTITY_FIELDS,
     )
     effective = task.effective_config(config, plan)
-    logging.info("%s", task.format_effective_config(effective))
+    # One line per setting: shown with --verbosity=1; config.json and TensorBoard's text hold it.
+    logging.debug("%s", task.format_effective_config(effective))
     _start_run_dir(config, effective, role, resuming=resuming)
     initial_epoch = run_dir_lib.backup_epoch(role.backup_dir)
 
@@ -248,7 +250,13 @@ def train(
             out_dir, role.backup_dir
         )
         callbacks = callbacks_lib.build_callbacks(
-            plan.lr_fn, paths, early_stopping_patience=config.early_stopping_patience, extra=extra_callbacks
+            plan.lr_fn,
+            paths,
+            early_stopping_patience=config.early_stopping_patience,
+            extra=extra_callbacks,
+            epoch_line=config.verbose == 2 and role.is_chief,
+            run_config=effective,
+            images_fn=_augmented_images_fn(config),
         )
         history = _fit(model, strategy, config, plan, callbacks)
         best_val_auc = _finish(config, role, history)
@@ -268,6 +276,18 @@ def train(
         jit_compile=plan.jit_compile,
         export_dir=export_dir if role.is_chief else None,
         weights_sha256=digest,
+    )
+
+
+def _augmented_images_fn(config: config_lib.TrainConfig) -> Callable[[], bytes] | None:
+    augment_config = config.augment_config()
+    if augment_config is None:
+        return None
+    return functools.partial(
+        console_callbacks.augmented_records_sheet,
+        config.records_dir,
+        augment_config=augment_config,
+        seed=config.seed,
     )
 
 
