@@ -263,7 +263,7 @@ def _validate_choices(config: TrainConfig) -> None:
 # Profiles: each lists every field of TrainConfig (tests/config_test.py checks that).
 
 # The demo profile, measured on the synthetic demo records at 64x64 on 2 CPU cores (README,
-# "Training" and "Class imbalance"): a short ramp to a high rate, as 12 epochs leave no room for
+# "Measured figures"): a short ramp to a high rate, as 12 epochs leave no room for
 # an 8-epoch ramp from 2e-6; the positive-weighted loss, which gave the best validation mean AUC
 # of the three class-imbalance modes; mixed precision per device (`auto`: bf16 on this CPU, which
 # has avx512_bf16; the table it follows is in trainer/hardware.py).
@@ -300,7 +300,7 @@ DEMO: dict[str, Any] = dict(
     augment_interpolation="bilinear",
     mixed_precision="auto",
     # Six steps per call (divides the demo's 42 training and 6 validation steps): the loop's own
-    # cost per step fell with it in `make profile-train` (README, "The training loop").
+    # cost per step fell with it in `make profile-train` (README, "Measured figures").
     steps_per_execution=6,
     validation_batch_size_per_replica=None,
     xla="auto",

@@ -29,14 +29,14 @@ from trainer import hardware, inputs, models, objectives
 
 # XLA (`jit_compile`) as measured by `python -m benchmarks.bench_train` (runs/bench/bench-train.json;
 # training steps with augmentation in the step, best of 2 alternating rounds, images/s; README,
-# "Training"): XLA / no-XLA on this 2-core CPU (avx512_bf16), the worse of full size (ResUNet
+# "Measured figures"): XLA / no-XLA on this 2-core CPU (avx512_bf16), the worse of full size (ResUNet
 # 256x256, widths 32-64-128-256) and the demo profile. `xla=auto` turns XLA on only where every
 # ratio listed for the device is > 1: not on CPU. No GPU/TPU was available to measure; there
 # `auto` follows Keras' own default (on).
 XLA_SPEEDUP_BY_DEVICE = {"CPU": {"fp32": 0.77, "bf16": 0.58}}
 
 # Augmentation placement, as measured by `python -m benchmarks.bench_input` (ResUNet 256x256,
-# the two placements alternating in one run; README, "Augmentation"): with XLA off (what
+# the two placements alternating in one run; README, "Measured figures"): with XLA off (what
 # `xla=auto` picks on CPU) the tf.data placement trained faster on CPU, so `auto` takes it
 # there; on GPU/TPU the batch work belongs on the accelerator, inside the compiled step.
 AUGMENT_PLACEMENT_BY_DEVICE = {"CPU": "dataset"}
