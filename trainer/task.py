@@ -139,9 +139,12 @@ def plan_run(
         else "none",
         dtype_policy=config_lib.MIXED_PRECISION_POLICIES[precision.policy],
         precision=precision,
-        steps_per_execution=whole_epoch_steps_per_execution(
-            config.steps_per_execution, steps_per_epoch, validation_steps
-        ),
+        # Under MultiWorkerMirroredStrategy, Keras 3.15's multi-step loop fails on the first call
+        # ("You must feed a value for placeholder tensor 'while/cond/Placeholder...'" in
+        # `multi_step_on_iterator`, seen in tests/multi_worker_test.py): one step per call there.
+        steps_per_execution=1
+        if multi_worker
+        else whole_epoch_steps_per_execution(config.steps_per_execution, steps_per_epoch, validation_steps),
         validation_batch_size=validation_batch,
         validation_steps=validation_steps,
         lr_fn=config.lr_fn(replicas),
