@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cxr_cli import console
@@ -287,15 +287,7 @@ def evaluate(
         name: predict_split(predictor, records_dir, manifest, name, batch_size=batch_size, tta=tta)
         for name in splits
     }
-    summaries: dict[str, Any] = {}
-    reference = None
-    if "val" in predictions and split != "val":
-        summaries["val"] = summarize_split(predictions["val"], bootstrap=bootstrap)
-        reference = report_lib.thresholds_from(summaries["val"])
-    summaries[split] = summarize_split(
-        predictions[split], bootstrap=bootstrap, reference_thresholds=reference
-    )
-    threshold_split = "val" if reference is not None else split
+    summaries, threshold_split = summarize_splits(predictions, split, bootstrap=bootstrap)
     thresholds = report_lib.thresholds_from(summaries[threshold_split])
     fitted, calibration_report = calibrate(predictions, method=calibration)
     located = None
@@ -340,6 +332,25 @@ def evaluate(
         localization=located,
     )
     return report
+
+
+def summarize_splits(
+    predictions: Mapping[str, SplitPredictions], split: str, *, bootstrap: metrics.BootstrapConfig
+) -> tuple[dict[str, Any], str]:
+    """Summarizes val (when predicted) and the headline split; returns (summaries, threshold split).
+
+    The operating thresholds are chosen on val when it was predicted and reported on `split`;
+    otherwise they are chosen on `split` itself.
+    """
+    summaries: dict[str, Any] = {}
+    reference = None
+    if "val" in predictions and split != "val":
+        summaries["val"] = summarize_split(predictions["val"], bootstrap=bootstrap)
+        reference = report_lib.thresholds_from(summaries["val"])
+    summaries[split] = summarize_split(
+        predictions[split], bootstrap=bootstrap, reference_thresholds=reference
+    )
+    return summaries, "val" if reference is not None else split
 
 
 def tta_summary(

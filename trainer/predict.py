@@ -269,6 +269,23 @@ def predict(
         raise ValueError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
     paths = list_images(images)
     thresholds = read_thresholds(run_dir, thresholds_path)
+    _warn_about_thresholds(thresholds, tta)
+    calibration = thresholds.calibration if calibrate else None
+    serving = _Serving(run_dir_lib.path(run_dir, run_dir_lib.EXPORT_DIR), tta=tta)
+    explainer = _GradCamWriter(run_dir, gradcam_dir, top_k=gradcam_top_k) if gradcam else None
+
+    results: list[ImagePrediction] = []
+    for start in range(0, len(paths), batch_size):
+        results += _predict_batch(
+            paths[start : start + batch_size], serving, thresholds, calibration, explainer
+        )
+
+    output_csv = output_csv or os.path.join(run_dir, run_dir_lib.PREDICTIONS_DIR, "predictions.csv")
+    write_csv(output_csv, results)
+    return results, thresholds, output_csv
+
+
+def _warn_about_thresholds(thresholds: Thresholds, tta: str) -> None:
     if thresholds.defaulted:
         _log.warning("Thresholds: %s", thresholds.source)
     if thresholds.tta != tta and len(thresholds.defaulted) < len(schema.LABELS):
@@ -279,46 +296,47 @@ def predict(
             tta,
             tta,
         )
-    calibration = thresholds.calibration if calibrate else None
-    serving = _Serving(run_dir_lib.path(run_dir, run_dir_lib.EXPORT_DIR), tta=tta)
-    explainer = _GradCamWriter(run_dir, gradcam_dir, top_k=gradcam_top_k) if gradcam else None
 
-    results: list[ImagePrediction] = []
-    for start in range(0, len(paths), batch_size):
-        batch_paths = paths[start : start + batch_size]
-        contents: dict[int, bytes] = {}
-        errors: dict[int, str] = {}
-        for i, path in enumerate(batch_paths):
-            try:
-                with tf.io.gfile.GFile(path, "rb") as f:
-                    contents[i] = f.read()
-            except (tf.errors.OpError, OSError) as e:
-                errors[i] = f"cannot read file: {_tf_error_text(e)}"
-        readable = sorted(contents)
-        outputs = dict(zip(readable, serving([contents[i] for i in readable]))) if readable else {}
-        for i, path in enumerate(batch_paths):
-            output = outputs.get(i, errors.get(i))
-            if isinstance(output, str):
-                results.append(ImagePrediction(path, None, (), error=output))
-                continue
-            probabilities = np.asarray(output, np.float32)
-            findings = tuple(
-                label for label, p in zip(schema.LABELS, probabilities) if p >= thresholds.values[label]
-            )
-            if calibration is not None:
-                probabilities = calibration.apply(probabilities[None])[0]
-            written: tuple[str, ...] = ()
-            if explainer is not None:
-                written = explainer.write(path, contents[i], probabilities)
-            results.append(
-                ImagePrediction(
-                    path, probabilities, findings, gradcam_paths=written, calibrated=calibration is not None
-                )
-            )
 
-    output_csv = output_csv or os.path.join(run_dir, run_dir_lib.PREDICTIONS_DIR, "predictions.csv")
-    write_csv(output_csv, results)
-    return results, thresholds, output_csv
+def _predict_batch(
+    batch_paths: Sequence[str],
+    serving: _Serving,
+    thresholds: Thresholds,
+    calibration: calibration_lib.Calibration | None,
+    explainer: _GradCamWriter | None,
+) -> list[ImagePrediction]:
+    """One model call for the readable files of a batch; unreadable ones get a row with their error."""
+    contents: dict[int, bytes] = {}
+    errors: dict[int, str] = {}
+    for i, path in enumerate(batch_paths):
+        try:
+            with tf.io.gfile.GFile(path, "rb") as f:
+                contents[i] = f.read()
+        except (tf.errors.OpError, OSError) as e:
+            errors[i] = f"cannot read file: {_tf_error_text(e)}"
+    readable = sorted(contents)
+    outputs = dict(zip(readable, serving([contents[i] for i in readable]))) if readable else {}
+    results = []
+    for i, path in enumerate(batch_paths):
+        output = outputs.get(i, errors.get(i))
+        if isinstance(output, str):
+            results.append(ImagePrediction(path, None, (), error=output))
+            continue
+        probabilities = np.asarray(output, np.float32)
+        findings = tuple(
+            label for label, p in zip(schema.LABELS, probabilities) if p >= thresholds.values[label]
+        )
+        if calibration is not None:
+            probabilities = calibration.apply(probabilities[None])[0]
+        written: tuple[str, ...] = ()
+        if explainer is not None:
+            written = explainer.write(path, contents[i], probabilities)
+        results.append(
+            ImagePrediction(
+                path, probabilities, findings, gradcam_paths=written, calibrated=calibration is not None
+            )
+        )
+    return results
 
 
 def write_csv(path: str, results: Sequence[ImagePrediction]) -> str:
