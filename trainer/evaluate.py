@@ -544,6 +544,57 @@ def write_reports(
     join = lambda name: os.path.join(output_dir, name)  # noqa: E731
     split = report["split"]
     headline = report["splits"][split]
+    written, figures = _write_base_figures(
+        output_dir, report, predictions, manifest, history_path=history_path
+    )
+    written += _write_extra_figures(output_dir, report, localization, figures)
+    if localization is not None and localization.box_set is not None:
+        written.append(
+            boxes_lib.write_rejects(join(report_lib.BOX_REJECTS_JSONL), localization.box_set.rejects)
+        )
+
+    report = dict(report, figures=figures)
+    written.append(report_lib.write_json(join(report_lib.AUC_JSON), report))
+    written.append(report_lib.write_auc_csv(join(report_lib.AUC_CSV), headline, split=split))
+    written.append(report_lib.write_thresholds_json(
+        join(report_lib.THRESHOLDS_JSON),
+        report["thresholds"]["values"],
+        source_split=report["thresholds"]["source_split"],
+        run_dir=report["run_dir"],
+        calibration=_stored_calibration(calibration, report["thresholds"]["values"]),
+        tta=report["tta"]["mode"],
+    ))  # fmt: skip
+    order = [split, *[s for s in predictions if s != split]]
+    written.append(
+        report_lib.write_predictions_csv(
+            join(report_lib.PREDICTIONS_CSV),
+            np.concatenate([predictions[s].probabilities for s in order]),
+            np.concatenate([predictions[s].labels for s in order]),
+            {
+                "split": np.concatenate([[s] * len(predictions[s].labels) for s in order]),
+                **{
+                    key: np.concatenate([predictions[s].metadata[key] for s in order])
+                    for key in schema.METADATA_KEYS
+                },
+            },
+        )
+    )
+    written.append(report_lib.write_markdown(join(report_lib.AUC_MD), report, figures=figures))
+    return written
+
+
+def _write_base_figures(
+    output_dir: str,
+    report: dict[str, Any],
+    predictions: dict[str, SplitPredictions],
+    manifest: manifest_lib.Manifest,
+    *,
+    history_path: str | None,
+) -> tuple[list[str], list[str]]:
+    """ROC curves, training curves, label distribution and co-occurrence; (paths, figure names)."""
+    join = lambda name: os.path.join(output_dir, name)  # noqa: E731
+    split = report["split"]
+    headline = report["splits"][split]
     run_name = os.path.basename(os.path.normpath(report["run_dir"]))
     figures = []
     written = [
@@ -581,40 +632,7 @@ def write_reports(
         )
     )
     figures.append(report_lib.COOCCURRENCE_PNG)
-    written += _write_extra_figures(output_dir, report, localization, figures)
-    if localization is not None and localization.box_set is not None:
-        written.append(
-            boxes_lib.write_rejects(join(report_lib.BOX_REJECTS_JSONL), localization.box_set.rejects)
-        )
-
-    report = dict(report, figures=figures)
-    written.append(report_lib.write_json(join(report_lib.AUC_JSON), report))
-    written.append(report_lib.write_auc_csv(join(report_lib.AUC_CSV), headline, split=split))
-    written.append(report_lib.write_thresholds_json(
-        join(report_lib.THRESHOLDS_JSON),
-        report["thresholds"]["values"],
-        source_split=report["thresholds"]["source_split"],
-        run_dir=report["run_dir"],
-        calibration=_stored_calibration(calibration, report["thresholds"]["values"]),
-        tta=report["tta"]["mode"],
-    ))  # fmt: skip
-    order = [split, *[s for s in predictions if s != split]]
-    written.append(
-        report_lib.write_predictions_csv(
-            join(report_lib.PREDICTIONS_CSV),
-            np.concatenate([predictions[s].probabilities for s in order]),
-            np.concatenate([predictions[s].labels for s in order]),
-            {
-                "split": np.concatenate([[s] * len(predictions[s].labels) for s in order]),
-                **{
-                    key: np.concatenate([predictions[s].metadata[key] for s in order])
-                    for key in schema.METADATA_KEYS
-                },
-            },
-        )
-    )
-    written.append(report_lib.write_markdown(join(report_lib.AUC_MD), report, figures=figures))
-    return written
+    return written, figures
 
 
 def _stored_calibration(
