@@ -11,22 +11,6 @@ from tfrecords import codec, schema
 from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 
-_FINDING = {name: index for index, name in enumerate(schema.LABELS)}
-
-
-def _multi_hot(*names: str) -> list[int]:
-    labels = [0] * schema.NUM_LABELS
-    for name in names:
-        labels[_FINDING[name]] = 1
-    return labels
-
-
-def _indices(dataset: tf.data.Dataset, *, batches: int | None = None) -> list[bytes]:
-    """The image_index of every record, in order (datasets built with_metadata=True)."""
-    if batches is not None:
-        dataset = dataset.take(batches)
-    return [index for batch in dataset for index in batch[2][schema.IMAGE_INDEX_KEY].numpy().tolist()]
-
 
 class DatasetTest(tf.test.TestCase, parameterized.TestCase):
     def _records(self, name: str = "records", **kwargs) -> str:
@@ -61,7 +45,11 @@ class DatasetTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(val.element_spec[0].shape.as_list(), [None, 16, 16, 1])
 
     def test_pixels_and_labels_round_trip(self):
-        labels = [_multi_hot("Edema"), _multi_hot("No Finding"), _multi_hot("Mass", "Nodule")]
+        labels = [
+            fake_data.multi_hot("Edema"),
+            fake_data.multi_hot("No Finding"),
+            fake_data.multi_hot("Mass", "Nodule"),
+        ]
         records_dir = os.path.join(self.get_temp_dir(), "round_trip")
         fake_data.write_labeled_records(records_dir, {"val": labels}, image_size=8, seed=3)
         expected_pixels = [np.random.default_rng(3).integers(0, 256, size=(8, 8), dtype=np.uint8)]
@@ -85,8 +73,8 @@ class DatasetTest(tf.test.TestCase, parameterized.TestCase):
         batches = list(build())
         # 11 records in batches of 4: the last partial batch (3) is kept.
         self.assertEqual([len(batch[0]) for batch in batches], [4, 4, 3])
-        first = _indices(build())
-        self.assertEqual(first, _indices(build()))
+        first = fake_data.image_indices(build())
+        self.assertEqual(first, fake_data.image_indices(build()))
         manifest = manifest_lib.read_manifest(records_dir)
         self.assertLen(first, manifest.splits["val"].records)
         self.assertLen(set(first), len(first))  # every record exactly once
@@ -127,28 +115,28 @@ class DatasetTest(tf.test.TestCase, parameterized.TestCase):
             shuffle_buffer=64,
         )
         # 20 records, batches of 4: 10 batches are exactly two epochs, each record in each.
-        stream = _indices(build(1), batches=10)
+        stream = fake_data.image_indices(build(1), batches=10)
         first_epoch, second_epoch = stream[:20], stream[20:]
         self.assertLen(set(first_epoch), 20)
         self.assertCountEqual(first_epoch, second_epoch)
         self.assertNotEqual(first_epoch, second_epoch)  # reshuffled every epoch
-        self.assertEqual(stream, _indices(build(1), batches=10))  # same seed, same stream
-        self.assertNotEqual(stream, _indices(build(2), batches=10))
-        eval_order = _indices(
+        self.assertEqual(stream, fake_data.image_indices(build(1), batches=10))  # same seed, same stream
+        self.assertNotEqual(stream, fake_data.image_indices(build(2), batches=10))
+        eval_order = fake_data.image_indices(
             dataset_lib.build_dataset(records_dir, "train", batch_size=4, training=False, with_metadata=True)
         )
         self.assertNotEqual(first_epoch, eval_order)
 
     def test_cache_gives_the_same_records(self):
         records_dir = self._records()
-        direct = _indices(
+        direct = fake_data.image_indices(
             dataset_lib.build_dataset(records_dir, "val", batch_size=4, training=False, with_metadata=True)
         )
         cached = dataset_lib.build_dataset(
             records_dir, "val", batch_size=4, training=False, with_metadata=True, cache=True
         )
-        self.assertEqual(_indices(cached), direct)
-        self.assertEqual(_indices(cached), direct)  # second pass from memory
+        self.assertEqual(fake_data.image_indices(cached), direct)
+        self.assertEqual(fake_data.image_indices(cached), direct)  # second pass from memory
         train = dataset_lib.build_dataset(
             records_dir, "train", batch_size=5, training=True, seed=0, cache=True
         )
@@ -202,7 +190,9 @@ class DatasetTest(tf.test.TestCase, parameterized.TestCase):
         with tf.io.TFRecordWriter(shard) as writer:
             for size in (8, 6):
                 pixels = np.zeros([size, size], np.uint8)
-                writer.write(codec.make_example(pixels, metadata, _multi_hot("Mass")).SerializeToString())
+                writer.write(
+                    codec.make_example(pixels, metadata, fake_data.multi_hot("Mass")).SerializeToString()
+                )
         with self.assertRaisesRegex(
             tf.errors.InvalidArgumentError, "differs from the manifest option image_size=8"
         ):
@@ -263,7 +253,7 @@ class DatasetTest(tf.test.TestCase, parameterized.TestCase):
             # The global batch of 4 is split into per-replica batches of 2.
             self.assertEqual(next(iter(dataset))[0].shape[0], 2)
             # One epoch of this pipeline's 8 records = 4 batches of 2.
-            seen.append(_indices(dataset, batches=4))
+            seen.append(fake_data.image_indices(dataset, batches=4))
         self.assertLen(seen[0], 8)
         self.assertEmpty(set(seen[0]) & set(seen[1]))
         self.assertLen(set(seen[0]) | set(seen[1]), 16)

@@ -22,6 +22,21 @@ NIH_2017_HEADER = (
 NIH_2020_HEADER = NIH_2017_HEADER.rstrip(",")
 
 
+def multi_hot(*names: str) -> list[int]:
+    """A LABELS-ordered multi-hot list with the named labels set."""
+    labels = [0] * schema.NUM_LABELS
+    for name in names:
+        labels[schema.LABELS.index(name)] = 1
+    return labels
+
+
+def image_indices(dataset, *, batches: int | None = None) -> list[bytes]:
+    """The image_index of every record, in order (datasets built with_metadata=True)."""
+    if batches is not None:
+        dataset = dataset.take(batches)
+    return [index for batch in dataset for index in batch[2][schema.IMAGE_INDEX_KEY].numpy().tolist()]
+
+
 def gray_pixels(height: int, width: int, *, seed: int = 0) -> np.ndarray:
     """Random uint8 grayscale pixels [H, W]."""
     return np.random.default_rng(seed).integers(0, 256, size=(height, width), dtype=np.uint8)

@@ -17,20 +17,6 @@ from trainer import augment, inputs
 _FINDING = {name: index for index, name in enumerate(schema.LABELS)}
 
 
-def _multi_hot(*names: str) -> list[int]:
-    labels = [0] * schema.NUM_LABELS
-    for name in names:
-        labels[_FINDING[name]] = 1
-    return labels
-
-
-def _indices(dataset: tf.data.Dataset, *, batches: int | None = None) -> list[bytes]:
-    """The image_index of every record, in order (datasets built with_metadata=True)."""
-    if batches is not None:
-        dataset = dataset.take(batches)
-    return [index for batch in dataset for index in batch[2][schema.IMAGE_INDEX_KEY].numpy().tolist()]
-
-
 class InputsTest(tf.test.TestCase, parameterized.TestCase):
     def _records(self, name: str = "records", **kwargs) -> str:
         records_dir = os.path.join(self.get_temp_dir(), name)
@@ -47,9 +33,9 @@ class InputsTest(tf.test.TestCase, parameterized.TestCase):
         #   No Finding: 10 * 1.04 / (10 * 1.04 + 10 * 3.04) = 10.4 / 40.8 = 0.2549 (was 0.5)
         #   Mass, Nodule (all 10 three-finding records): 30.4 / 40.8 = 0.7451 (was 0.5)
         #   Edema (5 of them): 15.2 / 40.8 = 0.3725 (was 0.25)
-        labels = [_multi_hot("No Finding")] * 10
-        labels += [_multi_hot("Mass", "Nodule", "Edema")] * 5 + [
-            _multi_hot("Mass", "Nodule", "Atelectasis")
+        labels = [fake_data.multi_hot("No Finding")] * 10
+        labels += [fake_data.multi_hot("Mass", "Nodule", "Edema")] * 5 + [
+            fake_data.multi_hot("Mass", "Nodule", "Atelectasis")
         ] * 5
         records_dir = os.path.join(self.get_temp_dir(), f"resample_{image_format}")
         fake_data.write_labeled_records(
@@ -90,13 +76,13 @@ class InputsTest(tf.test.TestCase, parameterized.TestCase):
             records_dir,
             {
                 "train": [
-                    _multi_hot("Atelectasis"),
-                    _multi_hot("Atelectasis", "Cardiomegaly"),
-                    _multi_hot("Edema"),
-                    _multi_hot("No Finding"),
-                    _multi_hot("No Finding"),
+                    fake_data.multi_hot("Atelectasis"),
+                    fake_data.multi_hot("Atelectasis", "Cardiomegaly"),
+                    fake_data.multi_hot("Edema"),
+                    fake_data.multi_hot("No Finding"),
+                    fake_data.multi_hot("No Finding"),
                 ],
-                "val": [_multi_hot("Effusion"), _multi_hot("Effusion", "Mass")],
+                "val": [fake_data.multi_hot("Effusion"), fake_data.multi_hot("Effusion", "Mass")],
             },
         )
         expected = np.ones(schema.NUM_LABELS, np.float32)
@@ -167,7 +153,7 @@ class InputsTest(tf.test.TestCase, parameterized.TestCase):
             if service is not None:
                 dataset = inputs.through_data_service(dataset, service)
             # Training repeats forever: 10 batches of 4 are exactly two epochs of 20 records.
-            return _indices(dataset, batches=10 if training else None)
+            return fake_data.image_indices(dataset, batches=10 if training else None)
 
         for split, training in (("val", False), ("train", True)):
             direct = read(split, training)
@@ -177,7 +163,11 @@ class InputsTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_resample_weights(self):
         labels = np.array(
-            [_multi_hot("No Finding"), _multi_hot("Mass", "Edema"), _multi_hot(*schema.FINDINGS)]
+            [
+                fake_data.multi_hot("No Finding"),
+                fake_data.multi_hot("Mass", "Edema"),
+                fake_data.multi_hot(*schema.FINDINGS),
+            ]
         )
         self.assertAllClose(inputs.resample_weights(labels), [1.04, 2.04, 14.04])
 
