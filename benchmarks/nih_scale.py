@@ -14,8 +14,8 @@ then measures, in one run on the same cores:
   job_small   the same on a layout of the first 2,000 rows (the memory ratio's denominator);
   read        one pass of `tfrecords.dataset.build_dataset` over the train split, without and
               with augmentation;
-  train       20 training steps of the `full` profile's model on those records (s/step and the
-              time spent waiting for input).
+  train       20 training steps of the `full` profile as the trainer runs them, on those
+              records (s/step, images/s, and the input pipeline's own time per batch).
 Results go to runs/bench/nih-scale.json. Everything written under --work_dir (about 7.5 GB)
 is deleted at the end unless --keep.
 """
@@ -295,46 +295,62 @@ def run_read(records_dir: str, *, augment: bool, batch_size: int = 64) -> dict:
 
 
 def run_train(records_dir: str, *, steps: int) -> dict:
-    """`steps` training steps of the full profile's model: s/step and the time waiting for input.
+    """`steps` training steps of the `full` profile as the trainer runs them: s/step, input wait.
 
-    One replica on the CPU, the profile's model, batch and learning rate, Adam and binary
-    cross-entropy, fed by `build_dataset`; the first step (tracing) is not counted.
+    The trainer's own steps (`task.plan_run`, `build_model`, `compile_model`, `build_inputs`:
+    its precision, XLA and augmentation placement choices, metrics and steps per call) on one
+    replica, without validation or callbacks. The first call (tracing) is not counted; the
+    input wait is measured by pulling the same number of batches from a second copy of the
+    input alone.
     """
     import keras
 
-    from tfrecords import dataset as dataset_lib
     from trainer import config as config_lib
-    from trainer import models
+    from trainer import task, train_lib
 
-    config = config_lib.get_profile("full", records_dir=records_dir, run_dir="unused")
-    image_size = manifest.read_manifest(records_dir).image_size
-    model = models.build_model(
-        config.model,
-        image_size=image_size,
-        depth=config.depth,
-        base_filters=config.base_filters,
-        dropout=config.dropout,
-    )
-    model.compile(optimizer=keras.optimizers.Adam(config.lr_max), loss="binary_crossentropy")
-    batch_size = config.batch_size_per_replica
-    dataset = dataset_lib.build_dataset(records_dir, "train", batch_size=batch_size, training=True, seed=0)
-    iterator = iter(dataset)
-    waits, steps_s = [], []
-    for step in range(steps + 1):
+    config = config_lib.get_profile("full", records_dir=records_dir, run_dir="unused", steps_per_epoch=steps)
+    records = manifest.read_manifest(records_dir)
+    strategy = train_lib.create_strategy("one_device")
+    plan = task.plan_run(config, records, strategy)
+    with train_lib.global_state(config.seed, plan.dtype_policy):
+        with strategy.scope():
+            model = task.build_model(config, plan)
+            task.compile_model(model, config, plan, records)
+        train_data, _ = task.build_inputs(config, strategy, plan)
+
+        class _StepTimes(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.times: list[float] = []
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.times.append(time.monotonic())
+
+        timer = _StepTimes()
         start = time.monotonic()
-        images, labels = next(iterator)
-        fetched = time.monotonic()
-        model.train_on_batch(images, labels)
-        if step:
-            waits.append(fetched - start)
-            steps_s.append(time.monotonic() - start)
+        model.fit(train_data, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0)
+        per_call = plan.steps_per_execution
+        timed = [b - a for a, b in zip(timer.times, timer.times[1:])]
+        first = timer.times[0] - start
+        input_only = iter(train_data)
+        next(input_only)
+        input_start = time.monotonic()
+        for _ in range(steps - 1):
+            next(input_only)
+        input_s = (time.monotonic() - input_start) / (steps - 1)
+    s_per_step = sum(timed) / (len(timed) * per_call) if timed else float("nan")
     return {
         "profile": "full",
         "model": f"{config.model} depth {config.depth} base {config.base_filters}",
-        "batch_size": batch_size,
+        "batch_size": plan.global_batch_size,
+        "dtype_policy": plan.dtype_policy,
+        "jit_compile": plan.jit_compile,
+        "augment_placement": plan.augment_placement,
         "steps": steps,
-        "s_per_step": round(sum(steps_s) / steps, 3),
-        "input_wait_s_per_step": round(sum(waits) / steps, 4),
+        "first_call_s": round(first, 2),
+        "s_per_step": round(s_per_step, 3),
+        "images_per_s": round(plan.global_batch_size / s_per_step, 1),
+        "input_alone_s_per_step": round(input_s, 4),
     }
 
 

@@ -46,9 +46,9 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
+from tfrecords import codec, schema
 from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
-from tfrecords import schema
 from trainer import augment as augment_lib
 from trainer import callbacks as callbacks_lib
 from trainer import config as config_lib
@@ -179,7 +179,7 @@ def write_records(records_dir: str, image_size: int, split_sizes: dict[str, int]
                 counts += labels
                 metadata = schema.ImageMetadata(f"{counter:08d}_000.png", counter, 0, 50, "M", "PA")
                 pixels = rng.integers(0, 256, (image_size, image_size), dtype=np.uint8)
-                writer.write(schema.make_example(pixels, metadata, labels).SerializeToString())
+                writer.write(codec.make_example(pixels, metadata, labels).SerializeToString())
                 counter += 1
         shard = manifest_lib.ShardInfo(name=name, records=size, sha256=manifest_lib.sha256_file(path))
         splits[split] = manifest_lib.SplitInfo(
