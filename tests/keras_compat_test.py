@@ -99,3 +99,57 @@ class VersionTest(tf.test.TestCase):
 
 if __name__ == "__main__":
     tf.test.main()
+
+
+class _ValidationIterators(keras.callbacks.Callback):
+    """Records the iterator each validation pass read, and the epoch's val_loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.iterators, self.val_losses = [], []
+
+    def on_test_end(self, logs=None):
+        self.iterators.append(self.model._eval_epoch_iterator._current_iterator)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.val_losses.append(logs["val_loss"])
+
+
+class KeepValidationIteratorTest(tf.test.TestCase):
+    def _fit(self, *extra_callbacks):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        # Learning rate 0: the weights stay put, so every epoch's val_loss is that of one pass
+        # only if each pass reads exactly the three batches once, in order.
+        model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+        x = tf.reshape(tf.range(12, dtype=tf.float32), (6, 2))
+        train = tf.data.Dataset.from_tensor_slices((x, x[:, :1])).batch(2).repeat()
+        # Three batches of different sizes and values: a pass that starts elsewhere differs.
+        val = tf.data.Dataset.from_tensor_slices((x[:5] * [[1.0, -1.0]], x[:5, :1])).batch(2).repeat()
+        probe = _ValidationIterators()
+        model.fit(
+            train,
+            validation_data=val,
+            epochs=3,
+            steps_per_epoch=2,
+            validation_steps=3,
+            callbacks=[probe, *extra_callbacks],
+            verbose=0,
+        )
+        return model, probe
+
+    def test_keras_starts_a_validation_iterator_per_epoch(self):
+        _, probe = self._fit()
+        # When this fails, Keras keeps its validation iterator and the workaround can go.
+        self.assertLen({id(iterator) for iterator in probe.iterators}, 3)
+
+    def test_one_iterator_and_the_same_passes(self):
+        _, baseline = self._fit()
+        model, kept = self._fit(keras_compat.KeepValidationIterator())
+        self.assertLen({id(iterator) for iterator in kept.iterators}, 1)
+        self.assertAllClose(kept.val_losses, baseline.val_losses)
+        self.assertAllClose(kept.val_losses, [baseline.val_losses[0]] * 3)
+        # Undone after fit: a later evaluate reads its own fresh pass.
+        x = tf.reshape(tf.range(12, dtype=tf.float32), (6, 2))
+        val = tf.data.Dataset.from_tensor_slices((x[:5] * [[1.0, -1.0]], x[:5, :1])).batch(2)
+        self.assertAllClose(model.evaluate(val, verbose=0), baseline.val_losses[0])

@@ -167,6 +167,8 @@ def _fit(
     callbacks: list[keras.callbacks.Callback],
 ) -> dict[str, list[float]]:
     train_data, val_data = task.build_inputs(config, strategy, plan)
+    if plan.validation_steps is not None:  # The validation input repeats: one iterator for the run.
+        callbacks = [*callbacks, keras_compat.KeepValidationIterator()]
     with warnings.catch_warnings(), keras_compat.multi_worker_fit(model, strategy):
         # Under multi-worker, validation has no fixed step count (each worker's share of the val
         # files differs); Keras warns when it first runs to the end, which is the intent there.
@@ -176,8 +178,9 @@ def _fit(
             validation_data=val_data,
             epochs=config.epochs,
             steps_per_epoch=plan.steps_per_epoch,
-            # One validation iterator for the whole run where the pass length is known: a new
-            # one per epoch left the process idle for seconds (benchmarks/profile_train.py).
+            # One validation iterator for the whole run where the pass length is known
+            # (keras_compat.KeepValidationIterator): a new one per epoch left the process idle
+            # for seconds (benchmarks/profile_train.py).
             validation_steps=plan.validation_steps,
             callbacks=callbacks,
             verbose=0 if config.verbose == 2 else config.verbose,  # 2: console_callbacks.EpochLine.
