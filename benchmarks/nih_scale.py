@@ -328,7 +328,7 @@ def run_train(records_dir: str, *, steps: int) -> dict:
 
         timer = _StepTimes()
         start = time.monotonic()
-        model.fit(train_data, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0)
+        model.fit(train_data, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0, shuffle=False)
         per_call = plan.steps_per_execution
         timed = [b - a for a, b in zip(timer.times, timer.times[1:])]
         first = timer.times[0] - start
