@@ -113,6 +113,8 @@ VARIANTS: dict[str, Variant] = {
     "after": Variant({}),
     # Several steps per compiled call (6 divides the demo's 42 steps and 6 validation steps).
     "after_spe6": Variant({"steps_per_execution": 6}),
+    # The current loop in float32, for the precision table `mixed_precision=auto` follows.
+    "after_fp32": Variant({"mixed_precision": "none"}),
 }
 
 
