@@ -31,8 +31,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import pickle
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from typing import Any
 
@@ -114,7 +116,7 @@ class ShardResult:
 class WorkUnit:
     """One chunk of one shard: the images one worker converts into one file, sorted by name.
 
-    One element, pickled as a whole, so the tasks' shared strings are stored once per unit.
+    Units travel between the stages as `encode()`d bytes (see `PlanWorkFn`).
     """
 
     split: str
@@ -122,6 +124,17 @@ class WorkUnit:
     chunk: int
     plan: ShardPlan
     tasks: tuple[ImageTask, ...]
+
+    def encode(self) -> bytes:
+        """The unit as one compressed pickle: the tasks' shared strings are stored once."""
+        return zlib.compress(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+
+    @staticmethod
+    def decode(data: bytes) -> WorkUnit:
+        unit = pickle.loads(zlib.decompress(data))
+        if not isinstance(unit, WorkUnit):
+            raise TypeError(f"expected an encoded WorkUnit, got {type(unit).__name__}.")
+        return unit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,12 +344,16 @@ def plan_work(
 
 
 class PlanWorkFn(beam.DoFn):
-    """labels CSV path -> WorkUnits; tagged: rejects, unlisted names, the row count, the plans.
+    """labels CSV path -> encoded WorkUnits; tagged: rejects, unlisted names, the row count, the plans.
 
     The whole plan is made by this one DoFn, in one worker: the rows, lists and file names of
     NIH's 112,120 images take about 100 MB there for a few seconds. Joining them with Beam's
     CoGroupByKey instead would hold every row and every task in the runner's shuffle buffers
     and in the workers' input queues, which grows the memory of every process with the rows.
+
+    The units leave as opaque bytes (`WorkUnit.encode`): a runner that holds the units between
+    the stages (the local runner does, in the launcher's process) keeps compressed bytes, a
+    small fraction of what the units' Python objects would take there.
     """
 
     def __init__(
@@ -374,7 +391,8 @@ class PlanWorkFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTS_TAG, reject)
         for name in plan.unlisted:
             yield beam.pvalue.TaggedOutput(UNLISTED_TAG, name)
-        yield from plan.units
+        for unit in plan.units:
+            yield unit.encode()
 
 
 class _ProgressFile:
@@ -400,7 +418,7 @@ class _ProgressFile:
 
 
 class ConvertChunkFn(beam.DoFn):
-    """WorkUnit -> one file of serialized records, written as the images stream through.
+    """Encoded WorkUnit -> one file of serialized records, written as the images stream through.
 
     A shard of one chunk is written under its final name in `output_dir` and hashed as it is
     written; otherwise the part goes to `parts_dir` for `MergeShardFn`. Bad images go to the
@@ -432,7 +450,8 @@ class ConvertChunkFn(beam.DoFn):
         self._progress = _ProgressFile(self._progress_dir, self._progress_interval_s)
         self._num_labels = schema.NUM_LABELS
 
-    def process(self, unit: WorkUnit) -> Iterator[Any]:
+    def process(self, encoded_unit: bytes) -> Iterator[Any]:
+        unit = WorkUnit.decode(encoded_unit)
         split, shard, chunk, plan = unit.split, unit.shard, unit.chunk, unit.plan
         whole_shard = plan.chunks_per_shard == 1
         if whole_shard:
