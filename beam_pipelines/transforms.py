@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
 import hashlib
 import json
 import math
@@ -375,24 +376,35 @@ class PlanWorkFn(beam.DoFn):
         self._unlisted = Metrics.counter(NAMESPACE, "unlisted_images")
 
     def process(self, csv_path: str) -> Iterator[Any]:
-        membership = read_membership(self._lists)
-        with FileSystems.open(csv_path) as f:
-            rows = nih.iter_csv_rows(*nih.read_labels_table(f, name=csv_path))
-            parsed, rejects, accounted, input_rows = parse_rows(rows, membership, max_images=self._max_images)
-        plan = plan_work(
-            parsed, list_images(self._data_dir), accounted, self._split_config, **self._plan_args
-        )
+        input_rows, plan, encoded_units = self._plan(csv_path)
+        # The rows, file names and tasks are garbage now. A full collection also empties the
+        # interpreter's free lists, whose few objects would otherwise keep most of the
+        # planning memory from going back to the system while this worker converts images.
+        gc.collect()
         self._rows_read.inc(input_rows)
         self._unlisted.inc(len(plan.unlisted))
         yield beam.pvalue.TaggedOutput(INPUT_ROWS_TAG, input_rows)
         yield beam.pvalue.TaggedOutput(PLANS_TAG, plan.plans)
-        for reject in [*rejects, *plan.rejects]:
+        for reject in plan.rejects:
             Metrics.counter(NAMESPACE, f"rejected_{reject.reason}").inc()
             yield beam.pvalue.TaggedOutput(REJECTS_TAG, reject)
         for name in plan.unlisted:
             yield beam.pvalue.TaggedOutput(UNLISTED_TAG, name)
-        for unit in plan.units:
-            yield unit.encode()
+        yield from encoded_units
+
+    def _plan(self, csv_path: str) -> tuple[int, WorkPlan, list[bytes]]:
+        """(rows read, the plan without its units, the encoded units); all rejects in the plan."""
+        membership = read_membership(self._lists)
+        with FileSystems.open(csv_path) as f:
+            rows = nih.iter_csv_rows(*nih.read_labels_table(f, name=csv_path))
+            parsed, rejects, accounted, input_rows = parse_rows(rows, membership, max_images=self._max_images)
+        del membership
+        plan = plan_work(
+            parsed, list_images(self._data_dir), accounted, self._split_config, **self._plan_args
+        )
+        encoded_units = [unit.encode() for unit in plan.units]
+        plan = dataclasses.replace(plan, units=(), rejects=(*rejects, *plan.rejects))
+        return input_rows, plan, encoded_units
 
 
 class _ProgressFile:
