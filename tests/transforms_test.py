@@ -178,6 +178,22 @@ class PlanWorkTest(tf.test.TestCase):
             for name in names:
                 self.assertEqual(transforms.shard_and_chunk(name, unit.plan), (unit.shard, unit.chunk))
 
+    def test_image_files_lists_every_path_of_a_name(self):
+        root = self.get_temp_dir() + "/listed"
+        for folder, name in [("a", "x.png"), ("b", "x.png"), ("b", "y.PNG"), ("b", "notes.txt")]:
+            os.makedirs(os.path.join(root, folder), exist_ok=True)
+            with open(os.path.join(root, folder, name), "wb") as f:
+                f.write(b"-")
+        files = transforms.list_images(root)
+        self.assertCountEqual(files, ["x.png", "y.PNG"])
+        self.assertLen(files, 2)
+        self.assertCountEqual(
+            files["x.png"], [os.path.join(root, "a", "x.png"), os.path.join(root, "b", "x.png")]
+        )
+        self.assertEqual(files["y.PNG"], (os.path.join(root, "b", "y.PNG"),))
+        self.assertNotIn("notes.txt", files)
+        self.assertEqual(files.get("z.png", ()), ())
+
     def test_work_units_travel_as_bytes(self):
         task = transforms.ImageTask(
             row=_row("00000001_000.png", 2), path="/d/00000001_000.png", split="train"
