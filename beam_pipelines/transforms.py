@@ -11,7 +11,8 @@ per image at 256x256, some 30 GB for NIH). Here the records never pass through a
      and a chunk within that shard by a stable hash of the image name (`shard_and_chunk`).
      The number of shards per split comes from the split's row count and the known record
      size (`plan_shards`), before any image is read. It yields one element per chunk (a
-     `WorkUnit`), not one per row, so no per-row element crosses a stage boundary.
+     `WorkUnit`, encoded as compressed bytes), not one per row, so no per-row element crosses
+     a stage boundary and a runner that buffers the units between stages holds only bytes.
   2. `Reshuffle` spreads the units over the workers, and each unit becomes one file written as
      its images stream through decoding (`ConvertChunkFn`), in image-name order so the bytes
      are the same every run.
@@ -388,10 +389,12 @@ def plan_work(
 class PlanWorkFn(beam.DoFn):
     """labels CSV path -> encoded WorkUnits; tagged: rejects, unlisted names, the row count, the plans.
 
-    The whole plan is made by this one DoFn, in one worker: the rows, lists and file names of
-    NIH's 112,120 images take about 100 MB there for a few seconds. Joining them with Beam's
-    CoGroupByKey instead would hold every row and every task in the runner's shuffle buffers
-    and in the workers' input queues, which grows the memory of every process with the rows.
+    The whole plan is made by this one DoFn, in one worker, which holds the rows, lists and file
+    names of all images for the few seconds it takes (in compact form: shared label tuples,
+    `ImageFiles`) and gives that memory back before it goes on to convert images. Joining them
+    with Beam's CoGroupByKey instead would hold every row and every task in the runner's
+    shuffle buffers and in the workers' input queues, which grows the memory of every process
+    with the rows.
 
     The units leave as opaque bytes (`WorkUnit.encode`): a runner that holds the units between
     the stages (the local runner does, in the launcher's process) keeps compressed bytes, a
