@@ -22,7 +22,8 @@ import dataclasses
 import io
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -205,8 +206,14 @@ def _parse_int(value: str, column: str) -> int:
     return number
 
 
-def parse_row(row: CsvRow) -> ParsedRow:
+def parse_row(row: CsvRow, *, shared: MutableMapping[str, tuple[int, ...]] | None = None) -> ParsedRow:
     """Validates and converts one CSV row.
+
+    Args:
+      row: the row.
+      shared: `Finding Labels` string -> its multi-hot tuple, filled as rows are parsed: the rows
+        of a table parsed with one dict share a tuple per distinct string (NIH has under a
+        thousand) instead of holding one each, which matters where all rows are held at once.
 
     Raises:
       schema.UnknownLabelError: a finding that is not a label (reject `unknown_label`).
@@ -227,16 +234,22 @@ def parse_row(row: CsvRow) -> ParsedRow:
     patient_id = _parse_int(fields[PATIENT_ID], PATIENT_ID)
     follow_up = _parse_int(fields[FOLLOW_UP], FOLLOW_UP)
     age = parse_age(fields[PATIENT_AGE])
-    multi_hot = schema.labels_to_multi_hot(fields[FINDING_LABELS])
+    labels = fields[FINDING_LABELS]
+    multi_hot = shared.get(labels) if shared is not None else None
+    if multi_hot is None:
+        multi_hot = tuple(int(v) for v in schema.labels_to_multi_hot(labels))
+        if shared is not None:
+            shared[labels] = multi_hot
     return ParsedRow(
         line=row.line,
         image_index=image_index,
-        multi_hot=tuple(int(v) for v in multi_hot),
+        multi_hot=multi_hot,
         patient_id=patient_id,
         follow_up=follow_up,
         age=age,
-        sex=sex,
-        view_position=view,
+        # One string object for all rows, not two per row.
+        sex=sys.intern(sex),
+        view_position=sys.intern(view),
     )
 
 

@@ -11,7 +11,8 @@ per image at 256x256, some 30 GB for NIH). Here the records never pass through a
      and a chunk within that shard by a stable hash of the image name (`shard_and_chunk`).
      The number of shards per split comes from the split's row count and the known record
      size (`plan_shards`), before any image is read. It yields one element per chunk (a
-     `WorkUnit`), not one per row, so no per-row element crosses a stage boundary.
+     `WorkUnit`, encoded as compressed bytes), not one per row, so no per-row element crosses
+     a stage boundary and a runner that buffers the units between stages holds only bytes.
   2. `Reshuffle` spreads the units over the workers, and each unit becomes one file written as
      its images stream through decoding (`ConvertChunkFn`), in image-name order so the bytes
      are the same every run.
@@ -28,11 +29,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
 import hashlib
+import itertools
 import json
 import math
+import pickle
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from typing import Any
 
@@ -114,7 +119,7 @@ class ShardResult:
 class WorkUnit:
     """One chunk of one shard: the images one worker converts into one file, sorted by name.
 
-    One element, pickled as a whole, so the tasks' shared strings are stored once per unit.
+    Units travel between the stages as `encode()`d bytes (see `PlanWorkFn`).
     """
 
     split: str
@@ -122,6 +127,17 @@ class WorkUnit:
     chunk: int
     plan: ShardPlan
     tasks: tuple[ImageTask, ...]
+
+    def encode(self) -> bytes:
+        """The unit as one compressed pickle: the tasks' shared strings are stored once."""
+        return zlib.compress(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+
+    @staticmethod
+    def decode(data: bytes) -> WorkUnit:
+        unit = pickle.loads(zlib.decompress(data))
+        if not isinstance(unit, WorkUnit):
+            raise TypeError(f"expected an encoded WorkUnit, got {type(unit).__name__}.")
+        return unit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,13 +264,48 @@ def read_membership(lists: Mapping[str, str | None]) -> dict[str, str]:
     return membership
 
 
-def list_images(data_dir: str) -> dict[str, list[str]]:
+class ImageFiles(Mapping[str, tuple[str, ...]]):
+    """Image name -> the paths of the PNGs of that name, holding each folder's path once.
+
+    A plain {name: [paths]} dict would repeat the folder in every path and give every name a
+    list; this one takes about half the memory for NIH's 112,120 files, which the planning
+    worker holds together with every CSV row.
+    """
+
+    def __init__(self, paths: Iterable[str] = ()):
+        self._folders: dict[str, str] = {}
+        self._first: dict[str, str] = {}  # name -> folder (with its trailing separator)
+        self._more: dict[str, list[str]] = {}  # name -> the folders of further files of that name
+        for path in paths:
+            self.add(path)
+
+    def add(self, path: str) -> None:
+        name = nih.image_name(path)
+        folder = path[: len(path) - len(name)]
+        folder = self._folders.setdefault(folder, folder)
+        if name in self._first:
+            self._more.setdefault(name, []).append(folder)
+        else:
+            self._first[name] = folder
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        folders = (self._first[name], *self._more.get(name, ()))
+        return tuple(folder + name for folder in folders)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._first)
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._first
+
+
+def list_images(data_dir: str) -> ImageFiles:
     """Image name -> the paths of the PNGs of that name anywhere below `data_dir`."""
-    files: dict[str, list[str]] = {}
-    for match in FileSystems.match([FileSystems.join(data_dir.rstrip("/"), "**")])[0].metadata_list:
-        if match.path.lower().endswith(nih.IMAGE_SUFFIX):
-            files.setdefault(nih.image_name(match.path), []).append(match.path)
-    return files
+    matches = FileSystems.match([FileSystems.join(data_dir.rstrip("/"), "**")])[0].metadata_list
+    return ImageFiles(match.path for match in matches if match.path.lower().endswith(nih.IMAGE_SUFFIX))
 
 
 def parse_rows(
@@ -269,6 +320,7 @@ def parse_rows(
     """
     parsed, rejects, accounted = [], [], set()
     input_rows = 0
+    multi_hots: dict[str, tuple[int, ...]] = {}
     for count, row in enumerate(rows):
         name = row.fields[nih.IMAGE_INDEX]
         if max_images and count >= max_images:
@@ -276,7 +328,7 @@ def parse_rows(
             continue
         input_rows += 1
         try:
-            parsed.append((nih.parse_row(row), membership.get(name)))
+            parsed.append((nih.parse_row(row, shared=multi_hots), membership.get(name)))
         except schema.UnknownLabelError as e:
             rejects.append(nih.Reject(nih.UNKNOWN_LABEL, name, row.line, str(e)))
             accounted.add(name)
@@ -284,6 +336,10 @@ def parse_rows(
             rejects.append(nih.Reject(nih.BAD_ROW, name, row.line, f"line {row.line}: {e}"))
             accounted.add(name)
     return parsed, rejects, accounted, input_rows
+
+
+def _image_index(item: tuple[nih.ParsedRow, str | None]) -> str:
+    return item[0].image_index
 
 
 def plan_work(
@@ -304,16 +360,16 @@ def plan_work(
     Returns:
       The work units in a fixed order, the rejects of the join and the unlisted image names.
     """
-    by_name: dict[str, list[tuple[nih.ParsedRow, str | None]]] = {}
-    for row, official_list in parsed:
-        by_name.setdefault(row.image_index, []).append((row, official_list))
-    tasks, rejects = [], []
-    for name in sorted(by_name):
-        task, found = resolve_image(name, by_name[name], files.get(name, ()), split_config)
+    tasks, rejects, row_names = [], [], set()
+    # Sorted by name (stable: the rows of one name keep their order), so that they group without
+    # a dict of lists, which would take as much memory again as the rows.
+    for name, rows in itertools.groupby(sorted(parsed, key=_image_index), key=_image_index):
+        row_names.add(name)
+        task, found = resolve_image(name, list(rows), files.get(name, ()), split_config)
         rejects.extend(found)
         if task is not None:
             tasks.append(task)
-    unlisted = tuple(sorted(name for name in files if name not in by_name and name not in accounted))
+    unlisted = tuple(sorted(name for name in files if name not in row_names and name not in accounted))
     plans = plan_shards(collections.Counter(task.split for task in tasks), **plan_args)
     grouped: dict[tuple[str, int, int], list[ImageTask]] = {}
     for task in tasks:  # In name order, so each unit's tasks are sorted by name.
@@ -331,12 +387,18 @@ def plan_work(
 
 
 class PlanWorkFn(beam.DoFn):
-    """labels CSV path -> WorkUnits; tagged: rejects, unlisted names, the row count, the plans.
+    """labels CSV path -> encoded WorkUnits; tagged: rejects, unlisted names, the row count, the plans.
 
-    The whole plan is made by this one DoFn, in one worker: the rows, lists and file names of
-    NIH's 112,120 images take about 100 MB there for a few seconds. Joining them with Beam's
-    CoGroupByKey instead would hold every row and every task in the runner's shuffle buffers
-    and in the workers' input queues, which grows the memory of every process with the rows.
+    The whole plan is made by this one DoFn, in one worker, which holds the rows, lists and file
+    names of all images for the few seconds it takes (in compact form: shared label tuples,
+    `ImageFiles`) and gives that memory back before it goes on to convert images. Joining them
+    with Beam's CoGroupByKey instead would hold every row and every task in the runner's
+    shuffle buffers and in the workers' input queues, which grows the memory of every process
+    with the rows.
+
+    The units leave as opaque bytes (`WorkUnit.encode`): a runner that holds the units between
+    the stages (the local runner does, in the launcher's process) keeps compressed bytes, a
+    small fraction of what the units' Python objects would take there.
     """
 
     def __init__(
@@ -358,23 +420,36 @@ class PlanWorkFn(beam.DoFn):
         self._unlisted = Metrics.counter(NAMESPACE, "unlisted_images")
 
     def process(self, csv_path: str) -> Iterator[Any]:
-        membership = read_membership(self._lists)
-        with FileSystems.open(csv_path) as f:
-            rows = nih.iter_csv_rows(*nih.read_labels_table(f, name=csv_path))
-            parsed, rejects, accounted, input_rows = parse_rows(rows, membership, max_images=self._max_images)
-        plan = plan_work(
-            parsed, list_images(self._data_dir), accounted, self._split_config, **self._plan_args
-        )
+        input_rows, plan, encoded_units = self._plan(csv_path)
+        # The rows, file names and tasks are garbage now. A full collection also empties the
+        # interpreter's free lists, whose few objects would otherwise keep most of the
+        # planning memory from going back to the system while this worker converts images.
+        gc.collect()
         self._rows_read.inc(input_rows)
         self._unlisted.inc(len(plan.unlisted))
         yield beam.pvalue.TaggedOutput(INPUT_ROWS_TAG, input_rows)
         yield beam.pvalue.TaggedOutput(PLANS_TAG, plan.plans)
-        for reject in [*rejects, *plan.rejects]:
+        for reject in plan.rejects:
             Metrics.counter(NAMESPACE, f"rejected_{reject.reason}").inc()
             yield beam.pvalue.TaggedOutput(REJECTS_TAG, reject)
         for name in plan.unlisted:
             yield beam.pvalue.TaggedOutput(UNLISTED_TAG, name)
-        yield from plan.units
+        yield from encoded_units
+
+    def _plan(self, csv_path: str) -> tuple[int, WorkPlan, list[bytes]]:
+        """(rows read, the plan without its units, the encoded units); all rejects in the plan."""
+        # The file listing first: its transient peak (one metadata object per file) then falls
+        # in a worker that holds nothing else.
+        files = list_images(self._data_dir)
+        membership = read_membership(self._lists)
+        with FileSystems.open(csv_path) as f:
+            rows = nih.iter_csv_rows(*nih.read_labels_table(f, name=csv_path))
+            parsed, rejects, accounted, input_rows = parse_rows(rows, membership, max_images=self._max_images)
+        del membership
+        plan = plan_work(parsed, files, accounted, self._split_config, **self._plan_args)
+        encoded_units = [unit.encode() for unit in plan.units]
+        plan = dataclasses.replace(plan, units=(), rejects=(*rejects, *plan.rejects))
+        return input_rows, plan, encoded_units
 
 
 class _ProgressFile:
@@ -400,7 +475,7 @@ class _ProgressFile:
 
 
 class ConvertChunkFn(beam.DoFn):
-    """WorkUnit -> one file of serialized records, written as the images stream through.
+    """Encoded WorkUnit -> one file of serialized records, written as the images stream through.
 
     A shard of one chunk is written under its final name in `output_dir` and hashed as it is
     written; otherwise the part goes to `parts_dir` for `MergeShardFn`. Bad images go to the
@@ -432,7 +507,8 @@ class ConvertChunkFn(beam.DoFn):
         self._progress = _ProgressFile(self._progress_dir, self._progress_interval_s)
         self._num_labels = schema.NUM_LABELS
 
-    def process(self, unit: WorkUnit) -> Iterator[Any]:
+    def process(self, encoded_unit: bytes) -> Iterator[Any]:
+        unit = WorkUnit.decode(encoded_unit)
         split, shard, chunk, plan = unit.split, unit.shard, unit.chunk, unit.plan
         whole_shard = plan.chunks_per_shard == 1
         if whole_shard:

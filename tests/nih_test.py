@@ -69,6 +69,21 @@ class CsvTest(parameterized.TestCase, tf.test.TestCase):
         self.assertEqual((rows[1].patient_id, rows[1].follow_up, rows[1].age, rows[1].sex), (2, 1, 0, "F"))
         self.assertAllEqual(rows[0].multi_hot, schema.labels_to_multi_hot("Effusion|Mass"))
 
+    def test_rows_parsed_with_a_shared_dict_share_their_multi_hot(self):
+        lines = [
+            fake_data.nih_row("00000001_000.png", "Effusion|Mass", patient_id=1),
+            fake_data.nih_row("00000002_000.png", "Effusion|Mass", patient_id=2, view="ap"),
+            fake_data.nih_row("00000003_000.png", "No Finding", patient_id=3),
+        ]
+        csv_rows = _rows("\n".join([fake_data.NIH_2017_HEADER, *lines]) + "\n")
+        shared = {}
+        rows = [nih.parse_row(row, shared=shared) for row in csv_rows]
+        self.assertEqual(rows, [nih.parse_row(row) for row in csv_rows])
+        self.assertIs(rows[0].multi_hot, rows[1].multi_hot)
+        self.assertEqual(set(shared), {"Effusion|Mass", "No Finding"})
+        self.assertEqual([row.view_position for row in rows], ["PA", "AP", "PA"])
+        self.assertIs(rows[0].view_position, rows[2].view_position)
+
     def test_reads_gzip_through_filesystems(self):
         path = os.path.join(self.get_temp_dir(), "Data_Entry_2017.csv.gz")
         text = "\n".join([fake_data.NIH_2017_HEADER, fake_data.nih_row("00000001_000.png", "Mass")])

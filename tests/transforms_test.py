@@ -3,6 +3,8 @@
 import collections
 import json
 import os
+import pickle
+import zlib
 
 import apache_beam as beam
 import tensorflow as tf
@@ -176,6 +178,33 @@ class PlanWorkTest(tf.test.TestCase):
             for name in names:
                 self.assertEqual(transforms.shard_and_chunk(name, unit.plan), (unit.shard, unit.chunk))
 
+    def test_image_files_lists_every_path_of_a_name(self):
+        root = self.get_temp_dir() + "/listed"
+        for folder, name in [("a", "x.png"), ("b", "x.png"), ("b", "y.PNG"), ("b", "notes.txt")]:
+            os.makedirs(os.path.join(root, folder), exist_ok=True)
+            with open(os.path.join(root, folder, name), "wb") as f:
+                f.write(b"-")
+        files = transforms.list_images(root)
+        self.assertCountEqual(files, ["x.png", "y.PNG"])
+        self.assertLen(files, 2)
+        self.assertCountEqual(
+            files["x.png"], [os.path.join(root, "a", "x.png"), os.path.join(root, "b", "x.png")]
+        )
+        self.assertEqual(files["y.PNG"], (os.path.join(root, "b", "y.PNG"),))
+        self.assertNotIn("notes.txt", files)
+        self.assertEqual(files.get("z.png", ()), ())
+
+    def test_work_units_travel_as_bytes(self):
+        task = transforms.ImageTask(
+            row=_row("00000001_000.png", 2), path="/d/00000001_000.png", split="train"
+        )
+        unit = transforms.WorkUnit("train", 3, 1, transforms.ShardPlan(4, 2), (task,))
+        encoded = unit.encode()
+        self.assertIsInstance(encoded, bytes)
+        self.assertEqual(transforms.WorkUnit.decode(encoded), unit)
+        with self.assertRaisesRegex(TypeError, "expected an encoded WorkUnit, got ImageTask"):
+            transforms.WorkUnit.decode(zlib.compress(pickle.dumps(task)))
+
     def test_plan_work_transform_emits_every_output(self):
         root = fake_data.write_nih_layout(
             self.get_temp_dir() + "/plan",
@@ -194,7 +223,9 @@ class PlanWorkTest(tf.test.TestCase):
                     plan_args=dict(image_size=16, image_format="raw"),
                 )
             )
-            names = planned["units"] | "Names" >> beam.FlatMap(lambda u: [t.row.image_index for t in u.tasks])
+            names = planned["units"] | "Names" >> beam.FlatMap(
+                lambda u: [t.row.image_index for t in transforms.WorkUnit.decode(u).tasks]
+            )
             assert_that(names, equal_to(["00000001_000.png"]), label="Units")
             assert_that(planned["unlisted"], equal_to(["00000007_000.png"]), label="Unlisted")
             assert_that(planned["input_rows"], equal_to([2]), label="Rows")
@@ -238,7 +269,7 @@ class ConvertTest(tf.test.TestCase):
         out_dir, parts_dir = temp + "/out", temp + "/out/_parts"
         with _pipeline() as p:
             converted = {
-                "units": p | "Units" >> beam.Create(plan.units),
+                "units": p | "Units" >> beam.Create([unit.encode() for unit in plan.units]),
                 "plans": p | "Plans" >> beam.Create([plan.plans]),
             } | transforms.ConvertToShards(
                 output_dir=out_dir, parts_dir=parts_dir, image_size=16, image_format="raw"
@@ -279,7 +310,7 @@ class ConvertTest(tf.test.TestCase):
         out_dir, parts_dir = temp + "/whole-out", temp + "/whole-out/_parts"
         with _pipeline() as p:
             converted = {
-                "units": p | "Units" >> beam.Create(plan.units),
+                "units": p | "Units" >> beam.Create([unit.encode() for unit in plan.units]),
                 "plans": p | "Plans" >> beam.Create([plan.plans]),
             } | transforms.ConvertToShards(
                 output_dir=out_dir, parts_dir=parts_dir, image_size=16, image_format="raw"
