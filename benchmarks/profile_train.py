@@ -106,8 +106,8 @@ class Variant:
 
 
 # "after" is the trainer as it is (its profile's defaults); "before" restores the loop as it
-# was. Both use the precision `auto` picks (bf16 on an avx512_bf16 CPU, as the demo profile
-# used before), so both compute alike.
+# was. Both use the precision `auto` picks, so both compute alike; "after_fp32" is the current
+# loop in float32, whatever `auto` picks.
 VARIANTS: dict[str, Variant] = {
     "before": Variant({"steps_per_execution": 1, "validation_batch_size_per_replica": None}, before=True),
     "after": Variant({}),

@@ -27,7 +27,8 @@ def _gpu(capability, name=""):
 
 class ResolveMixedPrecisionTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.named_parameters(
-        ("cpu_avx512_bf16", _cpu("avx2", "avx512f", "avx512_bf16"), "bf16", "CPU with avx512_bf16"),
+        ("cpu_avx512_bf16", _cpu("avx2", "avx512f", "avx512_bf16"), "none", "CPU with avx512_bf16.*slower"),
+        ("cpu_avx512_bf16_and_amx", _cpu("avx512_bf16", "amx_bf16", "amx_tile"), "bf16", "AMX"),
         ("cpu_amx_bf16", _cpu("avx2", "amx_bf16", "amx_tile"), "bf16", "CPU with amx_bf16"),
         ("cpu_avx512_without_bf16", _cpu("avx2", "avx512f"), "none", "CPU without native bfloat16"),
         ("cpu_no_flags", _cpu(), "none", "emulated"),

@@ -265,8 +265,8 @@ def _validate_choices(config: TrainConfig) -> None:
 # The demo profile, measured on the synthetic demo records at 64x64 on 2 CPU cores (README,
 # "Measured figures"): a short ramp to a high rate, as 12 epochs leave no room for
 # an 8-epoch ramp from 2e-6; the positive-weighted loss, which gave the best validation mean AUC
-# of the three class-imbalance modes; mixed precision per device (`auto`: bf16 on this CPU, which
-# has avx512_bf16; the table it follows is in trainer/hardware.py).
+# of the three class-imbalance modes; mixed precision per device (`auto`: float32 on a CPU with
+# avx512_bf16 but no AMX, where bf16 trained slower; the table it follows is in trainer/hardware.py).
 DEMO: dict[str, Any] = dict(
     profile="demo",
     records_dir="data/tfrecords",
