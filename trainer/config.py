@@ -27,8 +27,8 @@ Where `full` departs from the 2023 thesis, on purpose (every other field is the 
   - `augment_placement` and `xla` choose where and how the same augmentation and training
     step run (`auto`: measured per device, see `trainer/task.py`); they change speed, not
     the recipe.
-  - `mixed_precision` is `auto`: bf16 (or fp16 with loss scaling) where the device computes
-    it natively (`trainer/hardware.py`), float32 elsewhere, as the thesis trained.
+  - `mixed_precision` is `auto`: bf16 (or fp16 with loss scaling) where the device trains
+    faster in it (the table in `trainer/hardware.py`), float32 elsewhere, as the thesis trained.
 """
 
 from __future__ import annotations
