@@ -29,14 +29,14 @@ import resource
 import shutil
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 
 import numpy as np
 from absl import app, flags
 
 from beam_pipelines import job, nih, splits
-from benchmarks.rss import tree_rss_bytes
+from benchmarks.rss import run_sampled
 from tfrecords import codec
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 2000, "Demo images to convert.")
@@ -174,25 +174,17 @@ def run_memory_case(
         "--split=patient",
         f"--direct_num_workers={workers}",
     ]
-    start = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = 0
-    done = threading.Event()
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: (output.append(process.stdout.read()), done.set()), daemon=True)
-    reader.start()
-    while process.poll() is None:
-        peak = max(peak, tree_rss_bytes(process.pid))
-        time.sleep(0.2)
-    wall = time.monotonic() - start
-    done.wait(10)
-    if process.returncode:
-        raise RuntimeError(f"{command} failed with {process.returncode}: {''.join(output)[-2000:]}")
+    with tempfile.TemporaryFile("w+") as printed:
+        run = run_sampled(command, stdout=printed, stderr=subprocess.DEVNULL, interval_s=0.2)
+        printed.seek(0)
+        output = printed.read()
+    if run.returncode:
+        raise RuntimeError(f"{command} failed with {run.returncode}: {output[-2000:]}")
     return {
         "images": num_images,
-        "seconds_with_startup": round(wall, 2),
-        "peak_rss_mb": round(peak / 1e6),
-        "job_printed": "".join(output).strip().splitlines(),
+        "seconds_with_startup": round(run.wall_seconds, 2),
+        "peak_rss_mb": round(run.peak_rss_bytes / 1e6),
+        "job_printed": output.strip().splitlines(),
     }
 
 

@@ -30,14 +30,13 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 
 from absl import app, flags
 
 from beam_pipelines import nih
-from benchmarks.rss import tree_rss_bytes
+from benchmarks.rss import run_sampled
 from tfrecords import codec, manifest, schema
 
 _LABELS_CSV = flags.DEFINE_string(
@@ -199,25 +198,6 @@ def run_floor(paths: Sequence[str], *, image_size: int, workers: int) -> dict:
 # The job, with its process tree's memory sampled.
 
 
-class _MemorySampler(threading.Thread):
-    def __init__(self, pid: int, interval_s: float = 1.0):
-        super().__init__(daemon=True, name="rss-sampler")
-        self._pid = pid
-        self._interval_s = interval_s
-        self._finished = threading.Event()
-        self.peak = 0
-        self.samples = 0
-
-    def run(self):
-        while not self._finished.wait(self._interval_s):
-            self.peak = max(self.peak, tree_rss_bytes(self._pid))
-            self.samples += 1
-
-    def finish(self):
-        self._finished.set()
-        self.join()
-
-
 def run_job(data_dir: str, output_dir: str, *, image_size: int, log_path: str) -> dict:
     """`python -m beam_pipelines.build_tfrecords` as a subprocess; wall time and peak tree RSS."""
     shutil.rmtree(output_dir, ignore_errors=True)
@@ -230,17 +210,11 @@ def run_job(data_dir: str, output_dir: str, *, image_size: int, log_path: str) -
         f"--image_size={image_size}",
         "--progress_interval_s=60",
     ]
-    start = time.monotonic()
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        sampler = _MemorySampler(process.pid)
-        sampler.start()
-        process.wait()
-        sampler.finish()
-    wall = time.monotonic() - start
-    if process.returncode:
+        run = run_sampled(command, stdout=log, stderr=subprocess.STDOUT)
+    if run.returncode:
         with open(log_path) as f:
-            raise RuntimeError(f"{command} failed ({process.returncode}): {f.read()[-3000:]}")
+            raise RuntimeError(f"{command} failed ({run.returncode}): {f.read()[-3000:]}")
     result = manifest.read_manifest(output_dir, check_shards=True)
     sizes = [
         os.path.getsize(os.path.join(output_dir, shard.name))
@@ -256,10 +230,10 @@ def run_job(data_dir: str, output_dir: str, *, image_size: int, log_path: str) -
             name: {"records": s.records, "patients": s.patients, "shards": len(s.shards)}
             for name, s in result.splits.items()
         },
-        "seconds": round(wall, 1),
-        "images_per_s": round(result.records_written / wall, 1),
-        "peak_rss_mb": round(sampler.peak / 1e6),
-        "rss_samples": sampler.samples,
+        "seconds": round(run.wall_seconds, 1),
+        "images_per_s": round(result.records_written / run.wall_seconds, 1),
+        "peak_rss_mb": round(run.peak_rss_bytes / 1e6),
+        "rss_samples": run.samples,
         "shards": len(sizes),
         "shard_mb_min": round(min(sizes) / 1e6, 1),
         "shard_mb_max": round(max(sizes) / 1e6, 1),

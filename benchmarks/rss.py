@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import IO, Any
 
 
 def tree_rss_bytes(root_pid: int) -> int:
@@ -29,3 +34,35 @@ def tree_rss_bytes(root_pid: int) -> int:
         except OSError:
             continue
     return total
+
+
+@dataclasses.dataclass(frozen=True)
+class SampledRun:
+    """A finished command: its exit code, wall time and the peak summed RSS of its process tree."""
+
+    returncode: int
+    wall_seconds: float
+    peak_rss_bytes: int
+    samples: int
+
+
+def run_sampled(
+    command: Sequence[str],
+    *,
+    stdout: IO[Any] | int | None,
+    stderr: IO[Any] | int | None,
+    interval_s: float = 1.0,
+) -> SampledRun:
+    """Runs `command` to its end, sampling `tree_rss_bytes` every `interval_s` seconds.
+
+    `stdout` and `stderr` go to `subprocess.Popen`; give files or DEVNULL, not PIPE (nothing
+    reads a pipe while the command runs).
+    """
+    start = time.monotonic()
+    process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+    peak = samples = 0
+    while process.poll() is None:
+        peak = max(peak, tree_rss_bytes(process.pid))
+        samples += 1
+        time.sleep(interval_s)
+    return SampledRun(process.returncode, time.monotonic() - start, peak, samples)

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from benchmarks import nih_scale
+from benchmarks import nih_scale, rss
 from tests import fake_data
 from tfrecords import manifest as manifest_lib
 
@@ -72,3 +72,23 @@ class NihScaleTest(tf.test.TestCase):
         trained = nih_scale.run_train(records_dir, steps=3)
         self.assertEqual((trained["profile"], trained["batch_size"], trained["steps"]), ("full", 16, 3))
         self.assertGreater(trained["s_per_step"], 0)
+
+
+class RunSampledTest(tf.test.TestCase):
+    def test_peak_covers_what_the_command_holds(self):
+        code = "import time; block = bytearray(64 * 1000 * 1000); block[::4096] = b'x' * len(block[::4096]); time.sleep(1.5)"
+        run = rss.run_sampled(
+            [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, interval_s=0.1
+        )
+        self.assertEqual(run.returncode, 0)
+        self.assertGreater(run.peak_rss_bytes, 64 * 1000 * 1000)
+        self.assertGreater(run.samples, 3)
+        self.assertGreater(run.wall_seconds, 1.5)
+
+    def test_exit_code_is_returned(self):
+        run = rss.run_sampled(
+            [sys.executable, "-c", "raise SystemExit(3)"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.assertEqual(run.returncode, 3)
