@@ -19,7 +19,7 @@ import time
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from trainer import metrics
+from trainer.evaluation import metrics
 
 
 def _data(num_images: int, num_patients: int, seed: int = 0):

@@ -11,11 +11,11 @@ Side by side in one run, images/s at 256x256, batch 32, over 2,000 demo images:
     no shuffle), and the same in tf.data with only a parallel map;
   * ours: tfrecords.dataset.build_dataset (training variant: shuffled, repeated), reading only,
     with parse per batch (the default) and per record;
-  * ours with augmentation on this CPU: build_dataset, then trainer.inputs.augment_batches with
-    trainer.augment.make_augment_fn() (the "dataset" placement);
+  * ours with augmentation on this CPU: build_dataset, then trainer.training.inputs.augment_batches with
+    trainer.model.augment.make_augment_fn() (the "dataset" placement);
   * the augmentation alone on a fixed batch (the XLA warp on 0..255 pixels) against TF's
     ImageProjectiveTransformV3 kernel doing the same warp.
-Then short training runs (trainer.models.build_model ResUNet at 256, batch 32) with the
+Then short training runs (trainer.model.models.build_model ResUNet at 256, batch 32) with the
 augmentation in the model (inside the compiled step) and in tf.data, measuring images/s and the
 share of step time spent waiting for input.
 
@@ -46,8 +46,8 @@ from PIL import Image
 from tfrecords import codec, schema
 from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
-from trainer import augment as augment_lib
-from trainer import inputs
+from trainer.model import augment as augment_lib
+from trainer.training import inputs
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/bench", "Where the demo PNGs and records go (reused).")
 _OUTPUT = flags.DEFINE_string("output", "runs/bench/bench-input.json", "The JSON report.")
@@ -311,7 +311,7 @@ def train_placements(
     """
     import keras
 
-    from trainer import models
+    from trainer.model import models
 
     config = augment_lib.AugmentConfig()
     runs = {}
@@ -346,7 +346,7 @@ def train_placements(
                 run["total"] += end - start
     return {
         placement: {
-            "model": "trainer.models.build_model('resunet', image_size=256) (depth 4, base_filters 16)",
+            "model": "trainer.model.models.build_model('resunet', image_size=256) (depth 4, base_filters 16)",
             "placement": placement,
             "batch_size": batch_size,
             "jit_compile": jit_compile,

@@ -7,7 +7,7 @@ fp32) and prints a table. The model is the full profile's ResUNet (256x256, widt
 32-64-128-256, augmentation inside the step); the batch is small (4) so that each case holds
 under ~4 GB. Other processes share the CPU: compare the ratios of one run, not absolute
 figures across runs; the 1-minute load average before and after is recorded.
-`trainer.task.XLA_SPEEDUP_BY_DEVICE` (what `--xla=auto` decides from) holds the ratios
+`trainer.training.task.XLA_SPEEDUP_BY_DEVICE` (what `--xla=auto` decides from) holds the ratios
 measured here.
 """
 
@@ -24,7 +24,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from tfrecords import schema
-from trainer import augment, models
+from trainer.model import augment, models
 
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "Square image size.")
 _DEPTH = flags.DEFINE_integer("depth", 3, "ResUNet depth.")

@@ -4,7 +4,7 @@
 
 On a trained run whose records' data directory holds `BBox_List_2017.csv` (the demo set writes
 one), scores the test split's boxed (image, finding) pairs with Grad-CAM at the last decoder
-features alone, the bottleneck alone, and both added (`trainer.gradcam`'s default when the
+features alone, the bottleneck alone, and both added (`trainer.model.gradcam`'s default when the
 head pools the bottleneck). Writes runs/bench/gradcam_layers.json and prints one line per choice.
 """
 
@@ -16,8 +16,12 @@ import os
 
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
-from trainer import boxes, evaluate, gradcam, localization_eval, metrics, models
-from trainer import run_dir as run_dir_lib
+from trainer.evaluation import metrics
+from trainer.evaluation import pipeline as evaluate
+from trainer.evaluation.localization import boxes
+from trainer.evaluation.localization import pipeline as localization_eval
+from trainer.model import gradcam, models
+from trainer.model import run_dir as run_dir_lib
 
 CHOICES = (
     (gradcam.DECODER_OUTPUT,),

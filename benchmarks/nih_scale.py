@@ -253,8 +253,8 @@ def run_read(records_dir: str, *, augment: bool, batch_size: int = 64) -> dict:
     steps = records // batch_size
     dataset = dataset_lib.build_dataset(records_dir, "train", batch_size=batch_size, training=True, seed=0)
     if augment:
-        from trainer import augment as augment_lib
-        from trainer import inputs
+        from trainer.model import augment as augment_lib
+        from trainer.training import inputs
 
         dataset = inputs.augment_batches(dataset, augment_lib.make_augment_fn(), seed=0)
     start = time.monotonic()
@@ -279,8 +279,9 @@ def run_train(records_dir: str, *, steps: int) -> dict:
     """
     import keras
 
-    from trainer import config as config_lib
-    from trainer import task, train_lib
+    from trainer.training import config as config_lib
+    from trainer.training import runner as train_lib
+    from trainer.training import task
 
     config = config_lib.get_profile("full", records_dir=records_dir, run_dir="unused", steps_per_epoch=steps)
     records = manifest.read_manifest(records_dir)

@@ -4,7 +4,7 @@ r"""Where the training loop's time goes: the real `fit` of the demo and full pro
 
 For each profile (demo: 64x64, the demo split's 1,348 train / 192 val records; full: 256x256, a
 few steps per epoch) and each variant (a set of TrainConfig overrides, e.g. before/after a
-change, run one after the other in the same process), `trainer.train_lib.train` runs a short
+change, run one after the other in the same process), `trainer.training.runner.train` runs a short
 training on synthetic records (data/bench/train-<profile>, written once) and the benchmark
 splits each epoch's wall time into:
 
@@ -49,12 +49,14 @@ from absl import app, flags, logging
 from tfrecords import codec, schema
 from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
-from trainer import augment as augment_lib
-from trainer import callbacks as callbacks_lib
-from trainer import config as config_lib
-from trainer import inputs, objectives, task, train_lib
-from trainer import models as models_lib
-from trainer import run_dir as run_dir_lib
+from trainer.model import augment as augment_lib
+from trainer.model import models as models_lib
+from trainer.model import objectives
+from trainer.model import run_dir as run_dir_lib
+from trainer.training import callbacks as callbacks_lib
+from trainer.training import config as config_lib
+from trainer.training import inputs, task
+from trainer.training import runner as train_lib
 
 _PROFILES = flags.DEFINE_list("profiles", ["demo", "full"], "Profiles to run (demo, full).")
 _VARIANTS = flags.DEFINE_list("variants", None, "Variants to run (default: all of VARIANTS).")

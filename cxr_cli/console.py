@@ -21,7 +21,7 @@ starts with
     if __name__ == "__main__":
         console.configure()  # Before TensorFlow loads.
 
-    from trainer import train_lib  # Heavy imports after.
+    from trainer.training import runner as train_lib  # Heavy imports after.
 
 and, when imported (tests) instead of run, changes nothing. `configure` exports the chosen
 verbosity in `CXR_VERBOSITY`, so subprocesses (Beam workers, other binaries) follow it.

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from trainer import augment
+from trainer.model import augment
 
 # Parameter rows in augment.PARAMETER_NAMES order:
 # rotation (rad), zoom_x, zoom_y, shift_x, shift_y, flip_horizontal, flip_vertical.

@@ -1,4 +1,4 @@
-"""Tests for trainer.boxes: NIH's box file read, checked, scaled, and its bad rows rejected."""
+"""Tests for trainer.evaluation.localization.boxes: NIH's box file read, checked, scaled, and its bad rows rejected."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from tests import fake_data
-from trainer import boxes
+from trainer.evaluation.localization import boxes
 
 
 class ReadBoxesTest(parameterized.TestCase, tf.test.TestCase):

@@ -1,4 +1,4 @@
-"""Tests for trainer.calibration: bins, ECE on hand-made predictions, Platt scaling."""
+"""Tests for trainer.evaluation.calibration: bins, ECE on hand-made predictions, Platt scaling."""
 
 import json
 import math
@@ -10,7 +10,7 @@ from sklearn import calibration as sk_calibration
 from sklearn import metrics as sk_metrics
 
 from tfrecords import schema
-from trainer import calibration
+from trainer.evaluation import calibration
 
 
 def _sigmoid(z):

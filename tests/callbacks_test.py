@@ -6,8 +6,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import callbacks, lr_schedule
-from trainer import run_dir as run_dir_lib
+from trainer.model import run_dir as run_dir_lib
+from trainer.training import callbacks
+from trainer.training import schedule as lr_schedule
 
 
 class CallbacksTest(tf.test.TestCase):

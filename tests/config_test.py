@@ -7,9 +7,9 @@ import tensorflow as tf
 from absl import flags
 from absl.testing import parameterized
 
-from trainer import augment
-from trainer import config as config_lib
 from trainer import train as train_binary
+from trainer.model import augment
+from trainer.training import config as config_lib
 
 # Table 1 of the 2023 thesis: lr_start 2e-6, lr_max 1e-4, lr_min 0, 8 ramp-up epochs, no
 # sustain, decay 0.8. Ramp: 2e-6 + (1e-4 - 2e-6) * epoch / 8 = 2e-6 + 12.25e-6 * epoch;

@@ -1,4 +1,4 @@
-"""Tests for trainer.console_callbacks: the epoch line, the step progress line, TensorBoard."""
+"""Tests for trainer.training.display: the epoch line, the step progress line, TensorBoard."""
 
 import io
 import os
@@ -10,7 +10,7 @@ from absl.testing import parameterized
 
 from tests import fake_data
 from tfrecords import contact_sheet
-from trainer import console_callbacks
+from trainer.training import display as console_callbacks
 
 
 class FakeClock:

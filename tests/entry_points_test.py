@@ -9,7 +9,8 @@ import tensorflow as tf
 from absl import flags
 
 from cxr_cli import config_flags
-from trainer import evaluate, predict
+from trainer.evaluation import pipeline as evaluate
+from trainer.prediction import predictor as predict
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +48,7 @@ class EntryPointsTest(tf.test.TestCase):
             "from absl import app, flags, logging\n"
             "import keras, tensorflow  # Their own flags (absl's, TF's) come with them.\n"
             "before = set(flags.FLAGS)\n"
-            "import trainer.train, trainer.evaluate, trainer.predict, trainer.report, trainer.train_lib\n"
+            "import trainer.train, trainer.evaluation.pipeline, trainer.prediction.predictor, trainer.evaluation.report, trainer.training.runner\n"
             "assert set(flags.FLAGS) == before, sorted(set(flags.FLAGS) - before)\n"
             "assert not isinstance(matplotlib.rcParams._get('backend'), str)  # No backend chosen.\n"
             "print('CLEAN')\n"

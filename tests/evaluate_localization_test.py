@@ -1,7 +1,7 @@
-"""trainer.evaluate's localization, calibration and test-time augmentation, on tiny runs.
+"""trainer.evaluation.pipeline's localization, calibration and test-time augmentation, on tiny runs.
 
 The run is `fake_data.write_fake_run` (an untrained tiny model with the ResUNet's
-"decoder_output" and "probabilities" layers, exported by `trainer.export`) over
+"decoder_output" and "probabilities" layers, exported by `trainer.model.export`) over
 `fake_data.write_records` records; the box file is written by the test, with good and bad rows.
 """
 
@@ -22,7 +22,9 @@ from sklearn import metrics as sk_metrics
 from tests import fake_data
 from tfrecords import dataset as dataset_lib
 from tfrecords import schema
-from trainer import boxes, calibration, evaluate, report
+from trainer.evaluation import calibration, report
+from trainer.evaluation import pipeline as evaluate
+from trainer.evaluation.localization import boxes
 
 _SPLITS = {"train": 8, "val": 16, "test": 12}
 # fake_data.metadata_for numbers records across the splits in order: test is 24..35.

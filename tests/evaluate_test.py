@@ -1,8 +1,8 @@
-"""End-to-end tests of trainer.evaluate on a tiny run directory built by the test.
+"""End-to-end tests of trainer.evaluation.pipeline on a tiny run directory built by the test.
 
 The run is `fake_data.write_fake_run`: a tiny untrained Keras model (conv "decoder_output",
 pooling, Dense(15)) saved as checkpoints/best.keras and exported by the trainer's own
-`trainer.export.export_model`, over `fake_data.write_records` records. Training a real model
+`trainer.model.export.export_model`, over `fake_data.write_records` records. Training a real model
 is the trainer's tests' business; here it would only add minutes.
 """
 
@@ -22,7 +22,8 @@ from sklearn import metrics as sk_metrics
 from tests import fake_data
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
-from trainer import evaluate, report
+from trainer.evaluation import pipeline as evaluate
+from trainer.evaluation import report
 
 _SPLITS = {"train": 16, "val": 16, "test": 24}
 

@@ -8,7 +8,7 @@ from absl.testing import parameterized
 
 from tests import fake_data
 from tfrecords import schema
-from trainer import augment, export, models
+from trainer.model import augment, export, models
 
 _SIZE = 32
 

@@ -268,14 +268,14 @@ def write_fake_run(
 
     `config.json` (records_dir, image_size, model), `history.csv` (made-up curves with the
     columns of trainer.train), `checkpoints/best.keras`, and `export/` through
-    `trainer.export.export_model` (both serving signatures, labels.json).
+    `trainer.model.export.export_model` (both serving signatures, labels.json).
 
     Returns:
       run_dir.
     """
     import json
 
-    from trainer import export as export_lib
+    from trainer.model import export as export_lib
 
     model = model if model is not None else tiny_keras_model(image_size, seed=seed)
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)

@@ -1,11 +1,11 @@
-"""Tests for trainer.gradcam's batched maps, layer check and box drawing."""
+"""Tests for trainer.model.gradcam's batched maps, layer check and box drawing."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tests import fake_data
-from trainer import gradcam
+from trainer.model import gradcam
 
 
 class BatchMapsTest(tf.test.TestCase):

@@ -6,7 +6,7 @@ from unittest import mock
 import tensorflow as tf
 from absl.testing import parameterized
 
-from trainer import hardware
+from trainer.training import device as hardware
 
 _CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel

@@ -12,7 +12,8 @@ from tests import fake_data
 from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
-from trainer import augment, inputs
+from trainer.model import augment
+from trainer.training import inputs
 
 _FINDING = {name: index for index, name in enumerate(schema.LABELS)}
 

@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 
-from trainer import keras_compat
+from trainer.training import keras_compat
 
 
 class _StandInMultiWorker(tf.distribute.MultiWorkerMirroredStrategy):

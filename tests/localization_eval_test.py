@@ -1,4 +1,4 @@
-"""Tests for trainer.localization_eval: Grad-CAM over records, scored against a box file.
+"""Tests for trainer.evaluation.localization.pipeline: Grad-CAM over records, scored against a box file.
 
 The model is `fake_data.bright_spot_model`, whose Grad-CAM map is the image scaled by its
 maximum, so the expected scores follow from where the test paints bright squares.
@@ -11,7 +11,10 @@ import tensorflow as tf
 
 from tests import fake_data
 from tfrecords import schema
-from trainer import boxes, gradcam, localization_eval, metrics
+from trainer.evaluation import metrics
+from trainer.evaluation.localization import boxes
+from trainer.evaluation.localization import pipeline as localization_eval
+from trainer.model import gradcam
 
 _SIZE = 32
 # Test images in record order (fake_data.metadata_for): patients 1, 1, 2, 2.

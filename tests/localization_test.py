@@ -1,10 +1,11 @@
-"""Tests for trainer.localization on hand-made maps, the expected scores worked out in comments."""
+"""Tests for trainer.evaluation.localization.scores on hand-made maps, the expected scores worked out in comments."""
 
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from trainer import localization, metrics
+from trainer.evaluation import metrics
+from trainer.evaluation.localization import scores as localization
 
 
 def _cam(shape, values):

@@ -3,7 +3,7 @@
 import tensorflow as tf
 from absl.testing import parameterized
 
-from trainer import lr_schedule
+from trainer.training import schedule as lr_schedule
 
 
 class BuildLrFnTest(tf.test.TestCase, parameterized.TestCase):

@@ -1,4 +1,4 @@
-"""Tests for trainer.metrics: AUCs, patient bootstrap, thresholds and subgroups."""
+"""Tests for trainer.evaluation.metrics: AUCs, patient bootstrap, thresholds and subgroups."""
 
 import json
 import math
@@ -9,7 +9,7 @@ from absl.testing import parameterized
 from sklearn import metrics as sk_metrics
 
 from tfrecords import schema
-from trainer import metrics
+from trainer.evaluation import metrics
 
 
 def _random_split(num_patients, *, seed=0, images_per_patient=3, num_labels=schema.NUM_LABELS, signal=1.0):

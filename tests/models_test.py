@@ -8,7 +8,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from tfrecords import schema
-from trainer import augment, models
+from trainer.model import augment, models
 
 
 class BuildModelTest(tf.test.TestCase, parameterized.TestCase):

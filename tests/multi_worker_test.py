@@ -15,20 +15,21 @@ import pytest
 import tensorflow as tf
 
 from tests import fake_data
-from trainer import config as config_lib
-from trainer import inputs, train_lib
-from trainer import run_dir as run_dir_lib
+from trainer.model import run_dir as run_dir_lib
+from trainer.training import config as config_lib
+from trainer.training import inputs
+from trainer.training import runner as train_lib
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _WORKER_TIMEOUT_S = 420
 
 
-# Keras' multi-worker fit on a tiny model, with none or only the first of trainer.keras_compat's
+# Keras' multi-worker fit on a tiny model, with none or only the first of trainer.training.keras_compat's
 # workarounds (argv[1]: "none" or "build_only"); prints FIT_OK or FIT_ERROR and the message.
 _KERAS_REPRO = textwrap.dedent("""
     import contextlib, sys
     import keras, numpy as np, tensorflow as tf
-    from trainer import keras_compat
+    from trainer.training import keras_compat
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     def dataset_fn(context):
         images, labels = np.zeros((16, 8, 8, 1), np.uint8), np.zeros((16, 2), np.float32)

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrecords import schema
-from trainer import objectives
+from trainer.model import objectives
 
 
 class ObjectivesTest(tf.test.TestCase):

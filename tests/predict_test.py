@@ -1,4 +1,4 @@
-"""Tests for trainer.predict and trainer.gradcam on a tiny exported run built by the test."""
+"""Tests for trainer.prediction.predictor and trainer.model.gradcam on a tiny exported run built by the test."""
 
 import io
 import os
@@ -14,7 +14,9 @@ from PIL import Image
 
 from tests import fake_data
 from tfrecords import schema
-from trainer import gradcam, predict, report
+from trainer.evaluation import report
+from trainer.model import gradcam
+from trainer.prediction import predictor as predict
 
 
 def _pattern(height, width):
@@ -85,7 +87,7 @@ class PredictTest(parameterized.TestCase, tf.test.TestCase):
         self.assertEqual(
             results[0].findings, tuple(label for label, p in zip(schema.LABELS, probabilities) if p >= 0.5)
         )
-        # A thresholds.json as trainer.evaluate writes it: 0 (always) for Atelectasis, 1 (never)
+        # A thresholds.json as trainer.evaluation.pipeline writes it: 0 (always) for Atelectasis, 1 (never)
         # for the rest, and undefined for Hernia, which then falls back to 0.5.
         values = {label: 1.0 for label in schema.LABELS}
         values["Atelectasis"] = 0.0
@@ -156,7 +158,7 @@ class PredictTest(parameterized.TestCase, tf.test.TestCase):
             self.assertAllClose(actual, expected, atol=1e-5)
 
     def test_gradcam_on_the_resunet(self):
-        from trainer import models
+        from trainer.model import models
 
         model = models.build_model("resunet", image_size=32, depth=2, base_filters=4)
         maps = gradcam.GradCam(model).maps(_pattern(32, 32)[..., None], [0, 4, 13], output_size=(45, 61))

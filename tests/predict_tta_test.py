@@ -1,4 +1,4 @@
-"""trainer.predict's --tta=hflip and its use of the calibration stored with the thresholds."""
+"""trainer.prediction.predictor's --tta=hflip and its use of the calibration stored with the thresholds."""
 
 import os
 import shutil
@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from tests import fake_data
 from tfrecords import schema
-from trainer import calibration, predict, report
+from trainer.evaluation import calibration, report
+from trainer.prediction import predictor as predict
 
 
 def _pattern(height, width):

@@ -1,4 +1,4 @@
-"""Tests for trainer.report's TTA, calibration and localization sections and figures, on hand-made data."""
+"""Tests for trainer.evaluation.report's TTA, calibration and localization sections and figures, on hand-made data."""
 
 import io
 import os
@@ -8,7 +8,9 @@ import tensorflow as tf
 from PIL import Image
 
 from tfrecords import schema
-from trainer import calibration, localization, localization_eval, metrics, report
+from trainer.evaluation import calibration, metrics, report
+from trainer.evaluation.localization import pipeline as localization_eval
+from trainer.evaluation.localization import scores as localization
 
 
 def _png_size(path):

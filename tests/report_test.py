@@ -1,4 +1,4 @@
-"""Tests for trainer.report: JSON/CSV/Markdown writers and the figures."""
+"""Tests for trainer.evaluation.report: JSON/CSV/Markdown writers and the figures."""
 
 import io
 import json
@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests import fake_data
 from tfrecords import schema
-from trainer import metrics, report
+from trainer.evaluation import metrics, report
 
 
 def _split(num_images=90, *, seed=0, absent="Hernia"):

@@ -2,7 +2,7 @@
 
 The default suite covers evaluate and predict on a fake exported run (tests/evaluate_test.py,
 tests/predict_test.py); this one trains the real ResUNet for two epochs through
-`trainer.train_lib.train`, so the trainer's run directory, export and history are the inputs.
+`trainer.training.runner.train`, so the trainer's run directory, export and history are the inputs.
 """
 
 import json
@@ -15,8 +15,11 @@ import tensorflow as tf
 from PIL import Image
 
 from tests import fake_data
-from trainer import config as config_lib
-from trainer import evaluate, predict, report, train_lib
+from trainer.evaluation import pipeline as evaluate
+from trainer.evaluation import report
+from trainer.prediction import predictor as predict
+from trainer.training import config as config_lib
+from trainer.training import runner as train_lib
 
 
 @pytest.mark.slow

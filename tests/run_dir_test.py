@@ -6,7 +6,7 @@ import os
 
 import tensorflow as tf
 
-from trainer import run_dir
+from trainer.model import run_dir
 
 
 def _write(path, text):

@@ -17,9 +17,12 @@ from absl.testing import parameterized
 from tests import fake_data
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
-from trainer import config as config_lib
-from trainer import export, lr_schedule, task, train_lib
-from trainer import run_dir as run_dir_lib
+from trainer.model import export
+from trainer.model import run_dir as run_dir_lib
+from trainer.training import config as config_lib
+from trainer.training import runner as train_lib
+from trainer.training import schedule as lr_schedule
+from trainer.training import task
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STRATEGY = lambda: train_lib.create_strategy("auto")  # noqa: E731
@@ -338,7 +341,8 @@ class MirroredStrategyTest(tf.test.TestCase):
             import json, tensorflow as tf
             cpu = tf.config.list_physical_devices("CPU")[0]
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-            from trainer import config as config_lib, train_lib
+            from trainer.training import config as config_lib
+            from trainer.training import runner as train_lib
             strategy = train_lib.create_strategy("mirrored")
             result = train_lib.train(config_lib.TrainConfig(records_dir={records!r}, run_dir={run_dir!r},
                                      depth=2, base_filters=4, batch_size_per_replica=4, epochs=2, steps_per_epoch=1,

@@ -1,11 +1,11 @@
-"""Tests for trainer.tta: the hflip output is the mean of the two passes."""
+"""Tests for trainer.evaluation.tta: the hflip output is the mean of the two passes."""
 
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
 from tests import fake_data
-from trainer import tta
+from trainer.evaluation import tta
 
 
 def _left_heavy(images):

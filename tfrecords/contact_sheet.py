@@ -99,12 +99,12 @@ def augment_samples(
 
     Args:
       samples: from `read_samples`.
-      config: a `trainer.augment.AugmentConfig`; None: its defaults (the training defaults).
+      config: a `trainer.model.augment.AugmentConfig`; None: its defaults (the training defaults).
       seed: the augmentation's stateless seed.
     """
     if not samples:
         return []
-    from trainer import augment  # The trainer's stack loads only for --augmented.
+    from trainer.model import augment  # The trainer's stack loads only for --augmented.
 
     images = np.stack([sample.image for sample in samples])[..., None]
     augment_fn = augment.make_augment_fn(config, jit_compile=False)

@@ -31,8 +31,8 @@ if __name__ == "__main__":
 from absl import app, flags, logging
 
 from cxr_cli import config_flags
-from trainer import config as config_lib
-from trainer import train_lib
+from trainer.training import config as config_lib
+from trainer.training import runner as train_lib
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_flags.FlagHolders:

@@ -23,9 +23,11 @@ import tensorflow as tf
 
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
-from trainer import augment as augment_lib
-from trainer import config as config_lib
-from trainer import hardware, inputs, models, objectives
+from trainer.model import augment as augment_lib
+from trainer.model import models, objectives
+from trainer.training import config as config_lib
+from trainer.training import device as hardware
+from trainer.training import inputs
 
 # XLA (`jit_compile`) as measured by `python -m benchmarks.bench_train` (runs/bench/bench-train.json;
 # training steps with augmentation in the step, best of 2 alternating rounds, images/s; README,

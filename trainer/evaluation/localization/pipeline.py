@@ -1,8 +1,8 @@
 """The localization report's computation: Grad-CAM over one split's records, scored against boxes.
 
 For every (image, finding) pair of the split that the box file boxes, the Grad-CAM map of that
-finding (`trainer.gradcam`, at the records' size) is scored against the finding's boxes with
-`trainer.localization`: pointing game, energy inside, IoU at `localization.CAM_THRESHOLD`,
+finding (`trainer.model.gradcam`, at the records' size) is scored against the finding's boxes with
+`trainer.evaluation.localization.scores`: pointing game, energy inside, IoU at `localization.CAM_THRESHOLD`,
 per finding and overall, with patient-bootstrap intervals.
 
 Beside the scores, the mean maps over the split expose a fixed-location artifact, a map that
@@ -23,9 +23,10 @@ import numpy as np
 
 from tfrecords import dataset as dataset_lib
 from tfrecords import schema
-from trainer import boxes as boxes_lib
-from trainer import gradcam as gradcam_lib
-from trainer import localization, metrics
+from trainer.evaluation import metrics
+from trainer.evaluation.localization import boxes as boxes_lib
+from trainer.evaluation.localization import scores as localization
+from trainer.model import gradcam as gradcam_lib
 
 # Overlays shown per finding in the figure: the split's first pairs of that finding in record order.
 SAMPLES_PER_FINDING = 3

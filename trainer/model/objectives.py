@@ -134,7 +134,7 @@ class SharedClassAUC(keras.metrics.Metric):
 class WeightedBinaryCrossentropy(keras.losses.Loss):
     """Binary cross-entropy whose positive term of label c is multiplied by `pos_weights[c]`.
 
-    With `pos_weights = negatives / positives` per label (`trainer.inputs.positive_weights`), rare
+    With `pos_weights = negatives / positives` per label (`trainer.training.inputs.positive_weights`), rare
     findings weigh as much in the loss as common ones.
     """
 

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from tfrecords import schema
-from trainer import augment as augment_lib
+from trainer.model import augment as augment_lib
 
 MODEL_NAMES = ("resunet", "resnet50", "vgg16", "densenet121")
 # Name of the last decoder block's output in the ResUNet; Grad-CAM reads this layer.
@@ -206,7 +206,7 @@ def _application_backbone(name: str, *, image_size: int, weights: str | None) ->
 
 
 def _exists(path: str) -> bool:
-    import tensorflow as tf  # Lazy: keeps `import trainer.models` light for Keras-only users.
+    import tensorflow as tf  # Lazy: keeps `import trainer.model.models` light for Keras-only users.
 
     return tf.io.gfile.exists(path)
 

@@ -54,7 +54,7 @@ def export_model(model: keras.Model, export_dir: str, *, image_size: int) -> str
     """Writes `model` as a SavedModel with the two signatures above, and `labels.json`.
 
     Args:
-      model: a model from `trainer.models.build_model` (0..255 pixels in, probabilities out).
+      model: a model from `trainer.model.models.build_model` (0..255 pixels in, probabilities out).
       export_dir: destination folder (local or gs://); replaced if it exists.
       image_size: the training image size N.
 
@@ -120,7 +120,9 @@ def read_labels(export_dir: str) -> dict:
     """
     path = os.path.join(export_dir, LABELS_FILE)
     if not tf.io.gfile.exists(path):
-        raise ValueError(f"{path} does not exist; is {export_dir!r} an export written by trainer.export?")
+        raise ValueError(
+            f"{path} does not exist; is {export_dir!r} an export written by trainer.model.export?"
+        )
     with tf.io.gfile.GFile(path) as f:
         info = json.load(f)
     if list(info.get("labels", [])) != list(schema.LABELS):

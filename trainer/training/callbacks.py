@@ -26,8 +26,8 @@ from typing import Any
 import keras
 from absl import logging
 
-from trainer import console_callbacks
-from trainer import run_dir as run_dir_lib
+from trainer.model import run_dir as run_dir_lib
+from trainer.training import display as console_callbacks
 
 # What the checkpoint and early stopping follow: the validation mean AUC (`objectives.MeanAUC`).
 MONITOR = "val_auc"

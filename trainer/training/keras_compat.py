@@ -65,7 +65,7 @@ def check_version(version: tuple[int, int] | None = None) -> None:
     if not FIRST_VERSION <= version <= LAST_TESTED_VERSION:
         covered = f"{FIRST_VERSION[0]}.{FIRST_VERSION[1]}-{LAST_TESTED_VERSION[0]}.{LAST_TESTED_VERSION[1]}"
         raise RuntimeError(
-            f"trainer.keras_compat covers Keras {covered} for multi-worker training, but Keras "
+            f"trainer.training.keras_compat covers Keras {covered} for multi-worker training, but Keras "
             f"{version[0]}.{version[1]} is installed. Run tests/keras_compat_test.py and the slow "
             "tests/multi_worker_test.py with it: if the reproductions there no longer fail, Keras has "
             "fixed the bugs and the workarounds can go; otherwise widen LAST_TESTED_VERSION."

@@ -7,11 +7,11 @@
                 backup/                 BackupAndRestore state (backup/<task>/ per worker under
                                         multi-worker training); deleted when the run completes
                 tensorboard/            TensorBoard event files
-                export/                 SavedModel + labels.json (trainer.export)
-                reports/                evaluation reports (trainer.evaluate), with thresholds.json
-                predictions/            trainer.predict's CSV and Grad-CAM overlays
+                export/                 SavedModel + labels.json (trainer.model.export)
+                reports/                evaluation reports (trainer.evaluation.pipeline), with thresholds.json
+                predictions/            trainer.prediction.predictor's CSV and Grad-CAM overlays
 
-Training writes the first six, `trainer.evaluate` the reports, `trainer.predict` the
+Training writes the first six, `trainer.evaluation.pipeline` the reports, `trainer.prediction.predictor` the
 predictions; all of them name these paths through this module.
 """
 

@@ -10,7 +10,7 @@ times whose mean is proportional to its number of labels plus 0.04 (the 2023 the
 weights); `"weights"` weighs the loss with `positive_weights` instead.
 
 Whatever the placement of the augmentation, the model receives pixels on the 0..255 scale:
-uint8 records, or the float32 warp of them (`trainer.augment.make_augment_fn`); the model
+uint8 records, or the float32 warp of them (`trainer.model.augment.make_augment_fn`); the model
 rescales and standardizes them itself.
 """
 
@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
-from trainer import config as config_lib
+from trainer.training import config as config_lib
 
 # The 2023 thesis sampled images with weight (number of labels + 0.04): "No Finding" counts
 # as one label, so a normal image weighs 1.04 and one with three findings 3.04.

@@ -4,7 +4,7 @@ A profile is one whole configuration: every field of `TrainConfig` is set in it 
 and nothing is inherited from another profile. The binary starts from the profile named by
 `--profile` and lets explicit flags override single fields:
 
-    from trainer import config as config_lib
+    from trainer.training import config as config_lib
     config = config_lib.get_profile("full", records_dir="data/tfrecords-256", epochs=2)
 
 Profiles:
@@ -38,8 +38,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from trainer import augment as augment_lib
-from trainer import lr_schedule, models
+from trainer.model import augment as augment_lib
+from trainer.model import models
+from trainer.training import schedule as lr_schedule
 
 PROFILE_NAMES = ("demo", "full")
 CLASS_IMBALANCE_MODES = ("none", "weights", "resample")
@@ -80,7 +81,7 @@ class TrainConfig:
     base_filters: int = _field(8, "ResUNet first-level width (doubling per level).")
     dropout: float = _field(0.3, "Dropout before the classification head.")
     pool_bottleneck: bool = _field(True, "ResUNet head also pools the bottleneck.")
-    weights: str | None = _field(None, "Local initial weights file (see trainer.models.build_model).")
+    weights: str | None = _field(None, "Local initial weights file (see trainer.model.models.build_model).")
     batch_size_per_replica: int = _field(
         32, "Images per replica per step; the global batch is this times the replicas."
     )

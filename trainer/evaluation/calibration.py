@@ -37,7 +37,7 @@ import numpy as np
 from sklearn import linear_model
 
 from tfrecords import schema
-from trainer import metrics
+from trainer.evaluation import metrics
 
 # Ten bins of width 0.1: enough to see the curve's shape on a val split of a few hundred
 # images, few enough that most bins hold images on the demo set.

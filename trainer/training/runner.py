@@ -24,11 +24,12 @@ import tensorflow as tf
 from absl import logging
 
 from tfrecords import manifest as manifest_lib
-from trainer import callbacks as callbacks_lib
-from trainer import config as config_lib
-from trainer import console_callbacks, keras_compat, task
-from trainer import export as export_lib
-from trainer import run_dir as run_dir_lib
+from trainer.model import export as export_lib
+from trainer.model import run_dir as run_dir_lib
+from trainer.training import callbacks as callbacks_lib
+from trainer.training import config as config_lib
+from trainer.training import display as console_callbacks
+from trainer.training import keras_compat, task
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 

@@ -242,7 +242,7 @@ def augmented_records_sheet(
 ) -> bytes:
     """A contact sheet (PNG bytes) of the first `count` training records after augmentation.
 
-    The images go through `trainer.augment.make_augment_fn(augment_config)` (an
+    The images go through `trainer.model.augment.make_augment_fn(augment_config)` (an
     `AugmentConfig`; None: its defaults), the augmentation the training step applies (affine
     warp, then per-image standardization), with their labels and metadata under each.
     """

@@ -6,7 +6,7 @@ a time on the CPU, then centred and scaled each image by its own mean and standa
 Here the same augmentation works on whole batches, one affine matrix per image, so it can
 run inside the compiled training step on the device that trains (`RandomAffine`, a Keras
 layer active only when training, so the exported model never augments), or as a `tf.data`
-map after batching (`make_augment_fn`, applied by `trainer.inputs.augment_batches`).
+map after batching (`make_augment_fn`, applied by `trainer.training.inputs.augment_batches`).
 
 `tf.raw_ops.ImageProjectiveTransformV3` (behind `tf.image` transforms and Keras'
 RandomRotation/RandomZoom/RandomTranslation) has no XLA kernel in TF 2.21, so
@@ -319,7 +319,7 @@ def standardize(images: tf.Tensor, *, epsilon: float = STANDARDIZE_EPSILON) -> t
 def make_augment_fn(
     config: AugmentConfig | None = None, *, jit_compile: bool = True
 ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """The batch augmentation of the "dataset" placement (`trainer.inputs.augment_batches`).
+    """The batch augmentation of the "dataset" placement (`trainer.training.inputs.augment_batches`).
 
     The returned function takes images [B, H, W, 1] on the 0..255 scale (uint8 records) and an
     int64 [2] seed, and returns the warped images as float32, still on the 0..255 scale: the

@@ -1,6 +1,6 @@
 """Writers of the evaluation reports: JSON, CSV, Markdown and figures (matplotlib, Agg).
 
-`trainer.evaluate` computes a report dict and calls these; each writer takes plain data, so
+`trainer.evaluation.pipeline` computes a report dict and calls these; each writer takes plain data, so
 tests call them on hand-made arrays. All files go through `tf.io.gfile` (gs:// works) and hold no
 time stamps, so the same inputs give byte-identical files.
 
@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from sklearn import metrics as sk_metrics
 
 from tfrecords import schema
-from trainer import run_dir as run_dir_lib
+from trainer.model import run_dir as run_dir_lib
 
 UNDEFINED = "undefined"
 AUC_JSON = "auc.json"
@@ -171,13 +171,13 @@ def write_thresholds_json(
     calibration: Mapping[str, Any] | None = None,
     tta: str = "none",
 ) -> str:
-    """Writes `thresholds.json`, which `trainer.predict` reads.
+    """Writes `thresholds.json`, which `trainer.prediction.predictor` reads.
 
     {"method": "youden_j", "source_split": "val", "default": 0.5, "labels": [...],
      "thresholds": {label: float | None}, "tta": "none", "calibration": {...} (optional)};
     a None threshold means the split could not define one and prediction uses "default" for
     that label. The thresholds apply to the model's own probabilities (with the named test-time
-    augmentation); "calibration" (`trainer.calibration.Calibration.to_json()`, plus the
+    augmentation); "calibration" (`trainer.evaluation.calibration.Calibration.to_json()`, plus the
     thresholds' images under it as "calibrated_thresholds") maps those probabilities to
     calibrated ones, and the same images are selected on either scale.
     """
@@ -248,7 +248,7 @@ def render_markdown(report: Mapping[str, Any], *, figures: Sequence[str] = ()) -
         f"- 95% intervals: percentile bootstrap over {bootstrap['unit']}s, {bootstrap['resamples']} "
         f"resamples, seed {bootstrap['seed']}",
         f"- Thresholds: Youden J on the **{report['thresholds']['source_split']}** split "
-        f"(in `{THRESHOLDS_JSON}`, used by `trainer.predict`)",
+        f"(in `{THRESHOLDS_JSON}`, used by `trainer.prediction.predictor`)",
         "",
         f"Mean AUC over the 14 findings: **{fmt(summary['mean_auc_14'])}** "
         f"(95% CI {fmt_ci(*summary['mean_auc_14_ci'])}; {summary['findings_defined']} of 14 defined); "
@@ -642,7 +642,7 @@ def calibration_section(report: Mapping[str, Any]) -> list[str]:
         lines += [
             f"Recalibration: Platt scaling per label fitted on **{data['source_split']}**, "
             "p' = sigmoid(slope * logit(p) + intercept), stored in "
-            f"`{THRESHOLDS_JSON}` and applied by `trainer.predict`. It is increasing, so AUCs and the "
+            f"`{THRESHOLDS_JSON}` and applied by `trainer.prediction.predictor`. It is increasing, so AUCs and the "
             "images above each threshold do not change. ECE after it on the split it was fitted on is "
             "in-sample; on the other split it is the honest figure.",
             "",
@@ -747,7 +747,7 @@ def plot_reliability(
 
     Args:
       path: output PNG.
-      series: name (e.g. "val", "test", "test after Platt") -> `trainer.calibration.summarize`
+      series: name (e.g. "val", "test", "test after Platt") -> `trainer.evaluation.calibration.summarize`
         output of that split.
       labels: panel order (the summaries' label order).
       omit: series name -> labels whose panel leaves that series out (e.g. the labels a
@@ -801,7 +801,7 @@ def plot_cam_overlays(path: str, samples: Sequence[Any], *, title: str = "") -> 
       path: output PNG.
       samples: objects with image_index, finding, probability, pixels (uint8 [N, N]), cam
         ([N, N] in [0, 1]), boxes ((x, y, w, h), ...) and score (pointing_game, iou), e.g.
-        `trainer.localization_eval.CamSample`, grouped by finding.
+        `trainer.evaluation.localization.pipeline.CamSample`, grouped by finding.
       title: the figure's title.
     """
     findings = list(dict.fromkeys(s.finding for s in samples))

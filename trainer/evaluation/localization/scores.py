@@ -1,6 +1,6 @@
 """Scores of a class activation map (CAM) against ground-truth boxes (numpy only).
 
-A CAM is a float [H, W] map (Grad-CAM in `trainer.gradcam`, scaled to [0, 1]) of one finding on
+A CAM is a float [H, W] map (Grad-CAM in `trainer.model.gradcam`, scaled to [0, 1]) of one finding on
 one image; the boxes are that finding's boxes on that image, in the same pixel grid. The
 unit of scoring is one (image, finding) pair: its boxes are united into one mask (NIH has one
 box per pair, but nothing forbids two nodules on one image). Three scores per pair:
@@ -19,7 +19,7 @@ A pixel belongs to a box when its centre (column + 0.5, row + 0.5) lies inside
 [x, x + w) x [y, y + h); a box too small to hold any pixel centre takes the pixel that holds
 the box's centre, so that every box covers at least one pixel at a coarse record size.
 
-Confidence intervals are percentile bootstraps over patients, with `trainer.metrics`' draws and
+Confidence intervals are percentile bootstraps over patients, with `trainer.evaluation.metrics`' draws and
 image weights (the same scheme as the AUCs): a patient's pairs enter a resample together.
 """
 
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer import metrics
+from trainer.evaluation import metrics
 
 # The IoU's region: pixels at or above this fraction of the map's maximum (the "half-max"
 # region; Wang et al. 2017 threshold their heatmaps the same way to draw boxes).

@@ -1,0 +1,772 @@
+"""Evaluates a training run on the test (and val) split and writes its reports.
+
+    python -m trainer.evaluate --run_dir=runs/demo
+
+reads `runs/demo/config.json` for the records directory, predicts every image of the test and
+val splits with `runs/demo/export/` (its `serve_pixels` signature; or `checkpoints/best.keras`),
+and writes to `runs/demo/reports/`:
+
+    auc.json            everything (per-finding AUC with 95% patient-bootstrap CI, PR AUC,
+                        prevalence, Youden threshold, sensitivity/specificity, means, subgroups
+                        by sex, age band and view), the split, the manifest's sha256, the model
+    auc.csv             one row per finding of the test split
+    auc.md              readable tables, beside the published AUCs
+    thresholds.json     per-finding Youden-J thresholds chosen on val, with the Platt scaling
+                        fitted there (read by trainer.prediction.predictor)
+    predictions.csv     per image: split, metadata, true labels, 15 probabilities
+    box_rejects.jsonl   the box file's rows that could not be scored, each with its reason
+    roc_curves.png, training_curves.png, label_distribution.png, label_cooccurrence.png,
+    reliability_diagram.png, gradcam_boxes.png, gradcam_mean.png
+
+`auc.md` also holds the calibration (ECE before and after Platt scaling), the Grad-CAM
+localization against NIH's `BBox_List_2017.csv` when the records' data directory (or
+--boxes_csv) has one, and with --tta=hflip the AUCs with and without the flip.
+
+Same run, flags and records give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from cxr_cli import console
+from tfrecords import dataset as dataset_lib
+from tfrecords import manifest as manifest_lib
+from tfrecords import schema
+from trainer.evaluation import calibration as calibration_lib
+from trainer.evaluation import metrics
+from trainer.evaluation import report as report_lib
+from trainer.evaluation import tta as tta_lib
+from trainer.evaluation.localization import boxes as boxes_lib
+from trainer.model import run_dir as run_dir_lib
+
+MODEL_SOURCES = ("auto", "export", "checkpoint")
+CALIBRATION_METHODS = ("platt", "none")
+# Records per Grad-CAM call (each brings its labelled findings' maps along): bounds the memory
+# of the backward pass at large image sizes.
+GRADCAM_BATCH_SIZE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPredictions:
+    """The model's output on one split, in record order.
+
+    Attributes:
+      split: split name.
+      probabilities: float32 [N, 15].
+      labels: int64 [N, 15].
+      metadata: `schema.METADATA_KEYS` -> numpy [N] (strings decoded).
+      plain_probabilities: float32 [N, 15] of the images as they are, when `probabilities`
+        come from a test-time augmentation (else None).
+    """
+
+    split: str
+    probabilities: np.ndarray
+    labels: np.ndarray
+    metadata: dict[str, np.ndarray]
+    plain_probabilities: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+    """A loaded model: `fn(uint8 [B, N, N, 1]) -> float32 [B, 15]`, where it came from, and N."""
+
+    fn: Callable[[np.ndarray], np.ndarray]
+    path: str
+    source: str
+    image_size: int
+
+
+def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
+    """Loads the run's model for evaluation on record pixels.
+
+    Args:
+      run_dir: the run directory.
+      source: "export" (`export/`, signature `serve_pixels`), "checkpoint"
+        (`checkpoints/best.keras`), or "auto" (the export when present, else the checkpoint).
+
+    Returns:
+      A `Predictor`.
+
+    Raises:
+      ValueError: unknown source, or the chosen model is missing.
+    """
+    if source not in MODEL_SOURCES:
+        raise ValueError(f"model source must be one of {MODEL_SOURCES}, got {source!r}.")
+    export_dir = run_dir_lib.path(run_dir, run_dir_lib.EXPORT_DIR)
+    checkpoint = run_dir_lib.path(run_dir, run_dir_lib.BEST_CHECKPOINT)
+    has_export = tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb"))
+    if source == "auto":
+        source = "export" if has_export else "checkpoint"
+    if source == "export":
+        if not has_export:
+            raise ValueError(f"{export_dir} holds no SavedModel; export the run or use --model=checkpoint.")
+        from trainer.model import export as export_lib  # The trainer's module: labels.json reader.
+
+        image_size = int(export_lib.read_labels(export_dir)["image_size"])
+        loaded = tf.saved_model.load(export_dir)
+        signature = loaded.signatures[export_lib.SERVE_PIXELS]
+
+        def fn(images: np.ndarray) -> np.ndarray:
+            return signature(images=tf.constant(images, tf.uint8))["probabilities"].numpy()
+
+        # Keep the loaded object alive as long as the signature is used.
+        fn.loaded = loaded  # type: ignore[attr-defined]
+        return Predictor(fn, export_dir, "export", image_size)
+    if not tf.io.gfile.exists(checkpoint):
+        raise ValueError(f"{checkpoint} does not exist, and neither does a SavedModel in {export_dir}.")
+    from trainer.model import models
+
+    model = models.load_model(checkpoint)
+    image_size = int(model.input_shape[1])
+
+    def keras_fn(images: np.ndarray) -> np.ndarray:
+        return np.asarray(model(tf.constant(images, tf.uint8), training=False), dtype=np.float32)
+
+    return Predictor(keras_fn, checkpoint, "checkpoint", image_size)
+
+
+def predict_split(
+    predictor: Predictor,
+    records_dir: str,
+    manifest: manifest_lib.Manifest,
+    split: str,
+    *,
+    batch_size: int = 64,
+    tta: str = "none",
+) -> SplitPredictions:
+    """Runs the model over every record of `split`, in record order.
+
+    With `tta` other than "none", `probabilities` are the augmented ones and
+    `plain_probabilities` those of the same call without augmentation (`trainer.evaluation.tta`).
+
+    Raises:
+      ValueError: the split is missing or empty, its image size is not the model's, or an
+        unknown tta mode.
+    """
+    if tta not in tta_lib.TTA_MODES:
+        raise ValueError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
+    if split not in manifest.splits or manifest.splits[split].records == 0:
+        raise ValueError(f"Records directory {records_dir!r} has no {split!r} records to evaluate.")
+    if manifest.image_size != predictor.image_size:
+        raise ValueError(
+            f"The records in {records_dir!r} are {manifest.image_size}x{manifest.image_size} but the model "
+            f"{predictor.path!r} takes {predictor.image_size}x{predictor.image_size}; evaluate on the records "
+            f"the run was trained on (--records_dir)."
+        )
+    probabilities, plain, labels, metadata = [], [], [], {key: [] for key in schema.METADATA_KEYS}
+    # Evaluation mode: fixed order, one pass, the last partial batch kept.
+    batches = dataset_lib.build_dataset(
+        records_dir, split, batch_size=batch_size, training=False, with_metadata=True
+    )
+    progress = console.Progress(
+        manifest.splits[split].records, description=f"evaluate {split}", unit="images"
+    )
+    for images, batch_labels, batch_metadata in batches:
+        without, augmented = tta_lib.predict_both(predictor.fn, images.numpy(), mode=tta)
+        probabilities.append(augmented)
+        plain.append(without)
+        labels.append(batch_labels.numpy())
+        for key, value in batch_metadata.items():
+            metadata[key].append(value.numpy())
+        progress.advance(len(batch_labels))
+    progress.close()
+    meta = {}
+    for key, chunks in metadata.items():
+        values = np.concatenate(chunks)
+        meta[key] = np.array([v.decode("utf-8") for v in values]) if values.dtype == object else values
+    return SplitPredictions(
+        split=split,
+        probabilities=np.concatenate(probabilities).astype(np.float32),
+        labels=np.rint(np.concatenate(labels)).astype(np.int64),
+        metadata=meta,
+        plain_probabilities=None if tta == "none" else np.concatenate(plain).astype(np.float32),
+    )
+
+
+def summarize_split(
+    predictions: SplitPredictions,
+    *,
+    bootstrap: metrics.BootstrapConfig,
+    reference_thresholds: dict[str, float | None] | None = None,
+) -> dict[str, Any]:
+    """`metrics.summarize` of one split, with subgroups by sex, age band and view position."""
+    meta = predictions.metadata
+    subgroups = {
+        "sex": meta[schema.SEX_KEY],
+        "age_band": [metrics.age_band(int(age)) for age in meta[schema.AGE_KEY]],
+        "view_position": meta[schema.VIEW_POSITION_KEY],
+    }
+    return metrics.summarize(
+        predictions.labels,
+        predictions.probabilities,
+        patient_ids=meta[schema.PATIENT_ID_KEY],
+        subgroups=subgroups,
+        bootstrap=bootstrap,
+        reference_thresholds=reference_thresholds,
+    )
+
+
+def evaluate(
+    run_dir: str,
+    *,
+    split: str = "test",
+    also_val: bool = True,
+    bootstrap_resamples: int = 1000,
+    seed: int = 0,
+    batch_size: int = 64,
+    model_source: str = "auto",
+    records_dir: str | None = None,
+    output_dir: str | None = None,
+    tta: str = "none",
+    calibration: str = "platt",
+    localization: bool = True,
+    boxes_csv: str | None = None,
+    boxes_image_size: int = boxes_lib.NIH_IMAGE_SIZE,
+    mean_maps: bool = True,
+) -> dict[str, Any]:
+    """Evaluates the run's model and writes the reports (see the module docstring).
+
+    Args:
+      run_dir: the run directory (`config.json`, `export/` or `checkpoints/best.keras`, `history.csv`).
+      split: the headline split, "test" by default.
+      also_val: also evaluate "val" (when `split` is not val and the records have val images);
+        the thresholds are then chosen on val and their sensitivity/specificity reported on `split`.
+      bootstrap_resamples: patient-level bootstrap resamples for the 95% intervals (0: none).
+      seed: the bootstrap's RNG seed.
+      batch_size: images per model call.
+      model_source: "auto", "export" or "checkpoint"; see `load_predictor`.
+      records_dir: the records to evaluate on; default the run config's `records_dir`.
+      output_dir: where to write; default `run_dir/reports`.
+      tta: "none", or "hflip" to evaluate the mean of each image's and its mirror image's
+        probabilities (the AUCs without it are reported beside, from the same model call).
+      calibration: "platt" fits per-label Platt scaling on val (stored with the thresholds,
+        reported as ECE before and after), "none" only reports the ECE.
+      localization: score the Grad-CAM maps of the boxed findings against the box file.
+      boxes_csv: the box file; default `BBox_List_2017.csv[.gz]` in the records' data_dir
+        (the manifest's option) or one folder below it.
+      boxes_image_size: side of the images the box coordinates refer to (NIH's: 1024).
+      mean_maps: with `localization`, also average a Grad-CAM map of every image of the split.
+
+    Returns:
+      The report dict written as `auc.json`.
+
+    Raises:
+      ValueError: a missing run config, model, records directory or split, a bad option or an
+        unreadable box file, named.
+    """
+    if calibration not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration must be one of {CALIBRATION_METHODS}, got {calibration!r}.")
+    if split not in manifest_lib.SPLITS:
+        raise ValueError(f"split must be one of {manifest_lib.SPLITS}, got {split!r}.")
+    bootstrap = metrics.BootstrapConfig(resamples=bootstrap_resamples, seed=seed)
+    config = run_dir_lib.read_config(run_dir)
+    records_dir = records_dir or config.get("records_dir")
+    if not records_dir:
+        raise ValueError(
+            f"{run_dir_lib.path(run_dir, run_dir_lib.CONFIG_FILE)} names no records_dir; pass --records_dir."
+        )
+    output_dir = output_dir or run_dir_lib.path(run_dir, run_dir_lib.REPORTS_DIR)
+    manifest = manifest_lib.read_manifest(records_dir)
+    predictor = load_predictor(run_dir, source=model_source)
+
+    splits = [split]
+    if also_val and split != "val" and manifest.splits.get("val") and manifest.splits["val"].records:
+        splits.insert(0, "val")  # Val first: its thresholds are applied to the headline split.
+    predictions = {
+        name: predict_split(predictor, records_dir, manifest, name, batch_size=batch_size, tta=tta)
+        for name in splits
+    }
+    summaries, threshold_split = summarize_splits(predictions, split, bootstrap=bootstrap)
+    thresholds = report_lib.thresholds_from(summaries[threshold_split])
+    fitted, calibration_report = calibrate(predictions, method=calibration)
+    located = None
+    if localization:
+        located = localize(
+            run_dir,
+            records_dir,
+            manifest,
+            predictions[split],
+            bootstrap=bootstrap,
+            boxes_csv=boxes_csv,
+            boxes_image_size=boxes_image_size,
+            mean_maps=mean_maps,
+            # A Grad-CAM call holds the activations of every image for the backward pass.
+            batch_size=min(batch_size, GRADCAM_BATCH_SIZE),
+        )
+
+    report = {
+        "run_dir": run_dir,
+        "model_path": predictor.path,
+        "model_source": predictor.source,
+        "model_name": config.get("model"),
+        "records_dir": records_dir,
+        "manifest_sha256": manifest_lib.manifest_sha256(records_dir),
+        "split_mode": manifest.options.get("split"),
+        "split": split,
+        "labels": list(schema.LABELS),
+        "splits": {name: summaries[name] for name in [split, *[s for s in summaries if s != split]]},
+        "thresholds": {"source_split": threshold_split, "method": "youden_j", "values": thresholds},
+        "published": report_lib.PUBLISHED_AUC,
+        "tta": tta_summary(predictions[split], summaries[split], bootstrap=bootstrap, mode=tta),
+        "calibration": calibration_report,
+        "localization": located.report if located else {"status": "disabled", "message": "--nolocalization"},
+    }
+    write_reports(
+        output_dir,
+        report,
+        predictions,
+        manifest,
+        history_path=run_dir_lib.path(run_dir, run_dir_lib.HISTORY_FILE),
+        calibration=fitted,
+        localization=located,
+    )
+    return report
+
+
+def summarize_splits(
+    predictions: Mapping[str, SplitPredictions], split: str, *, bootstrap: metrics.BootstrapConfig
+) -> tuple[dict[str, Any], str]:
+    """Summarizes val (when predicted) and the headline split; returns (summaries, threshold split).
+
+    The operating thresholds are chosen on val when it was predicted and reported on `split`;
+    otherwise they are chosen on `split` itself.
+    """
+    summaries: dict[str, Any] = {}
+    reference = None
+    if "val" in predictions and split != "val":
+        summaries["val"] = summarize_split(predictions["val"], bootstrap=bootstrap)
+        reference = report_lib.thresholds_from(summaries["val"])
+    summaries[split] = summarize_split(
+        predictions[split], bootstrap=bootstrap, reference_thresholds=reference
+    )
+    return summaries, "val" if reference is not None else split
+
+
+def tta_summary(
+    predictions: SplitPredictions, summary: dict[str, Any], *, bootstrap: metrics.BootstrapConfig, mode: str
+) -> dict[str, Any]:
+    """The AUCs with and without the test-time augmentation on one split (`{"mode": "none"}` without one).
+
+    Args:
+      predictions: the split's predictions, with `plain_probabilities` when `mode` is not "none".
+      summary: `summarize_split` of the augmented probabilities.
+      bootstrap: interval settings (the same resamples as the headline).
+      mode: the `trainer.evaluation.tta` mode.
+    """
+    if mode == "none":
+        return {"mode": "none"}
+    plain = metrics.summarize(
+        predictions.labels,
+        predictions.plain_probabilities,
+        patient_ids=predictions.metadata[schema.PATIENT_ID_KEY],
+        bootstrap=bootstrap,
+    )
+    return {
+        "mode": mode,
+        "split": predictions.split,
+        "findings": [
+            {"label": with_["label"], "auc_without": without["auc"], "auc_with": with_["auc"]}
+            for without, with_ in zip(plain["findings"], summary["findings"])
+        ],
+        "mean_auc_14_without": plain["mean_auc_14"],
+        "mean_auc_14_without_ci": plain["mean_auc_14_ci"],
+        "mean_auc_14_with": summary["mean_auc_14"],
+        "mean_auc_14_with_ci": summary["mean_auc_14_ci"],
+    }
+
+
+def calibrate(
+    predictions: dict[str, SplitPredictions], *, method: str, source_split: str = "val"
+) -> tuple[calibration_lib.Calibration | None, dict[str, Any]]:
+    """ECE and reliability bins of every split; with "platt", the scaling fitted on `source_split`.
+
+    Returns:
+      (the fitted `Calibration` or None, the report's "calibration" dict: method, num_bins,
+      splits {name: `calibration.summarize`}, and when fitted source_split, parameters and
+      calibrated {name: summary after the scaling}).
+    """
+    data: dict[str, Any] = {
+        "method": method,
+        "num_bins": calibration_lib.NUM_BINS,
+        "splits": {
+            name: calibration_lib.summarize(p.labels, p.probabilities) for name, p in predictions.items()
+        },
+    }
+    if method == "none":
+        return None, {**data, "note": "--calibration=none"}
+    if source_split not in predictions:
+        return None, {**data, "method": "none", "note": f"no {source_split} split evaluated to fit it on"}
+    fitted = calibration_lib.fit(
+        predictions[source_split].labels, predictions[source_split].probabilities, source_split=source_split
+    )
+    data.update(
+        source_split=source_split,
+        parameters=fitted.to_json(),
+        calibrated={
+            name: calibration_lib.summarize(p.labels, fitted.apply(p.probabilities))
+            for name, p in predictions.items()
+        },
+    )
+    return fitted, data
+
+
+@dataclasses.dataclass(frozen=True)
+class Localization:
+    """The localization report of one split: the dict for `auc.json`, the figures' data, the boxes read."""
+
+    report: dict[str, Any]
+    result: Any = None  # trainer.evaluation.localization.pipeline.LocalizationResult
+    box_set: boxes_lib.BoxSet | None = None
+
+
+def localize(
+    run_dir: str,
+    records_dir: str,
+    manifest: manifest_lib.Manifest,
+    predictions: SplitPredictions,
+    *,
+    bootstrap: metrics.BootstrapConfig,
+    boxes_csv: str | None = None,
+    boxes_image_size: int = boxes_lib.NIH_IMAGE_SIZE,
+    mean_maps: bool = True,
+    batch_size: int = 32,
+) -> Localization:
+    """Reads the box file and scores the Grad-CAM maps of the split's boxed findings.
+
+    Every outcome is a report, never an exception for a missing box file or a model without
+    Grad-CAM support: the "status" is "scored", "no_box_file", "no_boxed_images",
+    "no_checkpoint" or "unsupported_model", with a "message" saying why when not scored.
+
+    Raises:
+      ValueError: an explicit `boxes_csv` that is missing or not NIH's format, naming it.
+    """
+    split = predictions.split
+    path = boxes_csv
+    if path is None:
+        data_dir = manifest.options.get("data_dir")
+        path = boxes_lib.find_box_file(data_dir) if data_dir else None
+        if path is None:
+            where = (
+                f"in the records' data directory {data_dir!r} or one folder below it"
+                if data_dir
+                else "named: the records' manifest records no data_dir"
+            )
+            message = f"no {boxes_lib.BOX_FILE_NAMES[0]}(.gz) {where}; pass --boxes_csv to score Grad-CAM maps against boxes."
+            return Localization({"split": split, "status": "no_box_file", "message": message})
+    box_set = boxes_lib.read_boxes(
+        path,
+        image_size=manifest.image_size,
+        images=set(predictions.metadata[schema.IMAGE_INDEX_KEY]),
+        source_size=boxes_image_size,
+        images_name=f"{split} records",
+    )
+    report: dict[str, Any] = {
+        "split": split,
+        "box_file": {
+            "path": path,
+            "rows": box_set.rows,
+            "boxes": len(box_set.boxes),
+            "rejects": box_set.reject_counts(),
+            "rejects_file": report_lib.BOX_REJECTS_JSONL,
+            "source_size": boxes_image_size,
+            "image_size": manifest.image_size,
+        },
+    }
+    explainer, status, message = _load_explainer(run_dir)
+    if explainer is None:
+        return Localization({**report, "status": status, "message": message}, None, box_set)
+    from trainer.evaluation.localization import (
+        pipeline as localization_eval,
+    )  # Reads records with TensorFlow, runs Keras.
+
+    result = localization_eval.localize_split(
+        explainer,
+        records_dir,
+        split,
+        box_set,
+        probabilities=predictions.probabilities,
+        image_indices=list(predictions.metadata[schema.IMAGE_INDEX_KEY]),
+        patient_ids=predictions.metadata[schema.PATIENT_ID_KEY],
+        bootstrap=bootstrap,
+        batch_size=batch_size,
+        mean_maps=mean_maps,
+    )
+    report.update(result.summary)
+    if result.summary["overall"]["pairs"]:
+        report["status"] = "scored"
+    else:
+        report.update(status="no_boxed_images", message=f"none of the box file's rows is on a {split} image.")
+    return Localization(report, result, box_set)
+
+
+def _load_explainer(run_dir: str) -> tuple[Any, str, str]:
+    """(Grad-CAM on the run's Keras checkpoint, "", "") or (None, status, why not)."""
+    checkpoint = run_dir_lib.path(run_dir, run_dir_lib.BEST_CHECKPOINT)
+    if not tf.io.gfile.exists(checkpoint):
+        return None, "no_checkpoint", f"Grad-CAM needs the Keras model {checkpoint}, which does not exist."
+    from trainer.model import gradcam as gradcam_lib
+    from trainer.model import models
+
+    model = models.load_model(checkpoint)
+    missing = gradcam_lib.missing_layers(model)
+    if missing:
+        return (
+            None,
+            "unsupported_model",
+            (
+                f"the run's model {model.name!r} has no layer named {' or '.join(map(repr, missing))}; Grad-CAM "
+                "runs on the ResUNet (--model=resunet). AUCs and calibration above are unaffected."
+            ),
+        )
+    return gradcam_lib.GradCam(model), "", ""
+
+
+def write_reports(
+    output_dir: str,
+    report: dict[str, Any],
+    predictions: dict[str, SplitPredictions],
+    manifest: manifest_lib.Manifest,
+    *,
+    history_path: str | None = None,
+    calibration: calibration_lib.Calibration | None = None,
+    localization: Localization | None = None,
+) -> list[str]:
+    """Writes every report file and figure into `output_dir`; returns the paths written."""
+    join = lambda name: os.path.join(output_dir, name)  # noqa: E731
+    split = report["split"]
+    headline = report["splits"][split]
+    written, figures = _write_base_figures(
+        output_dir, report, predictions, manifest, history_path=history_path
+    )
+    written += _write_extra_figures(output_dir, report, localization, figures)
+    if localization is not None and localization.box_set is not None:
+        written.append(
+            boxes_lib.write_rejects(join(report_lib.BOX_REJECTS_JSONL), localization.box_set.rejects)
+        )
+
+    report = dict(report, figures=figures)
+    written.append(report_lib.write_json(join(report_lib.AUC_JSON), report))
+    written.append(report_lib.write_auc_csv(join(report_lib.AUC_CSV), headline, split=split))
+    written.append(report_lib.write_thresholds_json(
+        join(report_lib.THRESHOLDS_JSON),
+        report["thresholds"]["values"],
+        source_split=report["thresholds"]["source_split"],
+        run_dir=report["run_dir"],
+        calibration=_stored_calibration(calibration, report["thresholds"]["values"]),
+        tta=report["tta"]["mode"],
+    ))  # fmt: skip
+    order = [split, *[s for s in predictions if s != split]]
+    written.append(
+        report_lib.write_predictions_csv(
+            join(report_lib.PREDICTIONS_CSV),
+            np.concatenate([predictions[s].probabilities for s in order]),
+            np.concatenate([predictions[s].labels for s in order]),
+            {
+                "split": np.concatenate([[s] * len(predictions[s].labels) for s in order]),
+                **{
+                    key: np.concatenate([predictions[s].metadata[key] for s in order])
+                    for key in schema.METADATA_KEYS
+                },
+            },
+        )
+    )
+    written.append(report_lib.write_markdown(join(report_lib.AUC_MD), report, figures=figures))
+    return written
+
+
+def _write_base_figures(
+    output_dir: str,
+    report: dict[str, Any],
+    predictions: dict[str, SplitPredictions],
+    manifest: manifest_lib.Manifest,
+    *,
+    history_path: str | None,
+) -> tuple[list[str], list[str]]:
+    """ROC curves, training curves, label distribution and co-occurrence; (paths, figure names)."""
+    join = lambda name: os.path.join(output_dir, name)  # noqa: E731
+    split = report["split"]
+    headline = report["splits"][split]
+    run_name = os.path.basename(os.path.normpath(report["run_dir"]))
+    figures = []
+    written = [
+        report_lib.plot_roc_curves(
+            join(report_lib.ROC_PNG),
+            predictions[split].labels,
+            predictions[split].probabilities,
+            title=f"ROC curves, {run_name}, {split} split ({headline['images']} images, "
+            f"{headline['patients']} patients); mean AUC of 14 findings {report_lib.fmt(headline['mean_auc_14'])}",
+        )
+    ]
+    figures.append(report_lib.ROC_PNG)
+    if history_path and tf.io.gfile.exists(history_path):
+        history = run_dir_lib.read_history(history_path)
+        written.append(
+            report_lib.plot_training_curves(
+                join(report_lib.TRAINING_PNG), history, title=f"Training curves, {run_name}"
+            )
+        )
+        figures.append(report_lib.TRAINING_PNG)
+    written.append(
+        report_lib.plot_label_distribution(
+            join(report_lib.DISTRIBUTION_PNG),
+            {name: manifest.label_counts(name) for name in manifest.splits},
+            {name: info.records for name, info in manifest.splits.items()},
+            title=f"Label prevalence per split ({report['records_dir']})",
+        )
+    )
+    figures.append(report_lib.DISTRIBUTION_PNG)
+    written.append(
+        report_lib.plot_label_cooccurrence(
+            join(report_lib.COOCCURRENCE_PNG),
+            predictions[split].labels,
+            title=f"Label co-occurrence, {split} split ({headline['images']} images): images with both labels",
+        )
+    )
+    figures.append(report_lib.COOCCURRENCE_PNG)
+    return written, figures
+
+
+def _stored_calibration(
+    calibration: calibration_lib.Calibration | None, thresholds: dict[str, float | None]
+) -> dict[str, Any] | None:
+    """The calibration as `thresholds.json` stores it: parameters and the thresholds' images."""
+    if calibration is None:
+        return None
+    return {
+        **calibration.to_json(),
+        "calibrated_thresholds": {
+            label: calibration.apply_threshold(label, t) for label, t in thresholds.items()
+        },
+    }
+
+
+def _write_extra_figures(
+    output_dir: str, report: dict[str, Any], localization: Localization | None, figures: list[str]
+) -> list[str]:
+    """The reliability diagram and the Grad-CAM figures; appends their names to `figures`."""
+    join = lambda name: os.path.join(output_dir, name)  # noqa: E731
+    written = []
+    data = report["calibration"]
+    series = {name: summary for name, summary in data["splits"].items()}
+    series.update({f"{name} after Platt": summary for name, summary in data.get("calibrated", {}).items()})
+    unchanged = list(data.get("parameters", {}).get("not_fitted", {}))
+    written.append(
+        report_lib.plot_reliability(
+            join(report_lib.RELIABILITY_PNG),
+            series,
+            omit={f"{name} after Platt": unchanged for name in data.get("calibrated", {})},
+            title=f"Reliability diagrams ({data['num_bins']} bins); ECE per panel in the order of the legend",
+        )
+    )
+    figures.append(report_lib.RELIABILITY_PNG)
+    result = localization.result if localization is not None else None
+    if result is not None and result.samples:
+        written.append(
+            report_lib.plot_cam_overlays(
+                join(report_lib.LOCALIZATION_PNG),
+                result.samples,
+                title=f"Grad-CAM of the boxed finding ({report['split']} split), boxes in white",
+            )
+        )
+        figures.append(report_lib.LOCALIZATION_PNG)
+    if result is not None and result.mean_cams is not None:
+        mean = result.mean_cams
+        written.append(
+            report_lib.plot_mean_cams(
+                join(report_lib.MEAN_CAM_PNG),
+                mean.overall,
+                mean.images,
+                mean.by_finding,
+                peak_counts=mean.peak_counts,
+                title=f"Mean Grad-CAM maps over the {report['split']} split (each map scaled to [0, 1])",
+            )
+        )
+        figures.append(report_lib.MEAN_CAM_PNG)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation's settings; trainer/evaluate.py turns them into flags.
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """The evaluation binary's settings (each field is a flag of the same name)."""
+
+    run_dir: str = dataclasses.field(
+        default="runs/demo", metadata={"help": "Run directory written by trainer.train."}
+    )
+    split: str = dataclasses.field(
+        default="test", metadata={"help": "Headline split.", "choices": tuple(manifest_lib.SPLITS)}
+    )
+    also_val: bool = dataclasses.field(
+        default=True, metadata={"help": "Also evaluate val and choose the thresholds there."}
+    )
+    bootstrap_resamples: int = dataclasses.field(
+        default=1000, metadata={"help": "Patient-level bootstrap resamples for the 95% CIs (0: none)."}
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "Bootstrap RNG seed."})
+    batch_size: int = dataclasses.field(default=64, metadata={"help": "Images per model call."})
+    model: str = dataclasses.field(
+        default="auto", metadata={"help": "export, checkpoint, or auto.", "choices": MODEL_SOURCES}
+    )
+    records_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Records to evaluate; default: the run's."}
+    )
+    output_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Where to write; default: RUN_DIR/reports."}
+    )
+    tta: str = dataclasses.field(
+        default="none",
+        metadata={
+            "help": "hflip: mean of the image's and its mirror image's probabilities (AUCs without it beside).",
+            "choices": tta_lib.TTA_MODES,
+        },
+    )
+    calibration: str = dataclasses.field(
+        default="platt",
+        metadata={"help": "Per-label Platt scaling fitted on val, or none.", "choices": CALIBRATION_METHODS},
+    )
+    localization: bool = dataclasses.field(
+        default=True, metadata={"help": "Score Grad-CAM maps of the boxed findings against the box file."}
+    )
+    boxes_csv: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Box file; default: BBox_List_2017.csv[.gz] in the records' data_dir."},
+    )
+    boxes_image_size: int = dataclasses.field(
+        default=boxes_lib.NIH_IMAGE_SIZE,
+        metadata={"help": "Side of the images the box coordinates refer to."},
+    )
+    mean_maps: bool = dataclasses.field(
+        default=True, metadata={"help": "Also average a Grad-CAM map of every image of the split."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.split not in manifest_lib.SPLITS:
+            raise ValueError(
+                f"EvaluateConfig.split must be one of {manifest_lib.SPLITS}, got {self.split!r}."
+            )
+        if self.model not in MODEL_SOURCES:
+            raise ValueError(f"EvaluateConfig.model must be one of {MODEL_SOURCES}, got {self.model!r}.")
+        if self.batch_size < 1:
+            raise ValueError(f"EvaluateConfig.batch_size must be >= 1, got {self.batch_size}.")
+        if self.tta not in tta_lib.TTA_MODES:
+            raise ValueError(f"EvaluateConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}.")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ValueError(
+                f"EvaluateConfig.calibration must be one of {CALIBRATION_METHODS}, got {self.calibration!r}."
+            )
+        if self.boxes_image_size < 1:
+            raise ValueError(f"EvaluateConfig.boxes_image_size must be >= 1, got {self.boxes_image_size}.")
+        if self.bootstrap_resamples < 0:
+            raise ValueError(
+                f"EvaluateConfig.bootstrap_resamples must be >= 0, got {self.bootstrap_resamples}."
+            )
