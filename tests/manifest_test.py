@@ -6,6 +6,7 @@ import os
 import tensorflow as tf
 
 from tests import fake_data
+from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
 
 
@@ -121,3 +122,54 @@ class ManifestTest(tf.test.TestCase):
 
 if __name__ == "__main__":
     tf.test.main()
+
+
+class ManifestVocabularyTest(tf.test.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.records_dir = os.path.join(self.get_temp_dir(), "records")
+        fake_data.write_records(self.records_dir)
+        self.path = manifest_lib.manifest_path(self.records_dir)
+        with open(self.path) as f:
+            self.data = json.load(f)
+
+    def _write(self):
+        with open(self.path, "w") as f:
+            json.dump(self.data, f)
+
+    def test_manifest_without_vocabulary_is_nih(self):
+        self.data.pop("dataset", None)
+        self.data.pop("labels", None)
+        self._write()
+        manifest = manifest_lib.read_manifest(self.records_dir)
+        self.assertEqual(manifest.dataset, "nih")
+        self.assertEqual(manifest.labels, schema.LABELS)
+
+    def test_vocabulary_round_trips_and_bounds_label_counts(self):
+        names = list(self.data["labels"])
+        self.data["dataset"] = "other"
+        self.data["labels"] = names[::-1]
+        self._write()
+        manifest = manifest_lib.read_manifest(self.records_dir)
+        self.assertEqual(manifest.dataset, "other")
+        self.assertEqual(list(manifest.labels), names[::-1])
+        self.assertEqual(manifest.to_json()["labels"], names[::-1])
+        self.data["labels"] = names[:3]
+        self._write()
+        with self.assertRaisesRegex(manifest_lib.ManifestError, "unknown labels"):
+            manifest_lib.read_manifest(self.records_dir)
+
+    def test_repeated_labels_rejected(self):
+        self.data["labels"] = ["A", "A"]
+        self._write()
+        with self.assertRaisesRegex(manifest_lib.ManifestError, "distinct"):
+            manifest_lib.read_manifest(self.records_dir)
+
+    def test_records_without_mask_read_as_all_known(self):
+        shard = manifest_lib.shard_paths(
+            self.records_dir, manifest_lib.read_manifest(self.records_dir), "train"
+        )[0]
+        serialized = next(iter(tf.data.TFRecordDataset(shard)))
+        features = codec.parse_example(serialized)
+        self.assertAllEqual(features[schema.LABEL_MASK_KEY], [1] * schema.NUM_LABELS)
+        self.assertEqual(features[schema.LABELS_KEY].shape, [schema.NUM_LABELS])

@@ -280,22 +280,23 @@ def tfrecord_frame(record: bytes) -> bytes:
 # Decoding, with TensorFlow.
 
 
-def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+def parse_example(serialized: tf.Tensor, num_labels: int = schema.NUM_LABELS) -> dict[str, tf.Tensor]:
     """Parses one serialized record (a scalar string tensor) into a dict of tensors.
 
     Works eagerly and inside `tf.data.Dataset.map`. The image stays encoded; see
-    `decode_image`.
+    `decode_image`. `num_labels` is the length of the manifest's `labels`; records without
+    `schema.LABEL_MASK_KEY` get a mask of ones.
     """
     import tensorflow as tf
 
-    return tf.io.parse_single_example(serialized, schema.feature_spec())
+    return tf.io.parse_single_example(serialized, schema.feature_spec(num_labels))
 
 
-def parse_examples(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+def parse_examples(serialized: tf.Tensor, num_labels: int = schema.NUM_LABELS) -> dict[str, tf.Tensor]:
     """Parses a batch (a 1-D string tensor) of serialized records; see `parse_example`."""
     import tensorflow as tf
 
-    return tf.io.parse_example(serialized, schema.feature_spec())
+    return tf.io.parse_example(serialized, schema.feature_spec(num_labels))
 
 
 def decode_image(

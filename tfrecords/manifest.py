@@ -5,6 +5,8 @@ without one (a crashed or running job) is refused by every reader. Layout:
 
     {
       "format_version": 1,
+      "dataset": "nih",
+      "labels": ["Atelectasis", ..., "No Finding"],
       "created": "2026-11-25T17:00:00+00:00",
       "options": {"image_size": 256, "image_format": "raw", "split": "official", ...},
       "input_rows": 112120,
@@ -18,6 +20,10 @@ without one (a crashed or running job) is refused by every reader. Layout:
         "val": {...}, "test": {...}
       }
     }
+
+`dataset` names the source data set and `labels` the label vocabulary, in the order of the
+records' `labels` vector; a manifest without them (written before they existed) is NIH's,
+with `schema.LABELS`.
 
 Records in = records written + records rejected: `input_rows` equals the sum of the
 splits' records plus the sum of `rejects`.
@@ -95,6 +101,8 @@ class Manifest:
     unlisted_images: int = 0
     created: str = ""
     format_version: int = FORMAT_VERSION
+    dataset: str = "nih"
+    labels: tuple[str, ...] = schema.LABELS
 
     @property
     def image_size(self) -> int:
@@ -113,13 +121,15 @@ class Manifest:
         return sum(self.rejects.values())
 
     def label_counts(self, split: str) -> list[int]:
-        """Positive counts per label of `split`, in `schema.LABELS` order."""
+        """Positive counts per label of `split`, in the order of `labels`."""
         counts = self.splits[split].label_counts
-        return [int(counts.get(label, 0)) for label in schema.LABELS]
+        return [int(counts.get(label, 0)) for label in self.labels]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
+            "dataset": self.dataset,
+            "labels": list(self.labels),
             "created": self.created,
             "options": dict(self.options),
             "input_rows": self.input_rows,
@@ -129,7 +139,7 @@ class Manifest:
                 name: {
                     "records": split.records,
                     "patients": split.patients,
-                    "label_counts": {label: int(split.label_counts.get(label, 0)) for label in schema.LABELS},
+                    "label_counts": {label: int(split.label_counts.get(label, 0)) for label in self.labels},
                     "shards": [dataclasses.asdict(shard) for shard in split.shards],
                 }
                 for name, split in self.splits.items()
@@ -176,6 +186,8 @@ class Manifest:
                 unlisted_images=int(data.get("unlisted_images", 0)),
                 created=str(data.get("created", "")),
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
+                dataset=str(data.get("dataset", "nih")),
+                labels=tuple(str(label) for label in data.get("labels", schema.LABELS)),
             )
         except KeyError as e:
             raise ManifestError(f"{where}: missing field {e.args[0]!r}.") from e
@@ -203,6 +215,12 @@ class Manifest:
             )
         if self.image_size <= 0:
             raise ManifestError(f"{where}: options.image_size must be positive, got {self.image_size}.")
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise ManifestError(
+                f"{where}: labels must be a non-empty list of distinct names, got {list(self.labels)}."
+            )
+        if not self.dataset:
+            raise ManifestError(f"{where}: dataset must be a non-empty name.")
         unknown = set(self.splits) - set(SPLITS)
         if unknown:
             raise ManifestError(f"{where}: unknown split(s) {sorted(unknown)}; expected {SPLITS}.")
@@ -221,7 +239,7 @@ class Manifest:
                 raise ManifestError(
                     f"{where}: split {name!r} lists {split.records} records but its shards hold {shard_records}."
                 )
-            unknown_labels = set(split.label_counts) - set(schema.LABELS)
+            unknown_labels = set(split.label_counts) - set(self.labels)
             if unknown_labels:
                 raise ManifestError(
                     f"{where}: split {name!r} counts unknown labels {sorted(unknown_labels)}."

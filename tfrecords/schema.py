@@ -73,6 +73,9 @@ FOLLOW_UP_KEY = "follow_up"
 AGE_KEY = "age"
 SEX_KEY = "sex"
 VIEW_POSITION_KEY = "view_position"
+# Optional int64 vector beside `labels`: 1 where the label is known, 0 where it is uncertain or
+# not mentioned. Records without it (every NIH record) read as all known.
+LABEL_MASK_KEY = "label_mask"
 
 # Metadata keys, as yielded next to the images for reports.
 METADATA_KEYS = (IMAGE_INDEX_KEY, PATIENT_ID_KEY, FOLLOW_UP_KEY, AGE_KEY, SEX_KEY, VIEW_POSITION_KEY)
@@ -94,14 +97,26 @@ FEATURE_TYPES: dict[str, tuple[str, tuple[int, ...]]] = {
 
 
 @functools.cache
-def feature_spec() -> dict[str, tf.io.FixedLenFeature]:
-    """The `tf.io` feature spec of one record (`FEATURE_SPEC`), built on first use."""
+def feature_spec(num_labels: int = NUM_LABELS) -> dict[str, tf.io.FixedLenFeature]:
+    """The `tf.io` feature spec of one record (`FEATURE_SPEC`), built on first use.
+
+    Args:
+      num_labels: the length of the records' label vocabulary (the manifest's `labels`);
+        NIH's 15 by default.
+
+    `LABEL_MASK_KEY` defaults to all ones, so records written without it read as all known.
+    """
     import tensorflow as tf
 
-    return {
+    if not isinstance(num_labels, int) or num_labels <= 0:
+        raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}.")
+    spec = {
         key: tf.io.FixedLenFeature(list(shape), tf.dtypes.as_dtype(dtype))
         for key, (dtype, shape) in FEATURE_TYPES.items()
     }
+    spec[LABELS_KEY] = tf.io.FixedLenFeature([num_labels], tf.int64)
+    spec[LABEL_MASK_KEY] = tf.io.FixedLenFeature([num_labels], tf.int64, default_value=[1] * num_labels)
+    return spec
 
 
 def __getattr__(name: str) -> Any:
