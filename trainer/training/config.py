@@ -49,6 +49,7 @@ AUGMENT_PLACEMENTS = ("auto", "model", "dataset")
 MIXED_PRECISION_POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 MIXED_PRECISIONS = ("auto", *MIXED_PRECISION_POLICIES)
 XLA_MODES = ("auto", "on", "off")
+EXPORT_WEIGHTS = ("best", "final")
 # Fields that do not change what a run computes; a resumed run may differ in them.
 NON_IDENTITY_FIELDS = ("overwrite", "verbose")
 
@@ -129,6 +130,12 @@ class TrainConfig:
     )
     xla: str = _field("auto", "auto: on where benchmarks/bench_train measured it faster.", XLA_MODES)
     seed: int = _field(0, "Seed of weights, shuffling and augmentation.")
+    export_weights: str = _field(
+        "best",
+        "Weights exported to export/: best (the epoch with the best validation mean AUC, as "
+        "checkpoints/best.keras) or final (the last epoch's).",
+        EXPORT_WEIGHTS,
+    )
     early_stopping_patience: int = _field(5, "Epochs without validation AUC gain before stopping; 0: off.")
     shuffle_buffer: int = _field(2048, "Records in the shuffle buffer.")
     cache: bool = _field(False, "Cache the records in memory after the first epoch.")
@@ -254,6 +261,8 @@ def _validate_choices(config: TrainConfig) -> None:
         _fail(config, "validation_batch_size_per_replica", "must be None or an integer >= 1")
     if config.xla not in XLA_MODES:
         _fail(config, "xla", f"must be one of {XLA_MODES}")
+    if config.export_weights not in EXPORT_WEIGHTS:
+        _fail(config, "export_weights", f"must be one of {EXPORT_WEIGHTS}")
     if not isinstance(config.shuffle_buffer, int) or config.shuffle_buffer < 1:
         _fail(config, "shuffle_buffer", "must be an integer >= 1")
     if not isinstance(config.verbose, int) or config.verbose not in (0, 1, 2):
@@ -306,6 +315,7 @@ DEMO: dict[str, Any] = dict(
     validation_batch_size_per_replica=None,
     xla="auto",
     seed=0,
+    export_weights="best",
     early_stopping_patience=5,
     shuffle_buffer=2048,
     cache=False,
@@ -356,6 +366,7 @@ FULL: dict[str, Any] = dict(
     validation_batch_size_per_replica=None,
     xla="auto",
     seed=0,
+    export_weights="best",
     early_stopping_patience=0,
     shuffle_buffer=2048,
     cache=False,
