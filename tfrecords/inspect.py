@@ -324,8 +324,13 @@ def main(argv: list[str]) -> None:
             for split in manifest.splits
         }
         if _AUGMENTED.value:
+            # The binary's shell passes the trainer's augmentation in; the contract's modules
+            # never import the trainer.
+            from trainer.model import augment
+
+            transform = augment.sheet_transform()
             samples = {
-                split: contact_sheet.augment_samples(split_samples)
+                split: contact_sheet.augment_samples(split_samples, transform)
                 for split, split_samples in samples.items()
             }
         parts = [f"label {_LABEL.value}"] if _LABEL.value else []
