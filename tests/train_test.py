@@ -1,4 +1,4 @@
-"""Tests for trainer/train_lib.py, trainer/task.py and trainer/train.py on tiny records (32x32, ResUNet depth 2,
+"""Tests for trainer/training/runner.py, trainer/training/task.py and trainer/train.py on tiny records (32x32, ResUNet depth 2,
 width 4)."""
 
 import csv
@@ -316,7 +316,7 @@ class FullProfileBinaryTest(tf.test.TestCase):
         self.assertEqual(saved["profile"], "full")
         self.assertEqual(saved["train_config"], expected.to_dict())
         self.assertEqual((saved["batch_size_per_replica"], saved["global_batch_size"]), (16, 16))
-        # `auto` precision, resolved for this machine (trainer/hardware.py) and logged with why.
+        # `auto` precision, resolved for this machine (trainer/training/device.py) and logged with why.
         precision = saved["mixed_precision"]
         self.assertEqual(saved["dtype_policy"], config_lib.MIXED_PRECISION_POLICIES[precision["policy"]])
         self.assertIn(precision["reason"], run.stderr)

@@ -12,7 +12,7 @@ reason with their first examples; `--format=json` prints the same as one JSON ob
 writes a contact sheet PNG (default: beside the directory, `<RECORDS_DIR>-contact-sheet.png`):
 the first `--per_split` records of each split (of those with `--label`, when given) with their
 image index, labels, age, sex and view under each; `--augmented` shows the same records after
-the training augmentation (trainer/augment.py, loaded only then). Exit status 1 when the
+the training augmentation (trainer/model/augment.py, loaded only then). Exit status 1 when the
 directory does not match its manifest.
 """
 
@@ -324,8 +324,13 @@ def main(argv: list[str]) -> None:
             for split in manifest.splits
         }
         if _AUGMENTED.value:
+            # The binary's shell passes the trainer's augmentation in; the contract's modules
+            # never import the trainer.
+            from trainer.model import augment
+
+            transform = augment.sheet_transform()
             samples = {
-                split: contact_sheet.augment_samples(split_samples)
+                split: contact_sheet.augment_samples(split_samples, transform)
                 for split, split_samples in samples.items()
             }
         parts = [f"label {_LABEL.value}"] if _LABEL.value else []

@@ -25,10 +25,10 @@ Where `full` departs from the 2023 thesis, on purpose (every other field is the 
   - `scale_lr` is off: with one replica nothing changes; with more, the global batch grows
     (16 per replica) at the thesis' learning rates unless `--scale_lr` is given.
   - `augment_placement` and `xla` choose where and how the same augmentation and training
-    step run (`auto`: measured per device, see `trainer/task.py`); they change speed, not
+    step run (`auto`: measured per device, see `trainer/training/task.py`); they change speed, not
     the recipe.
   - `mixed_precision` is `auto`: bf16 (or fp16 with loss scaling) where the device trains
-    faster in it (the table in `trainer/hardware.py`), float32 elsewhere, as the thesis trained.
+    faster in it (the table in `trainer/training/device.py`), float32 elsewhere, as the thesis trained.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from trainer.training import schedule as lr_schedule
 PROFILE_NAMES = ("demo", "full")
 CLASS_IMBALANCE_MODES = ("none", "weights", "resample")
 AUGMENT_PLACEMENTS = ("auto", "model", "dataset")
-# Flag value -> Keras dtype policy; "auto" resolves per device (trainer/hardware.py).
+# Flag value -> Keras dtype policy; "auto" resolves per device (trainer/training/device.py).
 MIXED_PRECISION_POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 MIXED_PRECISIONS = ("auto", *MIXED_PRECISION_POLICIES)
 XLA_MODES = ("auto", "on", "off")
@@ -276,7 +276,7 @@ def _validate_choices(config: TrainConfig) -> None:
 # "Measured figures"): a short ramp to a high rate, as 12 epochs leave no room for
 # an 8-epoch ramp from 2e-6; the positive-weighted loss, which gave the best validation mean AUC
 # of the three class-imbalance modes; mixed precision per device (`auto`: float32 on a CPU with
-# avx512_bf16 but no AMX, where bf16 trained slower; the table it follows is in trainer/hardware.py).
+# avx512_bf16 but no AMX, where bf16 trained slower; the table it follows is in trainer/training/device.py).
 DEMO: dict[str, Any] = dict(
     profile="demo",
     records_dir="data/tfrecords",

@@ -1,9 +1,9 @@
 """The runner: creates the strategy and runs an experiment from the task's steps.
 
-The binary (`trainer/train.py`) turns flags into a `TrainConfig` (trainer/config.py), creates
+The binary (`trainer/train.py`) turns flags into a `TrainConfig` (trainer/training/config.py), creates
 the strategy with `create_strategy` and calls `train`; the steps themselves are in
-trainer/task.py, the callbacks in trainer/callbacks.py, the run directory's layout in
-trainer/run_dir.py.
+trainer/training/task.py, the callbacks in trainer/training/callbacks.py, the run directory's layout in
+trainer/model/run_dir.py.
 """
 
 from __future__ import annotations
