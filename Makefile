@@ -18,7 +18,7 @@ DEMO_IMAGE_SIZE ?= 1024
 BEAM_ARGS ?=
 PYTEST_ARGS ?=
 
-# Training. PROFILE=demo is the small ResUNet for the 64x64 demo records (trainer/config.py);
+# Training. PROFILE=demo is the small ResUNet for the 64x64 demo records (trainer/training/config.py);
 # PROFILE=full is the 2023 thesis recipe for the real data at IMAGE_SIZE.
 PROFILE ?= demo
 ifeq ($(PROFILE),demo)

@@ -1,4 +1,4 @@
-"""Tests for trainer/augment.py: the XLA warp against TF's kernel, sampling, standardization, layers."""
+"""Tests for trainer/model/augment.py: the XLA warp against TF's kernel, sampling, standardization, layers."""
 
 import math
 import os

@@ -1,4 +1,4 @@
-"""Tests for trainer/callbacks.py: the NaN stop, the Keras LR scheduler with our schedule, assembly order."""
+"""Tests for trainer/training/callbacks.py: the NaN stop, the Keras LR scheduler with our schedule, assembly order."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Tests for trainer/config.py: every profile is complete and valid; the full profile is the 2023
+"""Tests for trainer/training/config.py: every profile is complete and valid; the full profile is the 2023
 thesis recipe; the binary's flags pick a profile and override single fields."""
 
 import dataclasses
@@ -85,7 +85,7 @@ class ProfilesTest(tf.test.TestCase, parameterized.TestCase):
         )
         self.assertEqual((full.batch_size_per_replica, full.epochs), (16, 30))
         self.assertEqual(full.class_imbalance, "none")  # Plain binary cross-entropy.
-        self.assertEqual(full.mixed_precision, "auto")  # Per device: trainer/hardware.py.
+        self.assertEqual(full.mixed_precision, "auto")  # Per device: trainer/training/device.py.
         self.assertFalse(full.scale_lr)
         self.assertEqual(full.early_stopping_patience, 0)
         # The thesis' ImageDataGenerator, which is also AugmentConfig's default.

@@ -1,4 +1,4 @@
-"""Tests for trainer/export.py: the SavedModel round trip against the in-memory model."""
+"""Tests for trainer/model/export.py: the SavedModel round trip against the in-memory model."""
 
 import os
 

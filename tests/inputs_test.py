@@ -1,4 +1,4 @@
-"""Tests for trainer/inputs.py: resampling, loss weights, the tf.data augmentation, the data service."""
+"""Tests for trainer/training/inputs.py: resampling, loss weights, the tf.data augmentation, the data service."""
 
 import collections
 import os

@@ -16,6 +16,7 @@ from tests import fake_data
 from tfrecords import contact_sheet, schema
 from tfrecords import inspect as inspect_lib
 from tfrecords import manifest as manifest_lib
+from trainer.model import augment
 
 # TensorFlow's C++ log lines (absl/glog format) and the banner absl prints before them.
 _CPP_LOG_LINE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)", re.M)
@@ -169,7 +170,7 @@ class InspectTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_augmented_samples_are_the_same_records_warped(self):
         samples = contact_sheet.read_samples(self.records_dir, self.manifest, "val", 3)
-        augmented = contact_sheet.augment_samples(samples)
+        augmented = contact_sheet.augment_samples(samples, augment.sheet_transform())
         self.assertEqual([s.metadata for s in augmented], [s.metadata for s in samples])
         for before, after in zip(samples, augmented):
             self.assertEqual(after.image.shape, before.image.shape)

@@ -1,4 +1,4 @@
-"""Tests for trainer/keras_compat.py: version guard, apply-and-undo, and that Keras still has the bug.
+"""Tests for trainer/training/keras_compat.py: version guard, apply-and-undo, and that Keras still has the bug.
 
 `KerasStillNeedsTest` reproduces tensorflow/tensorflow#72388 against Keras' own
 `reduce_per_replica` with a stand-in multi-worker strategy: when it fails, Keras has fixed the

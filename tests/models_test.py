@@ -1,4 +1,4 @@
-"""Tests for trainer/models.py: output shapes of every architecture, ResUNet structure, errors."""
+"""Tests for trainer/model/models.py: output shapes of every architecture, ResUNet structure, errors."""
 
 import os
 

@@ -93,7 +93,7 @@ class MultiWorkerTest(tf.test.TestCase):
         return processes, outputs
 
     # Two pairs of small TensorFlow processes. When this fails, Keras has fixed the bugs and
-    # trainer/keras_compat.py can go.
+    # trainer/training/keras_compat.py can go.
     @pytest.mark.slow
     def test_keras_still_needs_the_workarounds(self):
         _, outputs = self._run_workers(["-c", _KERAS_REPRO, "none"], timeout=240)

@@ -1,4 +1,4 @@
-"""Tests for trainer/objectives.py: the masked mean AUC, per-class AUC and the weighted loss."""
+"""Tests for trainer/model/objectives.py: the masked mean AUC, per-class AUC and the weighted loss."""
 
 import keras
 import numpy as np

@@ -1,4 +1,4 @@
-"""Tests for trainer/run_dir.py: the run directory's readers, history truncation, prepare."""
+"""Tests for trainer/model/run_dir.py: the run directory's readers, history truncation, prepare."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""Tests for trainer/train_lib.py, trainer/task.py and trainer/train.py on tiny records (32x32, ResUNet depth 2,
+"""Tests for trainer/training/runner.py, trainer/training/task.py and trainer/train.py on tiny records (32x32, ResUNet depth 2,
 width 4)."""
 
 import csv
@@ -85,6 +85,7 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
         ("bad_xla", dict(xla="maybe"), "xla must be one of"),
         ("bad_placement", dict(augment_placement="gpu"), "augment_placement must be one of"),
         ("lr_min_above_max", dict(lr_min=1.0), "lr_min must be <= lr_max"),
+        ("bad_export_weights", dict(export_weights="last"), "export_weights must be one of"),
         ("negative_patience", dict(early_stopping_patience=-1), "early_stopping_patience must be an integer"),
         ("bad_decay", dict(exp_decay=1.5), r"exp_decay must be in \(0, 1\]"),
         (
@@ -192,6 +193,9 @@ class TrainTest(tf.test.TestCase):
         # Best checkpoint and export agree with each other on the same images.
         best = keras.models.load_model(os.path.join(config.run_dir, run_dir_lib.BEST_CHECKPOINT))
         self.assertEqual(best.output_shape, (None, schema.NUM_LABELS))
+        # --export_weights=best (the default): the export holds best.keras's weights.
+        self.assertEqual(saved["train_config"]["export_weights"], "best")
+        self.assertEqual(result.weights_sha256, train_lib.weights_digest(best))
         self.assertEqual(export.read_labels(result.export_dir)["image_size"], 32)
         loaded = tf.saved_model.load(result.export_dir)
         pixels = fake_data.gray_pixels(32, 32)[None, ..., None]
@@ -312,7 +316,7 @@ class FullProfileBinaryTest(tf.test.TestCase):
         self.assertEqual(saved["profile"], "full")
         self.assertEqual(saved["train_config"], expected.to_dict())
         self.assertEqual((saved["batch_size_per_replica"], saved["global_batch_size"]), (16, 16))
-        # `auto` precision, resolved for this machine (trainer/hardware.py) and logged with why.
+        # `auto` precision, resolved for this machine (trainer/training/device.py) and logged with why.
         precision = saved["mixed_precision"]
         self.assertEqual(saved["dtype_policy"], config_lib.MIXED_PRECISION_POLICIES[precision["policy"]])
         self.assertIn(precision["reason"], run.stderr)

@@ -263,11 +263,18 @@ def estimated_record_bytes(image_size: int, image_format: str) -> int:
     return _RECORD_OVERHEAD_BYTES + (pixels if image_format == "raw" else int(_PNG_SIZE_RATIO * pixels))
 
 
-def _masked_crc(data: bytes) -> bytes:
+def masked_crc(data: bytes) -> int:
+    """TFRecord's masked crc32c of `data`, as the framing stores it (little-endian uint32)."""
     import google_crc32c  # The C implementation; pinned in setup.py.
 
     crc = google_crc32c.value(data)
-    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+    return (
+        ((crc >> 15) | (crc << 17)) + 0xA282EAD8
+    ) & 0xFFFFFFFF  # The mask of tensorflow/core/lib/hash/crc32c.h.
+
+
+def _masked_crc(data: bytes) -> bytes:
+    return struct.pack("<I", masked_crc(data))
 
 
 def tfrecord_frame(record: bytes) -> bytes:

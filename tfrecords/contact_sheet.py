@@ -1,7 +1,7 @@
 """Contact sheets of records: a grid of images with their image index, labels, age, sex and view.
 
 `tfrecords.inspect` writes one per records directory; the trainer writes one of augmented
-training records to TensorBoard (`trainer/console_callbacks.py`). Drawn with matplotlib's
+training records to TensorBoard (`trainer/training/display.py`). Drawn with matplotlib's
 object API on an Agg canvas (no global backend is selected).
 """
 
@@ -11,7 +11,7 @@ import dataclasses
 import io
 import math
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,6 @@ SHEET_DPI = 100
 TILE_INCHES = 1.6
 CAPTION_INCHES = 0.55
 TITLE_INCHES = 0.3
-AUGMENT_SEED = (0, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,26 +91,23 @@ def _metadata(features: Mapping[str, tf.Tensor]) -> schema.ImageMetadata:
     )
 
 
-def augment_samples(
-    samples: Sequence[Sample], *, config: Any = None, seed: Sequence[int] = AUGMENT_SEED
-) -> list[Sample]:
-    """The same records after the training augmentation (random affine, then standardization).
+def augment_samples(samples: Sequence[Sample], transform: Callable[[np.ndarray], np.ndarray]) -> list[Sample]:
+    """The same records after a transform of the whole batch, e.g. the training augmentation.
+
+    The contract knows no augmentation of its own: the consumer passes its own in
+    (`trainer.model.augment.sheet_transform`), so this module never imports the trainer.
 
     Args:
       samples: from `read_samples`.
-      config: a `trainer.model.augment.AugmentConfig`; None: its defaults (the training defaults).
-      seed: the augmentation's stateless seed.
+      transform: uint8 [N, H, W, 1] images -> float [N, H, W, 1] (or [N, H, W]) images to draw.
     """
     if not samples:
         return []
-    from trainer.model import augment  # The trainer's stack loads only for --augmented.
-
     images = np.stack([sample.image for sample in samples])[..., None]
-    augment_fn = augment.make_augment_fn(config, jit_compile=False)
-    warped = augment_fn(tf.constant(images, tf.uint8), tf.constant(seed, tf.int64))
-    # Then what the model's input layers do: rescale to [0, 1] and standardize each image.
-    augmented = augment.standardize(warped / 255.0).numpy()[..., 0]
-    return [dataclasses.replace(sample, image=image) for sample, image in zip(samples, augmented)]
+    transformed = np.asarray(transform(images))
+    if transformed.ndim == 4:
+        transformed = transformed[..., 0]
+    return [dataclasses.replace(sample, image=image) for sample, image in zip(samples, transformed)]
 
 
 def sheet_layout(counts: Sequence[int], columns: int) -> SheetLayout:

@@ -6,7 +6,7 @@
 
 The records are ready-made (decoded, gray, resized by the Beam job), so this pipeline only
 reads, parses and batches. Training policy (resampling, loss weights, augmentation, the
-tf.data service) is the consumer's: `trainer/inputs.py` composes it on top of this module,
+tf.data service) is the consumer's: `trainer/training/inputs.py` composes it on top of this module,
 through `record_fn` (per-record stream) and the returned batches.
 """
 

@@ -12,7 +12,7 @@ reason with their first examples; `--format=json` prints the same as one JSON ob
 writes a contact sheet PNG (default: beside the directory, `<RECORDS_DIR>-contact-sheet.png`):
 the first `--per_split` records of each split (of those with `--label`, when given) with their
 image index, labels, age, sex and view under each; `--augmented` shows the same records after
-the training augmentation (trainer/augment.py, loaded only then). Exit status 1 when the
+the training augmentation (trainer/model/augment.py, loaded only then). Exit status 1 when the
 directory does not match its manifest.
 """
 
@@ -27,8 +27,6 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import google_crc32c
-
 from cxr_cli import console
 
 if __name__ == "__main__":
@@ -37,13 +35,11 @@ if __name__ == "__main__":
 import tensorflow as tf
 from absl import app, flags
 
-from tfrecords import contact_sheet, schema
+from tfrecords import codec, contact_sheet, schema
 from tfrecords import manifest as manifest_lib
 
 FORMATS = ("text", "json")
 REJECT_EXAMPLES = 3
-# TFRecord's CRC mask (tensorflow/core/lib/hash/crc32c.h).
-_CRC_MASK_DELTA = 0xA282EAD8
 
 
 class RecordsMismatchError(ValueError):
@@ -85,7 +81,7 @@ def scan_shard(path: str, *, chunk_size: int = 1 << 22) -> tuple[int, str, str |
                 failure = f"record {count} is truncated (the file ends inside its header)"
             else:
                 length, length_crc = struct.unpack("<QI", header)
-                if _masked_crc(header[:8]) != length_crc:
+                if codec.masked_crc(header[:8]) != length_crc:
                     failure = f"record {count} is corrupt (its length field fails its checksum)"
             if failure is None:
                 body = f.read(length + 4)
@@ -94,7 +90,7 @@ def scan_shard(path: str, *, chunk_size: int = 1 << 22) -> tuple[int, str, str |
                     failure = (
                         f"record {count} is truncated (the file ends {length + 4 - len(body)} bytes early)"
                     )
-                elif _masked_crc(body[:-4]) != struct.unpack("<I", body[-4:])[0]:
+                elif codec.masked_crc(body[:-4]) != struct.unpack("<I", body[-4:])[0]:
                     failure = f"record {count} is corrupt (its data fails its checksum)"
             if failure is not None:
                 while chunk := f.read(chunk_size):  # The rest, for the file's sha256.
@@ -102,11 +98,6 @@ def scan_shard(path: str, *, chunk_size: int = 1 << 22) -> tuple[int, str, str |
                 return count, digest.hexdigest(), failure
             count += 1
     return count, digest.hexdigest(), None
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
 
 
 def check_shards(
@@ -324,8 +315,13 @@ def main(argv: list[str]) -> None:
             for split in manifest.splits
         }
         if _AUGMENTED.value:
+            # The binary's shell passes the trainer's augmentation in; the contract's modules
+            # never import the trainer.
+            from trainer.model import augment
+
+            transform = augment.sheet_transform()
             samples = {
-                split: contact_sheet.augment_samples(split_samples)
+                split: contact_sheet.augment_samples(split_samples, transform)
                 for split, split_samples in samples.items()
             }
         parts = [f"label {_LABEL.value}"] if _LABEL.value else []

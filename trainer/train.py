@@ -7,7 +7,7 @@ writes runs/demo/{config.json, history.csv, checkpoints/best.keras, backup/, ten
 export/}. Killed (even with kill -9) and started again with the same command, it continues
 from the last finished epoch at that epoch's learning rate.
 
-`--profile` picks one complete configuration (trainer/config.py): `demo` (the default) is the
+`--profile` picks one complete configuration (trainer/training/config.py): `demo` (the default) is the
 small ResUNet measured on the 64x64 demo records; `full` is the 2023 thesis recipe for the real
 ChestX-ray14 records. Every other flag is a field of `TrainConfig`, and a flag given explicitly
 overrides that one field of the profile:

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 FILL_MODES = ("reflect", "nearest")
@@ -398,3 +399,18 @@ class Standardize(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def sheet_transform(config: AugmentConfig | None = None, *, seed: Sequence[int] = (0, 1)) -> Callable:
+    """The training augmentation as a numpy batch transform, for contact sheets.
+
+    uint8 [N, H, W, 1] in; the affine warp, then what the model's input layers do (rescale to
+    [0, 1] and standardize each image), as float [N, H, W, 1] out.
+    """
+    augment_fn = make_augment_fn(config, jit_compile=False)
+
+    def transform(images: np.ndarray) -> np.ndarray:
+        warped = augment_fn(tf.constant(images, tf.uint8), tf.constant(seed, tf.int64))
+        return standardize(warped / 255.0).numpy()
+
+    return transform

@@ -25,10 +25,10 @@ Where `full` departs from the 2023 thesis, on purpose (every other field is the 
   - `scale_lr` is off: with one replica nothing changes; with more, the global batch grows
     (16 per replica) at the thesis' learning rates unless `--scale_lr` is given.
   - `augment_placement` and `xla` choose where and how the same augmentation and training
-    step run (`auto`: measured per device, see `trainer/task.py`); they change speed, not
+    step run (`auto`: measured per device, see `trainer/training/task.py`); they change speed, not
     the recipe.
   - `mixed_precision` is `auto`: bf16 (or fp16 with loss scaling) where the device trains
-    faster in it (the table in `trainer/hardware.py`), float32 elsewhere, as the thesis trained.
+    faster in it (the table in `trainer/training/device.py`), float32 elsewhere, as the thesis trained.
 """
 
 from __future__ import annotations
@@ -45,10 +45,11 @@ from trainer.training import schedule as lr_schedule
 PROFILE_NAMES = ("demo", "full")
 CLASS_IMBALANCE_MODES = ("none", "weights", "resample")
 AUGMENT_PLACEMENTS = ("auto", "model", "dataset")
-# Flag value -> Keras dtype policy; "auto" resolves per device (trainer/hardware.py).
+# Flag value -> Keras dtype policy; "auto" resolves per device (trainer/training/device.py).
 MIXED_PRECISION_POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 MIXED_PRECISIONS = ("auto", *MIXED_PRECISION_POLICIES)
 XLA_MODES = ("auto", "on", "off")
+EXPORT_WEIGHTS = ("best", "final")
 # Fields that do not change what a run computes; a resumed run may differ in them.
 NON_IDENTITY_FIELDS = ("overwrite", "verbose")
 
@@ -129,6 +130,12 @@ class TrainConfig:
     )
     xla: str = _field("auto", "auto: on where benchmarks/bench_train measured it faster.", XLA_MODES)
     seed: int = _field(0, "Seed of weights, shuffling and augmentation.")
+    export_weights: str = _field(
+        "best",
+        "Weights exported to export/: best (the epoch with the best validation mean AUC, as "
+        "checkpoints/best.keras) or final (the last epoch's).",
+        EXPORT_WEIGHTS,
+    )
     early_stopping_patience: int = _field(5, "Epochs without validation AUC gain before stopping; 0: off.")
     shuffle_buffer: int = _field(2048, "Records in the shuffle buffer.")
     cache: bool = _field(False, "Cache the records in memory after the first epoch.")
@@ -254,6 +261,8 @@ def _validate_choices(config: TrainConfig) -> None:
         _fail(config, "validation_batch_size_per_replica", "must be None or an integer >= 1")
     if config.xla not in XLA_MODES:
         _fail(config, "xla", f"must be one of {XLA_MODES}")
+    if config.export_weights not in EXPORT_WEIGHTS:
+        _fail(config, "export_weights", f"must be one of {EXPORT_WEIGHTS}")
     if not isinstance(config.shuffle_buffer, int) or config.shuffle_buffer < 1:
         _fail(config, "shuffle_buffer", "must be an integer >= 1")
     if not isinstance(config.verbose, int) or config.verbose not in (0, 1, 2):
@@ -267,7 +276,7 @@ def _validate_choices(config: TrainConfig) -> None:
 # "Measured figures"): a short ramp to a high rate, as 12 epochs leave no room for
 # an 8-epoch ramp from 2e-6; the positive-weighted loss, which gave the best validation mean AUC
 # of the three class-imbalance modes; mixed precision per device (`auto`: float32 on a CPU with
-# avx512_bf16 but no AMX, where bf16 trained slower; the table it follows is in trainer/hardware.py).
+# avx512_bf16 but no AMX, where bf16 trained slower; the table it follows is in trainer/training/device.py).
 DEMO: dict[str, Any] = dict(
     profile="demo",
     records_dir="data/tfrecords",
@@ -306,6 +315,7 @@ DEMO: dict[str, Any] = dict(
     validation_batch_size_per_replica=None,
     xla="auto",
     seed=0,
+    export_weights="best",
     early_stopping_patience=5,
     shuffle_buffer=2048,
     cache=False,
@@ -356,6 +366,7 @@ FULL: dict[str, Any] = dict(
     validation_batch_size_per_replica=None,
     xla="auto",
     seed=0,
+    export_weights="best",
     early_stopping_patience=0,
     shuffle_buffer=2048,
     cache=False,

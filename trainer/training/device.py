@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 
 import tensorflow as tf
 
-# `--mixed_precision` values; `auto` resolves to one of the others.
-PRECISIONS = ("auto", "none", "bf16", "fp16")
+from trainer.training import config as config_lib
+
 # CPU flags (Linux /proc/cpuinfo spelling) of instructions that compute in bfloat16 natively.
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 DEVICE_TYPES = ("CPU", "GPU", "TPU")
@@ -178,8 +178,8 @@ def resolve_mixed_precision(
     Raises:
       ValueError: an unknown `requested` value, or no rule covers the device.
     """
-    if requested not in PRECISIONS:
-        raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {requested!r}.")
+    if requested not in config_lib.MIXED_PRECISIONS:
+        raise ValueError(f"mixed_precision must be one of {config_lib.MIXED_PRECISIONS}, got {requested!r}.")
     if requested != "auto":
         return PrecisionChoice(requested, requested, f"--mixed_precision={requested} given explicitly")
     for rule in rules:

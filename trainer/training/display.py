@@ -248,10 +248,13 @@ def augmented_records_sheet(
     """
     from tfrecords import contact_sheet
     from tfrecords import manifest as manifest_lib
+    from trainer.model import augment as augment_lib
 
     manifest = manifest_lib.read_manifest(records_dir, check_shards=False)
     samples = contact_sheet.read_samples(records_dir, manifest, "train", count)
-    samples = contact_sheet.augment_samples(samples, config=augment_config, seed=(seed, 1))
+    samples = contact_sheet.augment_samples(
+        samples, augment_lib.sheet_transform(augment_config, seed=(seed, 1))
+    )
     png, _ = contact_sheet.render_contact_sheet(
         {"train": samples}, columns=columns, title="after training augmentation"
     )

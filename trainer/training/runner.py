@@ -1,9 +1,9 @@
 """The runner: creates the strategy and runs an experiment from the task's steps.
 
-The binary (`trainer/train.py`) turns flags into a `TrainConfig` (trainer/config.py), creates
+The binary (`trainer/train.py`) turns flags into a `TrainConfig` (trainer/training/config.py), creates
 the strategy with `create_strategy` and calls `train`; the steps themselves are in
-trainer/task.py, the callbacks in trainer/callbacks.py, the run directory's layout in
-trainer/run_dir.py.
+trainer/training/task.py, the callbacks in trainer/training/callbacks.py, the run directory's layout in
+trainer/model/run_dir.py.
 """
 
 from __future__ import annotations
@@ -264,6 +264,7 @@ def train(
         )
         history = _fit(model, strategy, config, plan, callbacks)
         best_val_auc = _finish(config, role, history)
+        _select_export_weights(model, config.export_weights, paths.best_checkpoint)
         digest = weights_digest(model)
         export_dir = export_lib.export_model(
             model, run_dir_lib.path(out_dir, run_dir_lib.EXPORT_DIR), image_size=plan.image_size
@@ -293,6 +294,19 @@ def _augmented_images_fn(config: config_lib.TrainConfig) -> Callable[[], bytes] 
         augment_config=augment_config,
         seed=config.seed,
     )
+
+
+def _select_export_weights(model: keras.Model, export_weights: str, best_checkpoint: str) -> None:
+    """Loads `checkpoints/best.keras`'s weights into `model` for `--export_weights=best`.
+
+    With `final` (or before any checkpoint was written) the model keeps its last epoch's
+    weights. Every worker loads the same file, so their models stay equal.
+    """
+    if export_weights != "best" or not tf.io.gfile.exists(best_checkpoint):
+        return
+    best = keras.saving.load_model(best_checkpoint, compile=False)
+    model.set_weights(best.get_weights())
+    logging.info("Exporting the best epoch's weights (%s).", best_checkpoint)
 
 
 def weights_digest(model: keras.Model) -> str:

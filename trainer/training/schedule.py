@@ -5,7 +5,7 @@
               = (lr_max - lr_min) * exp_decay ** (epoch - rampup - sustain) + lr_min   afterwards
 
 With the defaults (the 2023 thesis' Table 1): epoch 0 -> 2e-6, 1 -> 1.425e-5, 8 -> 1e-4,
-9 -> 8e-5. Training applies it with `keras.callbacks.LearningRateScheduler` (trainer/callbacks.py),
+9 -> 8e-5. Training applies it with `keras.callbacks.LearningRateScheduler` (trainer/training/callbacks.py),
 which sets the rate at the start of every epoch, including the first epoch after a resume.
 """
 

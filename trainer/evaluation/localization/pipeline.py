@@ -25,6 +25,7 @@ from tfrecords import dataset as dataset_lib
 from tfrecords import schema
 from trainer.evaluation import metrics
 from trainer.evaluation.localization import boxes as boxes_lib
+from trainer.evaluation.localization import sanity
 from trainer.evaluation.localization import scores as localization
 from trainer.model import gradcam as gradcam_lib
 
@@ -98,6 +99,8 @@ class _Accumulator:
     scores: list[np.ndarray] = dataclasses.field(default_factory=list)
     pairs: list[tuple[str, str, int, bool]] = dataclasses.field(default_factory=list)
     samples: list[CamSample] = dataclasses.field(default_factory=list)
+    border_shares: list[float] = dataclasses.field(default_factory=list)
+    area_shares: list[float] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         self.overall = np.zeros((self.image_size, self.image_size), np.float64)
@@ -226,7 +229,10 @@ def _score_pairs(
     classes = [schema.LABELS.index(finding) for _, finding, _ in pairs]
     maps = explainer.batch_maps(pixels[[i for i, _, _ in pairs]], classes, output_size=size)
     for (i, finding, boxes), k, cam in zip(pairs, classes, maps):
-        score = localization.score_pair(cam, localization.box_mask(size, boxes))
+        mask = localization.box_mask(size, boxes)
+        score = localization.score_pair(cam, mask)
+        acc.border_shares.append(sanity.border_energy_share(cam))
+        acc.area_shares.append(sanity.box_area_share(mask))
         acc.scores.append(score.as_array())
         acc.pairs.append((names[i], finding, int(patient_ids[i]), score.empty))
         if sum(s.finding == finding for s in acc.samples) < SAMPLES_PER_FINDING:
@@ -249,6 +255,7 @@ def _result(acc: _Accumulator, bootstrap: metrics.BootstrapConfig, *, mean_maps:
         bootstrap=bootstrap,
     )
     summary["images"] = len({name for name, _, _, _ in acc.pairs})
+    summary["sanity"] = _sanity_summary(acc)
     mean_cams = None
     if mean_maps and acc.images:
         by_finding = {
@@ -260,3 +267,15 @@ def _result(acc: _Accumulator, bootstrap: metrics.BootstrapConfig, *, mean_maps:
         summary["mean_maps"] = mean_cams.summary()
     samples = sorted(acc.samples, key=lambda s: (schema.LABELS.index(s.finding), s.image_index))
     return LocalizationResult(summary, tuple(samples), mean_cams)
+
+
+def _sanity_summary(acc: _Accumulator) -> dict[str, Any]:
+    """The scored maps' mean border-energy share and the image-blind baseline (the boxes' area share)."""
+    borders = [v for v in acc.border_shares if np.isfinite(v)]
+    return {
+        "border_fraction": sanity.BORDER_FRACTION,
+        "border_energy_share": float(np.mean(borders)) if borders else None,
+        "uniform_border_share": sanity.uniform_border_share(),
+        "box_area_share": float(np.mean(acc.area_shares)) if acc.area_shares else None,
+        "pairs": len(acc.area_shares),
+    }

@@ -1,4 +1,4 @@
-"""Tests for trainer/lr_schedule.py."""
+"""Tests for trainer/training/schedule.py."""
 
 import tensorflow as tf
 from absl.testing import parameterized

@@ -1,4 +1,4 @@
-"""Tests for trainer/hardware.py: the mixed precision `auto` picks, on made-up devices."""
+"""Tests for trainer/training/device.py: the mixed precision `auto` picks, on made-up devices."""
 
 import os
 from unittest import mock

@@ -82,6 +82,11 @@ class LocalizeSplitTest(tf.test.TestCase):
         self.assertAllClose(overall["pointing_game"], 2 / 3)
         self.assertEqual((overall["pairs"], summary["images"]), (3, 3))
         self.assertEqual(summary["cam_threshold"], 0.5)
+        checks = summary["sanity"]
+        self.assertEqual(checks["pairs"], 3)
+        self.assertGreater(checks["box_area_share"], 0.0)
+        self.assertLess(checks["box_area_share"], 1.0)
+        self.assertBetween(checks["border_energy_share"], 0.0, 1.0)
 
     def test_samples_keep_the_map_and_boxes(self):
         result = self._localize()
