@@ -41,14 +41,18 @@ class LabelsTest(tf.test.TestCase, parameterized.TestCase):
 class FeatureSpecTest(tf.test.TestCase):
     def test_spec_covers_every_key_with_its_shape(self):
         spec = schema.FEATURE_SPEC
-        self.assertEqual(set(spec), set(schema.FEATURE_TYPES) | {schema.LABEL_MASK_KEY})
+        self.assertEqual(
+            set(spec), set(schema.FEATURE_TYPES) | {schema.LABEL_MASK_KEY, schema.LABEL_UNCERTAIN_KEY}
+        )
         self.assertEqual(spec[schema.LABELS_KEY].shape, [schema.NUM_LABELS])
         self.assertEqual(list(spec[schema.LABEL_MASK_KEY].default_value), [1] * schema.NUM_LABELS)
+        self.assertEqual(list(spec[schema.LABEL_UNCERTAIN_KEY].default_value), [0] * schema.NUM_LABELS)
 
     def test_spec_sized_by_vocabulary(self):
         spec = schema.feature_spec(4)
         self.assertEqual(spec[schema.LABELS_KEY].shape, [4])
         self.assertEqual(spec[schema.LABEL_MASK_KEY].shape, [4])
+        self.assertEqual(spec[schema.LABEL_UNCERTAIN_KEY].shape, [4])
         with self.assertRaisesRegex(ValueError, "num_labels"):
             schema.feature_spec(0)
         self.assertEqual(spec[schema.IMAGE_KEY].dtype, tf.string)

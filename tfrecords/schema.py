@@ -76,6 +76,10 @@ VIEW_POSITION_KEY = "view_position"
 # Optional int64 vector beside `labels`: 1 where the label is known, 0 where it is uncertain or
 # not mentioned. Records without it (every NIH record) read as all known.
 LABEL_MASK_KEY = "label_mask"
+# Optional int64 vector beside `labels`: 1 where the source wrote the label as uncertain (CheXpert's
+# -1.0), else 0. Such a label has `labels` 0 and `label_mask` 0; the trainer's uncertainty policy
+# (ignore, ones, zeros) decides what it becomes. Records without it read as all zeros.
+LABEL_UNCERTAIN_KEY = "label_uncertain"
 
 # Metadata keys, as yielded next to the images for reports.
 METADATA_KEYS = (IMAGE_INDEX_KEY, PATIENT_ID_KEY, FOLLOW_UP_KEY, AGE_KEY, SEX_KEY, VIEW_POSITION_KEY)
@@ -104,7 +108,8 @@ def feature_spec(num_labels: int = NUM_LABELS) -> dict[str, tf.io.FixedLenFeatur
       num_labels: the length of the records' label vocabulary (the manifest's `labels`);
         NIH's 15 by default.
 
-    `LABEL_MASK_KEY` defaults to all ones, so records written without it read as all known.
+    `LABEL_MASK_KEY` defaults to all ones and `LABEL_UNCERTAIN_KEY` to all zeros, so records
+    written without them (every NIH record) read as all known and none uncertain.
     """
     import tensorflow as tf
 
@@ -116,6 +121,9 @@ def feature_spec(num_labels: int = NUM_LABELS) -> dict[str, tf.io.FixedLenFeatur
     }
     spec[LABELS_KEY] = tf.io.FixedLenFeature([num_labels], tf.int64)
     spec[LABEL_MASK_KEY] = tf.io.FixedLenFeature([num_labels], tf.int64, default_value=[1] * num_labels)
+    spec[LABEL_UNCERTAIN_KEY] = tf.io.FixedLenFeature(
+        [num_labels], tf.int64, default_value=[0] * num_labels
+    )
     return spec
 
 
