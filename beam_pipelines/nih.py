@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cxr_cli import errors
 from tfrecords import codec, schema
 
 # The CSV columns the job needs, by their names in both formats.
@@ -69,7 +70,7 @@ _VIEWS = ("PA", "AP")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-class CsvError(ValueError):
+class CsvError(errors.ValidationError):
     """The labels CSV cannot be used at all (missing, empty, lacking columns, unparsable)."""
 
 

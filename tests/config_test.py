@@ -164,7 +164,10 @@ class CommandLineTest(tf.test.TestCase):
     def test_every_field_is_a_flag(self):
         flag_values = flags.FlagValues()
         holders = train_binary.define_flags(flag_values)
-        self.assertCountEqual(holders, [*_FIELDS, "strategy"])
+        self.assertCountEqual(holders, [*_FIELDS, "strategy", "dump_flagfile"])
+        # Keras' per-epoch output is --epoch_lines; --verbose would read like absl's --verbosity.
+        self.assertIn("epoch_lines", flag_values)
+        self.assertNotIn("verbose", flag_values)
 
     def test_bad_flag_value_names_the_field(self):
         with self.assertRaisesRegex(ValueError, "TrainConfig.lr_min must be <= lr_max"):

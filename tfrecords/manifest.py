@@ -40,6 +40,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cxr_cli import errors
 from tfrecords import schema
 
 # TensorFlow (for tf.io.gfile) is imported inside the functions that touch files, so that
@@ -57,7 +58,7 @@ SHARD_NAME_RE = re.compile(rf"^({'|'.join(SPLITS)})-(\d{{5}})-of-(\d{{5}}){re.es
 REQUIRED_OPTIONS = ("image_size", "image_format")
 
 
-class ManifestError(ValueError):
+class ManifestError(errors.ValidationError):
     """A records directory whose manifest is missing, malformed or inconsistent."""
 
 

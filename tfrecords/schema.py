@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr_cli import errors
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -121,9 +123,7 @@ def feature_spec(num_labels: int = NUM_LABELS) -> dict[str, tf.io.FixedLenFeatur
     }
     spec[LABELS_KEY] = tf.io.FixedLenFeature([num_labels], tf.int64)
     spec[LABEL_MASK_KEY] = tf.io.FixedLenFeature([num_labels], tf.int64, default_value=[1] * num_labels)
-    spec[LABEL_UNCERTAIN_KEY] = tf.io.FixedLenFeature(
-        [num_labels], tf.int64, default_value=[0] * num_labels
-    )
+    spec[LABEL_UNCERTAIN_KEY] = tf.io.FixedLenFeature([num_labels], tf.int64, default_value=[0] * num_labels)
     return spec
 
 
@@ -134,7 +134,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(errors.ValidationError):
     """A `Finding Labels` name that is not one of `LABELS`."""
 
 

@@ -98,7 +98,7 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
       ValueError: unknown source, or the chosen model is missing.
     """
     if source not in MODEL_SOURCES:
-        raise ValueError(f"model source must be one of {MODEL_SOURCES}, got {source!r}.")
+        raise console.ValidationError(f"model source must be one of {MODEL_SOURCES}, got {source!r}.")
     export_dir = run_dir_lib.path(run_dir, run_dir_lib.EXPORT_DIR)
     checkpoint = run_dir_lib.path(run_dir, run_dir_lib.BEST_CHECKPOINT)
     has_export = tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb"))
@@ -106,7 +106,9 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
         source = "export" if has_export else "checkpoint"
     if source == "export":
         if not has_export:
-            raise ValueError(f"{export_dir} holds no SavedModel; export the run or use --model=checkpoint.")
+            raise console.ValidationError(
+                f"{export_dir} holds no SavedModel; export the run or use --model=checkpoint."
+            )
         from trainer.model import export as export_lib  # The trainer's module: labels.json reader.
 
         image_size = int(export_lib.read_labels(export_dir)["image_size"])
@@ -120,7 +122,9 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
         fn.loaded = loaded  # type: ignore[attr-defined]
         return Predictor(fn, export_dir, "export", image_size)
     if not tf.io.gfile.exists(checkpoint):
-        raise ValueError(f"{checkpoint} does not exist, and neither does a SavedModel in {export_dir}.")
+        raise console.ValidationError(
+            f"{checkpoint} does not exist, and neither does a SavedModel in {export_dir}."
+        )
     from trainer.model import models
 
     model = models.load_model(checkpoint)
@@ -151,11 +155,13 @@ def predict_split(
         unknown tta mode.
     """
     if tta not in tta_lib.TTA_MODES:
-        raise ValueError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
+        raise console.ValidationError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
     if split not in manifest.splits or manifest.splits[split].records == 0:
-        raise ValueError(f"Records directory {records_dir!r} has no {split!r} records to evaluate.")
+        raise console.ValidationError(
+            f"Records directory {records_dir!r} has no {split!r} records to evaluate."
+        )
     if manifest.image_size != predictor.image_size:
-        raise ValueError(
+        raise console.ValidationError(
             f"The records in {records_dir!r} are {manifest.image_size}x{manifest.image_size} but the model "
             f"{predictor.path!r} takes {predictor.image_size}x{predictor.image_size}; evaluate on the records "
             f"the run was trained on (--records_dir)."
@@ -262,14 +268,16 @@ def evaluate(
         unreadable box file, named.
     """
     if calibration not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration must be one of {CALIBRATION_METHODS}, got {calibration!r}.")
+        raise console.ValidationError(
+            f"calibration must be one of {CALIBRATION_METHODS}, got {calibration!r}."
+        )
     if split not in manifest_lib.SPLITS:
-        raise ValueError(f"split must be one of {manifest_lib.SPLITS}, got {split!r}.")
+        raise console.ValidationError(f"split must be one of {manifest_lib.SPLITS}, got {split!r}.")
     bootstrap = metrics.BootstrapConfig(resamples=bootstrap_resamples, seed=seed)
     config = run_dir_lib.read_config(run_dir)
     records_dir = records_dir or config.get("records_dir")
     if not records_dir:
-        raise ValueError(
+        raise console.ValidationError(
             f"{run_dir_lib.path(run_dir, run_dir_lib.CONFIG_FILE)} names no records_dir; pass --records_dir."
         )
     output_dir = output_dir or run_dir_lib.path(run_dir, run_dir_lib.REPORTS_DIR)
@@ -751,22 +759,28 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         if self.split not in manifest_lib.SPLITS:
-            raise ValueError(
+            raise console.ValidationError(
                 f"EvaluateConfig.split must be one of {manifest_lib.SPLITS}, got {self.split!r}."
             )
         if self.model not in MODEL_SOURCES:
-            raise ValueError(f"EvaluateConfig.model must be one of {MODEL_SOURCES}, got {self.model!r}.")
+            raise console.ValidationError(
+                f"EvaluateConfig.model must be one of {MODEL_SOURCES}, got {self.model!r}."
+            )
         if self.batch_size < 1:
-            raise ValueError(f"EvaluateConfig.batch_size must be >= 1, got {self.batch_size}.")
+            raise console.ValidationError(f"EvaluateConfig.batch_size must be >= 1, got {self.batch_size}.")
         if self.tta not in tta_lib.TTA_MODES:
-            raise ValueError(f"EvaluateConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}.")
+            raise console.ValidationError(
+                f"EvaluateConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}."
+            )
         if self.calibration not in CALIBRATION_METHODS:
-            raise ValueError(
+            raise console.ValidationError(
                 f"EvaluateConfig.calibration must be one of {CALIBRATION_METHODS}, got {self.calibration!r}."
             )
         if self.boxes_image_size < 1:
-            raise ValueError(f"EvaluateConfig.boxes_image_size must be >= 1, got {self.boxes_image_size}.")
+            raise console.ValidationError(
+                f"EvaluateConfig.boxes_image_size must be >= 1, got {self.boxes_image_size}."
+            )
         if self.bootstrap_resamples < 0:
-            raise ValueError(
+            raise console.ValidationError(
                 f"EvaluateConfig.bootstrap_resamples must be >= 0, got {self.bootstrap_resamples}."
             )

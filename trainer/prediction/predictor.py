@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from cxr_cli import errors
 from tfrecords import schema
 from trainer.evaluation import calibration as calibration_lib
 from trainer.evaluation import tta as tta_lib
@@ -85,19 +86,23 @@ def list_images(images: str | Sequence[str]) -> list[str]:
         if any(c in spec for c in "*?["):
             matches = sorted(tf.io.gfile.glob(spec))
             if not matches:
-                raise ValueError(f"--images pattern {spec!r} matches no file.")
+                raise errors.ValidationError(f"--images pattern {spec!r} matches no file.")
             found.extend(matches)
         elif tf.io.gfile.isdir(spec):
             folder = []
             for root, _, files in tf.io.gfile.walk(spec):
                 folder.extend(os.path.join(root, f) for f in files if f.lower().endswith(PNG_SUFFIXES))
             if not folder:
-                raise ValueError(f"--images folder {spec!r} holds no .png file (searched recursively).")
+                raise errors.ValidationError(
+                    f"--images folder {spec!r} holds no .png file (searched recursively)."
+                )
             found.extend(sorted(folder))
         elif tf.io.gfile.exists(spec):
             found.append(spec)  # An explicit file is predicted (or reported) whatever its name.
         else:
-            raise ValueError(f"--images path {spec!r} does not exist; give PNG files, a folder or a glob.")
+            raise errors.ValidationError(
+                f"--images path {spec!r} does not exist; give PNG files, a folder or a glob."
+            )
     return found
 
 
@@ -115,7 +120,7 @@ def read_thresholds(run_dir: str, path: str | None = None) -> Thresholds:
     path = path or run_dir_lib.path(run_dir, run_dir_lib.THRESHOLDS_FILE)
     if not tf.io.gfile.exists(path):
         if path_given:
-            raise ValueError(f"--thresholds file {path!r} does not exist.")
+            raise errors.ValidationError(f"--thresholds file {path!r} does not exist.")
         return Thresholds(
             {label: DEFAULT_THRESHOLD for label in schema.LABELS},
             f"default {DEFAULT_THRESHOLD} ({path} not found; run trainer.evaluation.pipeline to choose thresholds)",
@@ -126,7 +131,7 @@ def read_thresholds(run_dir: str, path: str | None = None) -> Thresholds:
             data = json.load(f)
             given = dict(data["thresholds"])
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: expected a JSON object with 'thresholds' ({e}).") from e
+            raise errors.ValidationError(f"{path}: expected a JSON object with 'thresholds' ({e}).") from e
     values, defaulted = {}, []
     for label in schema.LABELS:
         value = given.get(label)
@@ -166,7 +171,7 @@ class _Serving:
 
     def __init__(self, export_dir: str, *, tta: str = "none"):
         if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
-            raise ValueError(
+            raise errors.ValidationError(
                 f"{export_dir} holds no SavedModel; train and export the run first (make train)."
             )
         from trainer.model import export as export_lib
@@ -257,11 +262,11 @@ def predict(
       ValueError: bad arguments, no images, missing export or checkpoint.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise errors.ValidationError(f"batch_size must be >= 1, got {batch_size}.")
     if gradcam_top_k < 1:
-        raise ValueError(f"gradcam_top_k must be >= 1, got {gradcam_top_k}.")
+        raise errors.ValidationError(f"gradcam_top_k must be >= 1, got {gradcam_top_k}.")
     if tta not in tta_lib.TTA_MODES:
-        raise ValueError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
+        raise errors.ValidationError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
     paths = list_images(images)
     thresholds = read_thresholds(run_dir, thresholds_path)
     _warn_about_thresholds(thresholds, tta)
@@ -364,7 +369,9 @@ class _GradCamWriter:
 
         checkpoint = run_dir_lib.path(run_dir, run_dir_lib.BEST_CHECKPOINT)
         if not tf.io.gfile.exists(checkpoint):
-            raise ValueError(f"--gradcam needs the Keras model {checkpoint}, which does not exist.")
+            raise errors.ValidationError(
+                f"--gradcam needs the Keras model {checkpoint}, which does not exist."
+            )
         self._lib = gradcam_lib
         self._cam = gradcam_lib.GradCam(models.load_model(checkpoint))
         self._output_dir = output_dir or os.path.join(run_dir, run_dir_lib.PREDICTIONS_DIR, "gradcam")
@@ -433,10 +440,16 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         if self.tta not in tta_lib.TTA_MODES:
-            raise ValueError(f"PredictConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}.")
+            raise errors.ValidationError(
+                f"PredictConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}."
+            )
         if not self.images:
-            raise ValueError("PredictConfig.images must name at least one file, folder or glob, got ().")
+            raise errors.ValidationError(
+                "PredictConfig.images must name at least one file, folder or glob, got ()."
+            )
         if self.batch_size < 1:
-            raise ValueError(f"PredictConfig.batch_size must be >= 1, got {self.batch_size}.")
+            raise errors.ValidationError(f"PredictConfig.batch_size must be >= 1, got {self.batch_size}.")
         if self.gradcam_top_k < 1:
-            raise ValueError(f"PredictConfig.gradcam_top_k must be >= 1, got {self.gradcam_top_k}.")
+            raise errors.ValidationError(
+                f"PredictConfig.gradcam_top_k must be >= 1, got {self.gradcam_top_k}."
+            )
