@@ -101,7 +101,7 @@ def run() -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """This binary's flags, then absl's own; the flags neither defines are Beam's, left in argv."""
-    if "--help" in argv[1:] or "-h" in argv[1:]:
+    if launch.wants_help(argv):
         print((sys.modules["__main__"].__doc__ or "").rstrip() + "\n\nflags:\n" + FLAGS.get_help())
         sys.exit(0)
     return flags.FLAGS(FLAGS(argv, known_only=True), known_only=True)

@@ -88,6 +88,12 @@ def inspect() -> None:
     launch("cxr-inspect")
 
 
+def wants_help(argv: list[str]) -> bool:
+    """Whether the command line asks for help (`--help`, `-h`, `-?`, `--helpshort`) before any `--`."""
+    args = argv[1 : argv.index("--") if "--" in argv else len(argv)]
+    return any(arg in ("--help", "-help", "-h", "-?", "--helpshort") for arg in args)
+
+
 def run_binary(
     main: Callable[[list[str]], Any],
     *,
@@ -119,6 +125,8 @@ def run_binary(
     sys.modules["__main__"].__doc__ = (doc or "").rstrip() + "\n" + COMMON_HELP
     wrapped = errors.exit_on_expected_errors(main, program=errors.command_name(module))
     if flags_parser is None:
+        if wants_help(sys.argv):  # absl's own --help exits with status 1.
+            app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
         app.run(wrapped)
     else:
         app.run(wrapped, flags_parser=flags_parser)
