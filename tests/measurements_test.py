@@ -238,3 +238,128 @@ class CommittedFiguresTest(tf.test.TestCase):
         with open(os.path.join(ROOT, measurements.README)) as f:
             readme = f.read()
         self.assertIn(measurements.render_excerpt(figures), readme, "run `make measurements`")
+
+
+# One tiny JSON per benchmark, shaped as the benchmark writes it (see each benchmarks/*.py).
+_SAMPLES = {
+    "bench-tfrecords.json": {
+        "image_size": 256,
+        "load_average": {"start": "1.0 1 1", "end": "1.5 1 1"},
+        "ratios": {
+            "png_vs_raw_bytes": 0.54,
+            "read_raw_vs_png": 6.5,
+            "job_vs_floor": 0.9,
+            "job_png_vs_floor": 0.75,
+        },
+    },
+    "bench-input.json": {
+        "image_size": 256,
+        "batch_size": 32,
+        "load_average_start": [1.0, 1.0, 1.0],
+        "cases": {
+            "ours_read": {"images_per_second": 16000.4},
+            "ours_augment": {"images_per_second": 3506.0},
+            "train_dataset_jit_false": {"images_per_second": 7.0, "input_wait_share": 0.001},
+        },
+        "ratios": {"parse_per_batch_vs_per_record": 1.55, "ours_augment_vs_best_baseline": 13.5},
+    },
+    "bench-train.json": _bench_train_json((2.0, 3.0)),
+    "nih-scale.json": {
+        "date": "2026-11-26 13:52:00",
+        "machine": "2-core x86_64",
+        "labels_csv": "/mnt/private/Data_Entry_2017_v2020.csv.gz",
+        "job": {"rows": 112120, "seconds": 758.5, "images_per_s": 147.8, "peak_rss_mb": 667, "shards": 66}
+        | {"shard_mb_min": 99.7, "shard_mb_max": 119.2, "records_gb": 7.38},
+        "job_vs_floor": 0.993,
+        "read": {"images_per_s": 20570.0},
+        "train": {"error": "ValueError: no"},
+    },
+    "train-attribution.json": {
+        "date": "2026-11-26 14:10:00 UTC",
+        "load_average_1min": {"before": 0.5, "after": 1.6},
+        "runs": [
+            {
+                "profile": "demo",
+                "variant": "after",
+                "image_size": 64,
+                "batch_size": 32,
+                "run_config": {"dtype_policy": "float32"},
+                "fit_images_per_second": 292.34,
+                "ratios": {"fit/bare": 1.14, "cpu_cores": 1.76, "epoch_spread": 0.028},
+            }
+        ],
+        "loop_floor": [{"steps_per_execution": 6, "epoch_seconds_per_step": 0.00263}],
+        "model_flops": [
+            {"profile": "full", "image_size": 256, "parameters": 2020000, "forward_flops_per_image": 19.4e9}
+        ],
+    },
+    "bootstrap.json": {
+        "cases": [{"case": "vectorized NIH test size 25596 images x 1000 resamples", "seconds": 21.7}],
+        "ratios": {"sklearn_over_vectorized": 47.0, "max_abs_difference": 1.1e-16},
+    },
+    "demo_render.json": [
+        {
+            "render_size": s,
+            "encoder": e,
+            "image_size": 1024,
+            "compress_level": 1,
+            "total_ms": t,
+            "images_per_second": 1000 / t,
+        }
+        for s, e, t in ((256, "up", 200.0), (256, "pil", 150.0), (1024, "up", 1600.0))
+    ],
+    "demo_separability.json": [{"model": "logistic 32x32", "mean_auc": 0.9312}],
+    "gradcam_layers.json": {
+        "results": [
+            {
+                "layers": ["decoder_output"],
+                "pairs": 19,
+                "pointing_game": 0.3,
+                "energy_inside": 0.1,
+                "iou": 0.05,
+            }
+        ]
+    },
+}
+_EXPECTED = {
+    "records.png_vs_raw_bytes": 0.54,
+    "train.step.256.resunet.depth=3.base_filters=32.bf16": 3.0,
+    "nih.job.seconds": 758.5,
+    "nih.shards": "66 shards of 99.7-119.2 MB, 7.38 GB",
+    "nih.read": 20570.0,
+    "records.raw_vs_png_conversion": 1.2,  # 0.9 / 0.75.
+    "input.ours_read": 16000.0,
+    "input.parse_per_batch_vs_per_record": 1.55,
+    "input.wait_share": 0.1,  # 0.001 as a percentage.
+    "loop.demo.after.fit": 292.3,
+    "loop.demo.after.spread": 2.8,
+    "loop.floor.spe6": 2.63,  # ms.
+    "model.flops.full": 19.4,
+    "eval.bootstrap.vs_sklearn": 47.0,
+    "eval.bootstrap.nih_test_seconds": 21.7,
+    "demo.render.256": 5.0,  # The generator's own encoder ("up", level 1), not the faster "pil".
+    "demo.render.speedup": 8.0,  # 1600 / 200 ms.
+    "demo.separability.logistic_32x32": 0.931,
+    "eval.gradcam.decoder_output": "0.300 / 0.100 / 0.050",
+}
+
+
+class ExtractorsTest(tf.test.TestCase):
+    def test_every_benchmark_json_gives_valid_dated_figures(self):
+        self.assertEqual(set(_SAMPLES), set(measurements.EXTRACTORS))
+        folder = os.path.join(self.get_temp_dir(), "bench")
+        os.makedirs(folder)
+        for name, data in _SAMPLES.items():
+            with open(os.path.join(folder, name), "w") as f:
+                json.dump(data, f)
+        figures = {f["id"]: f for f in measurements.collect(folder, machine="x")}
+        for figure in figures.values():
+            measurements.check_figure(figure, figure["source"])
+        self.assertEqual({k: figures[k]["value"] for k in _EXPECTED}, _EXPECTED)
+        self.assertEqual(figures["loop.demo.after.fit"]["date"], "2026-11-26 14:10")
+        self.assertEqual(figures["loop.demo.after.fit"]["note"], "load 0.5-1.6")
+        self.assertEqual(figures["records.read_raw_vs_png"]["command"], "make bench-tfrecords")
+        self.assertEqual(measurements.format_value(figures["records.png_vs_raw_bytes"]), "0.54x")
+        self.assertNotIn("nih.train", figures)  # The training case failed: no figure.
+        self.assertIn("NIH_LABELS_CSV=", figures["nih.job.seconds"]["command"])
+        self.assertNotIn("/mnt/private", figures["nih.job.seconds"]["command"])  # No local path in the docs.
