@@ -280,67 +280,43 @@ def train_step_figures(data: Mapping[str, Any]) -> list[Figure]:
     return figures
 
 
+def _loop_run_figures(run: Mapping[str, Any]) -> list[Figure]:
+    """One `profile_train` run: `fit` images/s, fit/bare, cores busy, epoch spread."""
+    key = f"loop.{run['profile']}.{run['variant']}"
+    policy = run.get("run_config", {}).get("dtype_policy", "")
+    size = run["image_size"]
+    setting = f"{run['profile']} profile, {size}x{size}, batch {run['batch_size']}, variant `{run['variant']}`, {policy}"
+    ratios = run["ratios"]
+    rows = (
+        ("fit", "`fit` images/s", run["fit_images_per_second"], "images/s", 1),
+        ("fit_vs_bare", "`fit` / bare training step images/s", ratios["fit/bare"], "x", 2),
+        ("cores", "CPU cores busy during epochs", ratios["cpu_cores"], "cores", 2),
+        ("spread", "epoch-to-epoch spread", 100 * ratios["epoch_spread"], "%", 1),
+    )
+    return [
+        _fig(f"{key}.{name}", "Training loop", f"{what} ({setting})", value, unit, digits)
+        for name, what, value, unit, digits in rows
+    ]
+
+
 def loop_figures(data: Mapping[str, Any]) -> list[Figure]:
     """runs/bench/train-attribution.json: the training loop per profile and variant, its floor, FLOPs."""
     figures, section = [], "Training loop"
     for run in data.get("runs", []):
-        key = f"loop.{run['profile']}.{run['variant']}"
-        policy = run.get("run_config", {}).get("dtype_policy", "")
-        setting = f"{run['profile']} profile, {run['image_size']}x{run['image_size']}, batch {run['batch_size']}, variant `{run['variant']}`, {policy}"
-        ratios = run["ratios"]
-        figures += [
-            _fig(
-                f"{key}.fit",
-                section,
-                f"`fit` images/s ({setting})",
-                run["fit_images_per_second"],
-                "images/s",
-                1,
-            ),
-            _fig(
-                f"{key}.fit_vs_bare",
-                section,
-                f"`fit` / bare training step images/s ({setting})",
-                ratios["fit/bare"],
-                "x",
-                2,
-            ),
-            _fig(
-                f"{key}.cores",
-                section,
-                f"CPU cores busy during epochs ({setting})",
-                ratios["cpu_cores"],
-                "cores",
-                2,
-            ),
-            _fig(
-                f"{key}.spread",
-                section,
-                f"epoch-to-epoch spread ({setting})",
-                100 * ratios["epoch_spread"],
-                "%",
-                1,
-            ),
-        ]
+        figures += _loop_run_figures(run)
     for row in data.get("loop_floor", []):
         k = row["steps_per_execution"]
         what = f"the loop's own cost (one-layer model, the trainer's metrics and callbacks), {k} step(s) per call"
-        figures.append(
-            _fig(f"loop.floor.spe{k}", section, what, 1000 * row["epoch_seconds_per_step"], "ms/step", 2)
-        )
+        cost = 1000 * row["epoch_seconds_per_step"]
+        figures.append(_fig(f"loop.floor.spe{k}", section, what, cost, "ms/step", 2))
     for row in data.get("model_flops", []):
         size, params = row["image_size"], row["parameters"] / 1e6
-        what = f"model cost, forward pass per image, {row['profile']} profile at {size}x{size} ({params:.2f} M parameters; multiply-add = 2)"
-        figures.append(
-            _fig(
-                f"model.flops.{row['profile']}",
-                section,
-                what,
-                row["forward_flops_per_image"] / 1e9,
-                "GFLOP",
-                3,
-            )
+        what = (
+            f"model cost, forward pass per image, {row['profile']} profile at {size}x{size} "
+            f"({params:.2f} M parameters; multiply-add = 2)"
         )
+        gflop = row["forward_flops_per_image"] / 1e9
+        figures.append(_fig(f"model.flops.{row['profile']}", section, what, gflop, "GFLOP", 3))
     return figures
 
 
