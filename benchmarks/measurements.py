@@ -94,7 +94,9 @@ def check_figure(figure: Mapping[str, Any], where: str) -> None:
 def merge(store: Iterable[Figure], fresh: Iterable[Figure]) -> list[Figure]:
     """One current record per id: the newer date wins, and on equal dates the fresh record.
 
-    Returns the records in page order (`_order`); superseded records are dropped.
+    Returns the records in page order: by section, the `HEADLINE` figures first; otherwise a
+    figure keeps its place in the store and a new one comes after its section's others.
+    Superseded records are dropped.
     """
     current: dict[str, Figure] = {}
     for figure in store:
@@ -102,14 +104,13 @@ def merge(store: Iterable[Figure], fresh: Iterable[Figure]) -> list[Figure]:
     for figure in fresh:
         old = current.get(figure["id"])
         if old is None or parse_date(figure["date"]) >= parse_date(old["date"]):
-            current[figure["id"]] = dict(figure)
+            current[figure["id"]] = dict(figure)  # An existing key keeps its place.
     return sorted(current.values(), key=_order)
 
 
-def _order(figure: Figure) -> tuple[int, int, str]:
-    """Page order: by section; in a section the `HEADLINE` figures first, in that order, then by id."""
+def _order(figure: Figure) -> tuple[int, int]:
     rank = HEADLINE.index(figure["id"]) if figure["id"] in HEADLINE else len(HEADLINE)
-    return SECTIONS.index(figure["section"]), rank, figure["id"]
+    return SECTIONS.index(figure["section"]), rank
 
 
 def read_store(path: str) -> list[Figure]:
@@ -531,8 +532,8 @@ def _file_figures(path: str, name: str, machine: str) -> list[Figure]:
 def format_value(figure: Mapping[str, Any]) -> str:
     value, unit = figure["value"], figure.get("unit", "")
     text = f"{value:,}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
-    if unit == "x":
-        return f"{text}x"
+    if unit in ("x", "%"):
+        return f"{text}{unit}"
     return f"{text} {unit}".strip()
 
 

@@ -67,11 +67,19 @@ class MergeTest(tf.test.TestCase):
         fresh = _figure(value=5.0)
         self.assertEqual(measurements.merge([stored], [fresh])[0]["value"], 5.0)
 
-    def test_other_figures_are_kept_and_sorted_by_section_then_id(self):
-        stored = [_figure("z.loop", section="Training loop"), _figure("b.step")]
-        fresh = [_figure("a.step"), _figure("m.train", section="make train")]
+    def test_other_figures_keep_their_place_and_new_ones_follow_their_section(self):
+        stored = [_figure("z.loop", section="Training loop"), _figure("b.step"), _figure("c.step")]
+        fresh = [_figure("a.step"), _figure("c.step", value=7.0), _figure("m.train", section="make train")]
         merged = measurements.merge(stored, fresh)
-        self.assertEqual([f["id"] for f in merged], ["m.train", "a.step", "b.step", "z.loop"])
+        self.assertEqual([f["id"] for f in merged], ["m.train", "b.step", "c.step", "a.step", "z.loop"])
+        self.assertEqual(merged[2]["value"], 7.0)
+
+    def test_headline_figures_lead_their_section(self):
+        first = measurements.HEADLINE[0]
+        merged = measurements.merge(
+            [_figure("a", section="make train")], [_figure(first, section="make train")]
+        )
+        self.assertEqual([f["id"] for f in merged], [first, "a"])
 
 
 class CheckFigureTest(tf.test.TestCase):
