@@ -123,13 +123,17 @@ class EvaluateConfig:
         if self.batch_size < 1:
             raise console.ValidationError(f"EvaluateConfig.batch_size must be >= 1, got {self.batch_size}.")
         if self.tta not in tta_lib.TTA_MODES:
-            raise console.ValidationError(f"EvaluateConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}.")
+            raise console.ValidationError(
+                f"EvaluateConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}."
+            )
         if self.calibration not in CALIBRATION_METHODS:
             raise console.ValidationError(
                 f"EvaluateConfig.calibration must be one of {CALIBRATION_METHODS}, got {self.calibration!r}."
             )
         if self.boxes_image_size < 1:
-            raise console.ValidationError(f"EvaluateConfig.boxes_image_size must be >= 1, got {self.boxes_image_size}.")
+            raise console.ValidationError(
+                f"EvaluateConfig.boxes_image_size must be >= 1, got {self.boxes_image_size}."
+            )
         if self.bootstrap_resamples < 0:
             raise console.ValidationError(
                 f"EvaluateConfig.bootstrap_resamples must be >= 0, got {self.bootstrap_resamples}."
@@ -194,7 +198,9 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
         source = "export" if has_export else "checkpoint"
     if source == "export":
         if not has_export:
-            raise console.ValidationError(f"{export_dir} holds no SavedModel; export the run or use --model=checkpoint.")
+            raise console.ValidationError(
+                f"{export_dir} holds no SavedModel; export the run or use --model=checkpoint."
+            )
         from trainer.model import export as export_lib  # The trainer's module: labels.json reader.
 
         image_size = int(export_lib.read_labels(export_dir)["image_size"])
@@ -208,7 +214,9 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
         fn.loaded = loaded  # type: ignore[attr-defined]
         return Predictor(fn, export_dir, "export", image_size)
     if not tf.io.gfile.exists(checkpoint):
-        raise console.ValidationError(f"{checkpoint} does not exist, and neither does a SavedModel in {export_dir}.")
+        raise console.ValidationError(
+            f"{checkpoint} does not exist, and neither does a SavedModel in {export_dir}."
+        )
     from trainer.model import models
 
     model = models.load_model(checkpoint)
@@ -241,7 +249,9 @@ def predict_split(
     if tta not in tta_lib.TTA_MODES:
         raise console.ValidationError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
     if split not in manifest.splits or manifest.splits[split].records == 0:
-        raise console.ValidationError(f"Records directory {records_dir!r} has no {split!r} records to evaluate.")
+        raise console.ValidationError(
+            f"Records directory {records_dir!r} has no {split!r} records to evaluate."
+        )
     if manifest.image_size != predictor.image_size:
         raise console.ValidationError(
             f"The records in {records_dir!r} are {manifest.image_size}x{manifest.image_size} but the model "
