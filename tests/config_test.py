@@ -197,7 +197,9 @@ class CommandLineTest(tf.test.TestCase):
         self.assertIn("--noaugment_horizontal_flip\n", text)
         self.assertEqual(_parse([f"--flagfile={path}"]), recorded)
         # A flag after the file overrides it, as on any command line.
-        self.assertEqual(_parse([f"--flagfile={path}", "--epochs=3"]), dataclasses.replace(recorded, epochs=3))
+        self.assertEqual(
+            _parse([f"--flagfile={path}", "--epochs=3"]), dataclasses.replace(recorded, epochs=3)
+        )
 
     def test_without_a_run_the_flagfile_holds_the_command_lines_config(self):
         path = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()), "run.flags")
