@@ -1,15 +1,14 @@
 """The console scripts of pyproject.toml, run as a user runs them: `--help`, errors, `python -m`.
 
-Each command runs in a subprocess. When the environment's bin/ holds the script installed from
-this checkout's pyproject.toml (a fresh clone after `make setup`), the test runs that script;
-otherwise (an environment installed from another checkout, whose scripts may name other entry
-points) it runs the same entry function the script would, through `python -c`, with the
-command's name as `sys.argv[0]`, as the script does.
+Each command runs in a subprocess. When the environment's bin/ holds pip's wrapper of the entry
+point this checkout's pyproject.toml names (a fresh clone after `make setup`), the test runs that
+script; otherwise (an environment installed from another checkout, whose scripts may call other
+entry points) it runs the same entry function the wrapper would, through `python -c`, with the
+command's name as `sys.argv[0]`, as the wrapper does.
 """
 
 import concurrent.futures
 import dataclasses
-import importlib.metadata
 import os
 import re
 import subprocess
@@ -46,12 +45,12 @@ _STARTUP = re.compile(r"absl::InitializeLog|\] oneDNN|cuda|cpu_feature_guard|reb
 
 def command(name):
     """The argv that runs console script `name` as installed from this checkout."""
-    target = SCRIPTS[name]
+    module, function = SCRIPTS[name].split(":")
     installed = os.path.join(os.path.dirname(sys.executable), name)
-    entry_points = importlib.metadata.entry_points(group="console_scripts", name=name)
-    if os.access(installed, os.X_OK) and [ep.value for ep in entry_points] == [target]:
-        return [installed]
-    module, function = target.split(":")
+    if os.access(installed, os.X_OK):
+        with open(installed, encoding="utf-8", errors="replace") as f:
+            if f"from {module} import {function}\n" in f.read():  # pip's wrapper of this entry point.
+                return [installed]
     code = f"import sys; sys.argv[0] = {name!r}; from {module} import {function}; sys.exit({function}())"
     return [sys.executable, "-c", code]
 
