@@ -178,7 +178,7 @@ class PredictTest(parameterized.TestCase, tf.test.TestCase):
             predict.list_images(os.path.join(self.get_temp_dir(), "nowhere.png"))
         empty = os.path.join(self.get_temp_dir(), "empty_folder")
         os.makedirs(empty, exist_ok=True)
-        with self.assertRaisesRegex(ValueError, "holds no .png file"):
+        with self.assertRaisesRegex(ValueError, r"holds no \.png, \.jpg or \.jpeg file"):
             predict.list_images(empty)
         with self.assertRaisesRegex(ValueError, "matches no file"):
             predict.list_images(os.path.join(empty, "*.png"))
