@@ -39,6 +39,8 @@ _PROBE = """<script>
 window.addEventListener("load", () => {
   const out = document.createElement("pre");
   out.id = "probe";
+  const root = document.documentElement;
+  out.dataset.overflow = root.scrollWidth - root.clientWidth;  // > 0: something is wider than the window.
   out.textContent = Array.from(document.images).map((im) => im.naturalWidth + "x" + im.naturalHeight).join(" ");
   document.body.appendChild(out);
 });
@@ -153,7 +155,8 @@ class HtmlPageTest(tf.test.TestCase):
             low, high = finding["auc_ci_low"], finding["auc_ci_high"]
             interval = "undefined" if low is None else f"{report.fmt(low)}–{report.fmt(high)}"
             row = re.search(
-                rf"<tr><td>{re.escape(finding['label'])}</td><td>([^<]*)</td><td>([^<]*)</td>", self.page
+                rf"<tr><td>{re.escape(finding['label'])}</td><td>([^<]*)</td><td>(?:<span class=\"iv\">)?([^<]*)(?:</span>)?</td>",
+                self.page,
             )
             self.assertIsNotNone(row, finding["label"])
             self.assertEqual(row.groups(), (report.fmt(finding["auc"]), interval))
@@ -188,9 +191,10 @@ class HtmlPageTest(tf.test.TestCase):
             [*base, "--virtual-time-budget=5000", "--dump-dom", f"file://{probe}"],
             capture_output=True, text=True, timeout=120, check=True,
         ).stdout  # fmt: skip
-        sizes = re.search(r'<pre id="probe">([^<]*)</pre>', dom)
-        self.assertIsNotNone(sizes, dom[-2000:])
-        sizes = sizes.group(1).split()
+        probed = re.search(r'<pre id="probe" data-overflow="(-?\d+)">([^<]*)</pre>', dom)
+        self.assertIsNotNone(probed, dom[-2000:])
+        self.assertLessEqual(int(probed.group(1)), 0)  # Nothing wider than the window.
+        sizes = probed.group(2).split()
         self.assertLen(sizes, self.page.count("<img "))
         self.assertNotIn("0x0", sizes)  # A broken image has no natural size.
 

@@ -60,7 +60,7 @@ h2 { border-bottom: 2px solid #dde2ea; padding-bottom: 4px; margin-top: 2em; }
 nav a { margin-right: 1em; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; display: block; max-width: 100%;
         overflow-x: auto; }
-th, td { border: 1px solid #d5dae3; padding: 4px 8px; text-align: right; } td { white-space: nowrap; }
+th, td { border: 1px solid #d5dae3; padding: 4px 6px; text-align: right; } .iv { white-space: nowrap; }
 p, li, td, code { overflow-wrap: anywhere; }
 th { background: #eef1f6; } td:first-child, th:first-child { text-align: left; }
 table.facts td { text-align: left; }
@@ -68,7 +68,7 @@ tr.mean td { font-weight: 600; background: #f7f9fc; }
 .headline { font-size: 1.25em; } .muted { color: #5b6574; } code { background: #f0f2f5; padding: 0 3px; }
 img { max-width: 100%; } figure { margin: 1em 0; } figure img { border: 1px solid #e3e6eb; }
 figcaption { color: #5b6574; font-size: 0.9em; } .missing { color: #9a5b00; }
-.ci { display: inline-block; position: relative; width: 120px; height: 10px; background: #eef1f6;
+.ci { display: inline-block; position: relative; width: 90px; height: 10px; background: #eef1f6;
       vertical-align: middle; } .ci span { position: absolute; top: 2px; height: 6px; background: #4a7bd0; }
 .ci i { position: absolute; top: 0; width: 2px; height: 10px; background: #1d2430; }
 """
@@ -186,7 +186,9 @@ def _summary(report: Mapping[str, Any]) -> str:
 
 
 def _interval(low: Any, high: Any) -> str:
-    return report_lib.UNDEFINED if low is None or high is None else f"{_fmt(low)}–{_fmt(high)}"
+    if low is None or high is None:
+        return report_lib.UNDEFINED
+    return f'<span class="iv">{_fmt(low)}–{_fmt(high)}</span>'
 
 
 def _ci_bar(auc: Any, low: Any, high: Any) -> str:
