@@ -51,6 +51,15 @@ class ApiImportTest(tf.test.TestCase):
         self.assertEqual(out.stdout.strip(), "none", out.stderr)
 
 
+class ApiNamesTest(tf.test.TestCase):
+    def test_names_load_on_access(self):
+        self.assertIs(api.Run, loaded_run.Run)
+        self.assertEqual(api.LABELS, schema.LABELS)
+        self.assertEqual(api.finding_column("No Finding"), "finding_No Finding")
+        with self.assertRaisesRegex(AttributeError, "has no attribute 'predict'"):
+            api.predict  # noqa: B018
+
+
 class ApiTest(tf.test.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -241,6 +250,22 @@ class ApiOneModelTest(tf.test.TestCase):
             json.dump(labels | {"weights_sha256": "0" * 64}, f)
         with self.assertRaisesRegex(ValueError, r"sha256 [0-9a-f]{64}, but .*labels\.json records 0000"):
             api.load_run(self.run_dir).gradcam(self.pixels, 0)
+
+    def test_the_resunet_gets_the_export_weights(self):
+        # The trainer's model: batch norm statistics, a pooled bottleneck and augmentation state.
+        model = models.build_model("resunet", image_size=32, depth=2, base_filters=4)
+        run_dir = fake_data.write_fake_run(
+            os.path.join(self.get_temp_dir(), "resunet"), "unused", image_size=32, model=model
+        )
+        run = api.load_run(run_dir)
+        self.assertEqual(run.weights_sha256, runner.weights_digest(model))
+        heat = run.gradcam(_pattern(45, 61), "Mass")
+        expected = gradcam.GradCam(model).maps(
+            loaded_run.decode_pixels(_encoded(_pattern(45, 61), "PNG"), 32),
+            [schema.LABELS.index("Mass")],
+            output_size=(45, 61),
+        )[0]
+        self.assertAllClose(heat, expected, atol=1e-5)
 
     def test_a_checkpoint_of_another_architecture_is_refused(self):
         inputs = keras.Input((32, 32, 1), name="images")

@@ -115,12 +115,7 @@ def predict(
     Raises:
       ValueError: bad arguments, no images, missing export or checkpoint.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if gradcam_top_k < 1:
-        raise ValueError(f"gradcam_top_k must be >= 1, got {gradcam_top_k}.")
-    if tta not in tta_lib.TTA_MODES:
-        raise ValueError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
+    _check_arguments(batch_size, gradcam_top_k, tta)
     paths = list_images(images)
     run = loaded_run.Run(run_dir, thresholds_path=thresholds_path)
     _warn_about_thresholds(run.thresholds, tta)
@@ -138,6 +133,15 @@ def predict(
     output_csv = output_csv or os.path.join(run_dir, run_dir_lib.PREDICTIONS_DIR, "predictions.csv")
     write_csv(output_csv, results)
     return results, run.thresholds, output_csv
+
+
+def _check_arguments(batch_size: int, gradcam_top_k: int, tta: str) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if gradcam_top_k < 1:
+        raise ValueError(f"gradcam_top_k must be >= 1, got {gradcam_top_k}.")
+    if tta not in tta_lib.TTA_MODES:
+        raise ValueError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
 
 
 def _warn_about_thresholds(thresholds: Thresholds, tta: str) -> None:
