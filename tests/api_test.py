@@ -17,7 +17,8 @@ from PIL import Image
 from tests import fake_data
 from tfrecords import schema
 from trainer import api
-from trainer.evaluation import calibration, report
+from trainer.evaluation import calibration
+from trainer.evaluation.report import tables
 from trainer.model import gradcam, models
 from trainer.prediction import loaded_run
 from trainer.training import runner
@@ -160,7 +161,7 @@ class ApiTest(tf.test.TestCase):
             "Cardiomegaly": float(raw["Cardiomegaly"][0]) + 1e-4,
             "Hernia": None,
         }
-        path = report.write_thresholds_json(
+        path = tables.write_thresholds_json(
             os.path.join(self.get_temp_dir(), "thresholds.json"),
             values,
             source_split="val",

@@ -20,8 +20,9 @@ import tensorflow as tf
 from PIL import Image
 
 from tests import fake_data
-from trainer.evaluation import html_page, report
+from trainer.evaluation import html_page
 from trainer.evaluation import pipeline as evaluate
+from trainer.evaluation.report import files, formatting
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = (
@@ -99,7 +100,11 @@ class HtmlPageTest(tf.test.TestCase):
                 (fake_data.metadata_for(21).image_index, "Effusion", 500, 100, 400, 600),
             ],
         )
-        evaluate.evaluate(run_dir, bootstrap_resamples=50, batch_size=8, boxes_csv=boxes_csv)
+        evaluate.evaluate(
+            evaluate.EvaluateConfig(
+                run_dir=run_dir, bootstrap_resamples=50, batch_size=8, boxes_csv=boxes_csv
+            )
+        )
         cls.reports_dir = os.path.join(run_dir, "reports")
         with open(os.path.join(cls.reports_dir, html_page.MODEL_CARD_MD), "w") as f:
             f.write(_MODEL_CARD)
@@ -117,7 +122,7 @@ class HtmlPageTest(tf.test.TestCase):
         images = [attrs for tag, attrs in _tags(self.page) if tag == "img"]
         pngs = sorted(name for name in os.listdir(self.reports_dir) if name.endswith(".png"))
         self.assertContainsSubset(
-            [report.ROC_PNG, report.TRAINING_PNG, report.RELIABILITY_PNG, report.LOCALIZATION_PNG], pngs
+            [files.ROC_PNG, files.TRAINING_PNG, files.RELIABILITY_PNG, files.LOCALIZATION_PNG], pngs
         )
         # Each PNG of the folder once in its section, plus the model card's own reference to the ROC curves.
         self.assertLen(images, len(pngs) + 1)
@@ -125,7 +130,7 @@ class HtmlPageTest(tf.test.TestCase):
             self.assertTrue(attrs["src"].startswith("data:image/png;base64,"), attrs["alt"])
             decoded = Image.open(io.BytesIO(base64.b64decode(attrs["src"].split(",", 1)[1])))
             self.assertGreater(min(decoded.size), 100, attrs["alt"])
-        with open(os.path.join(self.reports_dir, report.ROC_PNG), "rb") as f:
+        with open(os.path.join(self.reports_dir, files.ROC_PNG), "rb") as f:
             roc = "data:image/png;base64," + base64.b64encode(f.read()).decode("ascii")
         self.assertIn(roc, [attrs["src"] for attrs in images])
         # Nothing that a browser would load from elsewhere: no script, stylesheet link or remote source.
@@ -136,7 +141,7 @@ class HtmlPageTest(tf.test.TestCase):
         self.assertIn("&lt;script&gt;alert(1)&lt;/script&gt;", self.page)
 
     def test_sections_and_the_numbers_of_auc_json(self):
-        with open(os.path.join(self.reports_dir, report.AUC_JSON)) as f:
+        with open(os.path.join(self.reports_dir, files.AUC_JSON)) as f:
             data = json.load(f)
         test = data["splits"]["test"]
         for section in (
@@ -149,17 +154,19 @@ class HtmlPageTest(tf.test.TestCase):
             "model-card",
         ):
             self.assertIn(f'<section id="{section}">', self.page)
-        self.assertIn(f"Mean AUC over the 14 findings: <b>{report.fmt(test['mean_auc_14'])}</b>", self.page)
+        self.assertIn(
+            f"Mean AUC over the 14 findings: <b>{formatting.fmt(test['mean_auc_14'])}</b>", self.page
+        )
         # The per-finding table: one row per label with its AUC and interval.
         for finding in test["findings"]:
             low, high = finding["auc_ci_low"], finding["auc_ci_high"]
-            interval = "undefined" if low is None else f"{report.fmt(low)}–{report.fmt(high)}"
+            interval = "undefined" if low is None else f"{formatting.fmt(low)}–{formatting.fmt(high)}"
             row = re.search(
                 rf"<tr><td>{re.escape(finding['label'])}</td><td>([^<]*)</td><td>(?:<span class=\"iv\">)?([^<]*)(?:</span>)?</td>",
                 self.page,
             )
             self.assertIsNotNone(row, finding["label"])
-            self.assertEqual(row.groups(), (report.fmt(finding["auc"]), interval))
+            self.assertEqual(row.groups(), (formatting.fmt(finding["auc"]), interval))
         self.assertIn("<h3>Model card: tiny</h3>", self.page)
         self.assertIn("<td>best epoch</td>", self.page)
         self.assertIn("Pointing game", self.page)
@@ -171,9 +178,9 @@ class HtmlPageTest(tf.test.TestCase):
     def test_missing_figures_are_named_and_missing_auc_json_is_an_error(self):
         folder = os.path.join(self.get_temp_dir(), "partial")
         os.makedirs(folder, exist_ok=True)
-        shutil.copy(os.path.join(self.reports_dir, report.AUC_JSON), folder)
+        shutil.copy(os.path.join(self.reports_dir, files.AUC_JSON), folder)
         page = html_page.render_page(folder)
-        self.assertIn(f"{report.ROC_PNG}: not in this reports folder.", page)
+        self.assertIn(f"{files.ROC_PNG}: not in this reports folder.", page)
         self.assertIn(f"{html_page.MODEL_CARD_MD}: not in this reports folder.", page)
         self.assertNotIn("<img", page)
         with self.assertRaisesRegex(ValueError, r"auc\.json does not exist; evaluate the run first"):

@@ -23,28 +23,29 @@ from typing import Any
 
 import tensorflow as tf
 
-from trainer.evaluation import report as report_lib
+from trainer.evaluation.report import files as report_files
+from trainer.evaluation.report import formatting
 
 INDEX_HTML = "index.html"
 MODEL_CARD_MD = "MODEL_CARD.md"
 
 # (section title, figures in it, one line on what they show).
 FIGURE_SECTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("ROC curves", (report_lib.ROC_PNG,), "Per-finding ROC curves of the headline split."),
-    ("Training curves", (report_lib.TRAINING_PNG,), "Loss, AUC and learning rate per epoch (history.csv)."),
+    ("ROC curves", (report_files.ROC_PNG,), "Per-finding ROC curves of the headline split."),
+    ("Training curves", (report_files.TRAINING_PNG,), "Loss, AUC and learning rate per epoch (history.csv)."),
     (
         "Calibration",
-        (report_lib.RELIABILITY_PNG,),
+        (report_files.RELIABILITY_PNG,),
         "Reliability diagrams: predicted probability against the observed share of positives.",
     ),
     (
         "Localization",
-        (report_lib.LOCALIZATION_PNG, report_lib.MEAN_CAM_PNG),
+        (report_files.LOCALIZATION_PNG, report_files.MEAN_CAM_PNG),
         "Grad-CAM overlays against the bounding boxes, and mean maps over the split.",
     ),
     (
         "Data",
-        (report_lib.DISTRIBUTION_PNG, report_lib.COOCCURRENCE_PNG),
+        (report_files.DISTRIBUTION_PNG, report_files.COOCCURRENCE_PNG),
         "Label counts per split and how often findings occur together.",
     ),
 )
@@ -106,7 +107,7 @@ def render_page(reports_dir: str) -> str:
     others = [name for name in _listdir(reports_dir) if _is_image(name) and name not in shown]
     if others:
         sections.append(("other-figures", "Other figures", _figures(reports_dir, others, "")))
-    sections.append(("more-tables", "More tables (auc.md)", _markdown_file(reports_dir, report_lib.AUC_MD)))
+    sections.append(("more-tables", "More tables (auc.md)", _markdown_file(reports_dir, report_files.AUC_MD)))
     sections.append(("model-card", "Model card", _markdown_file(reports_dir, MODEL_CARD_MD)))
     nav = " ".join(f'<a href="#{anchor}">{html.escape(name)}</a>' for anchor, name, _ in sections)
     body = "\n".join(
@@ -121,7 +122,7 @@ def render_page(reports_dir: str) -> str:
 
 
 def _read_report(reports_dir: str) -> dict[str, Any]:
-    path = os.path.join(reports_dir, report_lib.AUC_JSON)
+    path = os.path.join(reports_dir, report_files.AUC_JSON)
     if not tf.io.gfile.exists(path):
         raise ValueError(f"{path} does not exist; evaluate the run first (python -m trainer.evaluate).")
     with tf.io.gfile.GFile(path) as f:
@@ -152,7 +153,7 @@ def _is_image(name: str) -> bool:
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
-    return report_lib.fmt(value, digits)
+    return formatting.fmt(value, digits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +188,7 @@ def _summary(report: Mapping[str, Any]) -> str:
 
 def _interval(low: Any, high: Any) -> str:
     if low is None or high is None:
-        return report_lib.UNDEFINED
+        return formatting.UNDEFINED
     return f'<span class="iv">{_fmt(low)}–{_fmt(high)}</span>'
 
 
@@ -323,7 +324,7 @@ def _markdown_file(reports_dir: str, name: str) -> str:
         return f'<p class="missing">{html.escape(name)}: not in this reports folder.</p>\n'
     with tf.io.gfile.GFile(path) as f:
         text = f.read()
-    if name == report_lib.AUC_MD:
+    if name == report_files.AUC_MD:
         # Its "## " sections become <h3>, under the page's <h2>.
         return render_markdown(_other_sections(text), reports_dir, heading_offset=1)
     return render_markdown(text, reports_dir, heading_offset=2)  # The card's "# " title becomes <h3>.
