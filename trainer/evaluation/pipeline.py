@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from cxr_cli import console
+from cxr_cli import config_flags, console
 from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
@@ -62,54 +62,35 @@ GRADCAM_BATCH_SIZE = 16
 class EvaluateConfig:
     """The evaluation binary's settings (each field is a flag of the same name)."""
 
-    run_dir: str = dataclasses.field(
-        default="runs/demo", metadata={"help": "Run directory written by trainer.train."}
+    run_dir: str = config_flags.field("runs/demo", "Run directory written by trainer.train.")
+    split: str = config_flags.field("test", "Headline split.", tuple(manifest_lib.SPLITS))
+    also_val: bool = config_flags.field(True, "Also evaluate val and choose the thresholds there.")
+    bootstrap_resamples: int = config_flags.field(
+        1000, "Patient-level bootstrap resamples for the 95% CIs (0: none)."
     )
-    split: str = dataclasses.field(
-        default="test", metadata={"help": "Headline split.", "choices": tuple(manifest_lib.SPLITS)}
+    seed: int = config_flags.field(0, "Bootstrap RNG seed.")
+    batch_size: int = config_flags.field(64, "Images per model call.")
+    model: str = config_flags.field("auto", "export, checkpoint, or auto.", MODEL_SOURCES)
+    records_dir: str | None = config_flags.field(None, "Records to evaluate; default: the run's.")
+    output_dir: str | None = config_flags.field(None, "Where to write; default: RUN_DIR/reports.")
+    tta: str = config_flags.field(
+        "none",
+        "hflip: mean of the image's and its mirror image's probabilities (AUCs without it beside).",
+        tta_lib.TTA_MODES,
     )
-    also_val: bool = dataclasses.field(
-        default=True, metadata={"help": "Also evaluate val and choose the thresholds there."}
+    calibration: str = config_flags.field(
+        "platt", "Per-label Platt scaling fitted on val, or none.", CALIBRATION_METHODS
     )
-    bootstrap_resamples: int = dataclasses.field(
-        default=1000, metadata={"help": "Patient-level bootstrap resamples for the 95% CIs (0: none)."}
+    localization: bool = config_flags.field(
+        True, "Score Grad-CAM maps of the boxed findings against the box file."
     )
-    seed: int = dataclasses.field(default=0, metadata={"help": "Bootstrap RNG seed."})
-    batch_size: int = dataclasses.field(default=64, metadata={"help": "Images per model call."})
-    model: str = dataclasses.field(
-        default="auto", metadata={"help": "export, checkpoint, or auto.", "choices": MODEL_SOURCES}
+    boxes_csv: str | None = config_flags.field(
+        None, "Box file; default: BBox_List_2017.csv[.gz] in the records' data_dir."
     )
-    records_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "Records to evaluate; default: the run's."}
+    boxes_image_size: int = config_flags.field(
+        boxes_lib.NIH_IMAGE_SIZE, "Side of the images the box coordinates refer to."
     )
-    output_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "Where to write; default: RUN_DIR/reports."}
-    )
-    tta: str = dataclasses.field(
-        default="none",
-        metadata={
-            "help": "hflip: mean of the image's and its mirror image's probabilities (AUCs without it beside).",
-            "choices": tta_lib.TTA_MODES,
-        },
-    )
-    calibration: str = dataclasses.field(
-        default="platt",
-        metadata={"help": "Per-label Platt scaling fitted on val, or none.", "choices": CALIBRATION_METHODS},
-    )
-    localization: bool = dataclasses.field(
-        default=True, metadata={"help": "Score Grad-CAM maps of the boxed findings against the box file."}
-    )
-    boxes_csv: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "Box file; default: BBox_List_2017.csv[.gz] in the records' data_dir."},
-    )
-    boxes_image_size: int = dataclasses.field(
-        default=boxes_lib.NIH_IMAGE_SIZE,
-        metadata={"help": "Side of the images the box coordinates refer to."},
-    )
-    mean_maps: bool = dataclasses.field(
-        default=True, metadata={"help": "Also average a Grad-CAM map of every image of the split."}
-    )
+    mean_maps: bool = config_flags.field(True, "Also average a Grad-CAM map of every image of the split.")
 
     def __post_init__(self) -> None:
         if self.split not in manifest_lib.SPLITS:

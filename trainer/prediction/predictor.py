@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from cxr_cli import errors
+from cxr_cli import config_flags, errors
 from tfrecords import schema
 from trainer.evaluation import tta as tta_lib
 from trainer.model import run_dir as run_dir_lib
@@ -219,37 +219,21 @@ class _GradCamWriter:
 class PredictConfig:
     """The prediction binary's settings (each field is a flag of the same name)."""
 
-    run_dir: str = dataclasses.field(
-        default="runs/demo", metadata={"help": "Run directory written by trainer.train."}
+    run_dir: str = config_flags.field("runs/demo", "Run directory written by trainer.train.")
+    images: tuple[str, ...] = config_flags.field(
+        ("data/demo/images_001/images",), "PNG or JPEG files, folders (recursive) or globs, comma-separated."
     )
-    images: tuple[str, ...] = dataclasses.field(
-        default=("data/demo/images_001/images",),
-        metadata={"help": "PNG or JPEG files, folders (recursive) or globs, comma-separated."},
+    output_csv: str | None = config_flags.field(None, "Default: RUN_DIR/predictions/predictions.csv.")
+    thresholds: str | None = config_flags.field(None, "Default: RUN_DIR/reports/thresholds.json.")
+    batch_size: int = config_flags.field(16, "Images per model call.")
+    gradcam: bool = config_flags.field(False, "Also write Grad-CAM overlays of the top findings.")
+    gradcam_dir: str | None = config_flags.field(None, "Default: RUN_DIR/predictions/gradcam.")
+    gradcam_top_k: int = config_flags.field(3, "Findings explained per image.")
+    tta: str = config_flags.field(
+        "none", "hflip: mean of the image's and its mirror image's probabilities.", tta_lib.TTA_MODES
     )
-    output_csv: str | None = dataclasses.field(
-        default=None, metadata={"help": "Default: RUN_DIR/predictions/predictions.csv."}
-    )
-    thresholds: str | None = dataclasses.field(
-        default=None, metadata={"help": "Default: RUN_DIR/reports/thresholds.json."}
-    )
-    batch_size: int = dataclasses.field(default=16, metadata={"help": "Images per model call."})
-    gradcam: bool = dataclasses.field(
-        default=False, metadata={"help": "Also write Grad-CAM overlays of the top findings."}
-    )
-    gradcam_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "Default: RUN_DIR/predictions/gradcam."}
-    )
-    gradcam_top_k: int = dataclasses.field(default=3, metadata={"help": "Findings explained per image."})
-    tta: str = dataclasses.field(
-        default="none",
-        metadata={
-            "help": "hflip: mean of the image's and its mirror image's probabilities.",
-            "choices": tta_lib.TTA_MODES,
-        },
-    )
-    calibrate: bool = dataclasses.field(
-        default=True,
-        metadata={"help": "Report calibrated probabilities when the thresholds file stores a calibration."},
+    calibrate: bool = config_flags.field(
+        True, "Report calibrated probabilities when the thresholds file stores a calibration."
     )
 
     def __post_init__(self) -> None:
