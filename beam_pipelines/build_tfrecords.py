@@ -94,6 +94,7 @@ def run() -> None:
         module="beam_pipelines.build_tfrecords",
         doc=__doc__,
         flag_names=list(FLAGS),
+        arguments="[Beam pipeline options]",
         flag_values=FLAGS,
         flags_parser=_parse_flags,
     )
@@ -102,7 +103,7 @@ def run() -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
     """This binary's flags, then absl's own; the flags neither defines are Beam's, left in argv."""
     if launch.wants_help(argv):
-        print((sys.modules["__main__"].__doc__ or "").rstrip() + "\n\nflags:\n" + FLAGS.get_help())
+        print((sys.modules["__main__"].__doc__ or "").replace("%%", "%") + "\nflags:\n" + FLAGS.get_help())
         sys.exit(0)
     return flags.FLAGS(FLAGS(argv, known_only=True), known_only=True)
 

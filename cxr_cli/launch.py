@@ -37,13 +37,11 @@ COMMANDS = {
     "cxr-predict": "trainer.predict",
     "cxr-inspect": "tfrecords.inspect",
 }
-# Shown under every binary's usage text by `--help`.
-COMMON_HELP = """
-Every command also takes absl's flags: --flagfile=FILE reads flags from FILE (one per line,
-`#` comments; e.g. the file `cxr-train --dump_flagfile=FILE` writes), --verbosity=1 (or -v 1,
-or CXR_VERBOSITY=1) shows every library's output and the traceback of every error, and
---helpfull lists every flag.
-"""
+# Under every binary's usage line in `--help`, before its flags.
+COMMON_HELP = (
+    "--flagfile=FILE reads flags from FILE (one per line); --verbosity=1 (or CXR_VERBOSITY=1) shows\n"
+    "every library's output and every error's traceback; --helpfull lists absl's flags too."
+)
 
 
 def launch(command: str) -> None:
@@ -88,6 +86,17 @@ def inspect() -> None:
     launch("cxr-inspect")
 
 
+def usage_text(doc: str | None, module: str, arguments: str = "") -> str:
+    """What `--help` prints above the flags: the summary, a usage line, the common flags."""
+    from cxr_cli import errors
+
+    summary = " ".join((doc or "").strip().split("\n\n", 1)[0].split())
+    command = errors.command_name(module)
+    command = f"python -m {command}" if command == module else command
+    usage = " ".join(part for part in (command, arguments, "[flags]") if part)
+    return f"{summary}\nUSAGE: {usage}\n{COMMON_HELP}\n".replace("%", "%%")
+
+
 def wants_help(argv: list[str]) -> bool:
     """Whether the command line asks for help (`--help`, `-h`, `-?`, `--helpshort`) before any `--`."""
     args = argv[1 : argv.index("--") if "--" in argv else len(argv)]
@@ -100,6 +109,7 @@ def run_binary(
     module: str,
     doc: str | None,
     flag_names: Iterable[str],
+    arguments: str = "",
     flag_values: Any = None,
     flags_parser: Callable[[list[str]], list[str]] | None = None,
 ) -> None:
@@ -108,7 +118,9 @@ def run_binary(
     Args:
       main: the binary's `main(argv)`.
       module: its module's dotted name, the command's name under `python -m`.
-      doc: its usage text (the module docstring).
+      doc: its module docstring; `--help` shows its first paragraph, a usage line and the flags
+        (so that `cxr-train --help | head` shows flags), the whole of it is `pydoc`'s.
+      arguments: what the command takes besides flags, e.g. "RECORDS_DIR".
       flag_names: its own flags, listed by `--help`.
       flag_values: where they are defined; default absl's global `FLAGS`.
       flags_parser: absl's `flags_parser` for binaries that parse their own flags.
@@ -122,7 +134,7 @@ def run_binary(
     main_module = sys.argv[0]  # What absl's `--help` lists the key flags of.
     for name in [*flag_names, *(["verbosity"] if "verbosity" in flag_values else [])]:
         flag_values.register_key_flag_for_module(main_module, flag_values[name])
-    sys.modules["__main__"].__doc__ = (doc or "").rstrip() + "\n" + COMMON_HELP
+    sys.modules["__main__"].__doc__ = usage_text(doc, module, arguments)
     wrapped = errors.exit_on_expected_errors(main, program=errors.command_name(module))
     if flags_parser is None:
         if wants_help(sys.argv):  # absl's own --help exits with status 1.

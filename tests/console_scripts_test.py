@@ -83,6 +83,10 @@ class ConsoleScriptsTest(tf.test.TestCase):
                     # absl: `--name: help` or `--[no]name: help`, then `(default: ...)`.
                     self.assertRegex(result.stdout, rf"\n  --(\[no\])?{flag}: (.|\n)*?\(default: ", flag)
                 self.assertIn("--flagfile=FILE", result.stdout)
+                # `cxr-train --help | head` shows the summary, the usage line and flags already.
+                head = result.stdout.splitlines()[:10]
+                self.assertRegex(head[1], rf"^USAGE: {name} ")
+                self.assertTrue(any(line.startswith("  --") for line in head), head)
 
     @pytest.mark.slow
     def test_the_script_is_python_dash_m(self):

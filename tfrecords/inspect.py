@@ -61,7 +61,7 @@ class InspectConfig:
 def main(argv: list[str], *, holders: config_flags.FlagHolders) -> None:
     """Inspects RECORDS_DIR (the one argument): summary on stdout, contact sheet, exit 1 on a mismatch."""
     if len(argv) != 2:
-        raise app.UsageError("Usage: cxr-inspect RECORDS_DIR [--flags]", exitcode=2)
+        raise app.UsageError("one argument: the records directory to inspect", exitcode=2)
     records_dir = argv[1].rstrip("/")
     config = config_flags.build_config(InspectConfig, holders)
     summary, manifest = inspection.inspect_records(records_dir, verify=config.verify)
@@ -113,7 +113,9 @@ def run() -> None:
     holders = config_flags.define_from_dataclass(InspectConfig)
     names = [holder.name for holder in holders.values()]
     main_fn = functools.partial(main, holders=holders)
-    launch.run_binary(main_fn, module="tfrecords.inspect", doc=__doc__, flag_names=names)
+    launch.run_binary(
+        main_fn, module="tfrecords.inspect", doc=__doc__, flag_names=names, arguments="RECORDS_DIR"
+    )
 
 
 if __name__ == "__main__":
