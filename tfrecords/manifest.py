@@ -53,6 +53,8 @@ from tfrecords import schema
 
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.jsonl"
+# Boxes a data set publishes (RSNA Pneumonia), in NIH's box-file format, beside the records.
+BOXES_NAME = "boxes.csv"
 FORMAT_VERSION = 1
 # The splits, in this order everywhere.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -82,7 +84,12 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 
 def is_output_file(name: str) -> bool:
     """Whether a file name is one the records job writes into a records directory."""
-    return bool(SHARD_NAME_RE.match(name)) or name in (REJECTS_NAME, MANIFEST_NAME, MANIFEST_NAME + ".tmp")
+    return bool(SHARD_NAME_RE.match(name)) or name in (
+        REJECTS_NAME,
+        BOXES_NAME,
+        MANIFEST_NAME,
+        MANIFEST_NAME + ".tmp",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
