@@ -41,7 +41,8 @@ SIXTEEN_BIT_SCALINGS = ("full_range", "min_max")
 _BUFFER_REPR_RE = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 # Pixel modes Pillow gives 16-bit grayscale PNGs (I;16 on little-endian machines, I when converted).
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-_DICOM_AGE_RE = re.compile(r"^(\d{1,3})([YMWD])$")
+# "045Y", "011M"; a bare number (as RSNA's files write it) is years.
+_DICOM_AGE_RE = re.compile(r"^(\d{1,3})([YMWD]?)$")
 _DICOM_AGE_DAYS = {"Y": 365.25, "M": 365.25 / 12, "W": 7.0, "D": 1.0}
 
 
@@ -141,7 +142,8 @@ def decode_dicom(data: bytes) -> tuple[np.ndarray, HeaderMetadata]:
         raise ValueError(f"not a readable DICOM file ({type(e).__name__}: {e})") from None
     if "PixelData" not in dataset:
         raise ValueError("DICOM file without pixel data (no PixelData element)")
-    syntax = dataset.file_meta.get("TransferSyntaxUID") if "file_meta" in dataset else None
+    file_meta = getattr(dataset, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     photometric = str(dataset.get("PhotometricInterpretation", "")).strip()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"DICOM PhotometricInterpretation {photometric!r} is not grayscale")
@@ -191,7 +193,8 @@ def _header_metadata(dataset) -> HeaderMetadata:
     age = -1
     match = _DICOM_AGE_RE.match(str(dataset.get("PatientAge", "")).strip().upper())
     if match:
-        age = int(int(match.group(1)) * _DICOM_AGE_DAYS[match.group(2)] / _DICOM_AGE_DAYS["Y"] + 1e-9)
+        unit = match.group(2) or "Y"
+        age = int(int(match.group(1)) * _DICOM_AGE_DAYS[unit] / _DICOM_AGE_DAYS["Y"] + 1e-9)
     sex = str(dataset.get("PatientSex", "")).strip().upper()
     view = str(dataset.get("ViewPosition", "")).strip().upper()
     return HeaderMetadata(age=age, sex=sex if sex in ("M", "F") else "", view_position=view)
