@@ -250,35 +250,37 @@ class Manifest:
         if unknown:
             raise ManifestError(f"{where}: unknown split(s) {sorted(unknown)}; expected {SPLITS}.")
         for name, split in self.splits.items():
-            num_shards = len(split.shards)
-            for index, shard in enumerate(split.shards):
-                expected = shard_name(name, index, num_shards)
-                if shard.name != expected:
-                    raise ManifestError(
-                        f"{where}: split {name!r} shard {index} is named {shard.name!r}, expected {expected!r}."
-                    )
-                if shard.records < 0:
-                    raise ManifestError(f"{where}: shard {shard.name!r} has a negative record count.")
-            shard_records = sum(shard.records for shard in split.shards)
-            if shard_records != split.records:
-                raise ManifestError(
-                    f"{where}: split {name!r} lists {split.records} records but its shards hold {shard_records}."
-                )
-            unknown_labels = set(split.label_counts) - set(self.labels)
-            if unknown_labels:
-                raise ManifestError(
-                    f"{where}: split {name!r} counts unknown labels {sorted(unknown_labels)}."
-                )
-            for label, count in split.label_counts.items():
-                if not 0 <= count <= split.records:
-                    raise ManifestError(
-                        f"{where}: split {name!r} label {label!r} count {count} is outside [0, {split.records}]."
-                    )
+            self._validate_split(name, split, where)
         if self.input_rows != self.records_written + self.records_rejected:
             raise ManifestError(
                 f"{where}: input_rows {self.input_rows} != records written {self.records_written} "
                 f"+ records rejected {self.records_rejected}; records were lost."
             )
+
+    def _validate_split(self, name: str, split: SplitInfo, where: str) -> None:
+        """Checks one split's shard names and record and label counts."""
+        num_shards = len(split.shards)
+        for index, shard in enumerate(split.shards):
+            expected = shard_name(name, index, num_shards)
+            if shard.name != expected:
+                raise ManifestError(
+                    f"{where}: split {name!r} shard {index} is named {shard.name!r}, expected {expected!r}."
+                )
+            if shard.records < 0:
+                raise ManifestError(f"{where}: shard {shard.name!r} has a negative record count.")
+        shard_records = sum(shard.records for shard in split.shards)
+        if shard_records != split.records:
+            raise ManifestError(
+                f"{where}: split {name!r} lists {split.records} records but its shards hold {shard_records}."
+            )
+        unknown_labels = set(split.label_counts) - set(self.labels)
+        if unknown_labels:
+            raise ManifestError(f"{where}: split {name!r} counts unknown labels {sorted(unknown_labels)}.")
+        for label, count in split.label_counts.items():
+            if not 0 <= count <= split.records:
+                raise ManifestError(
+                    f"{where}: split {name!r} label {label!r} count {count} is outside [0, {split.records}]."
+                )
 
 
 def manifest_path(records_dir: str) -> str:
