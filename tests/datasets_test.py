@@ -16,7 +16,7 @@ from beam_pipelines import datasets, job, splits
 from beam_pipelines.datasets import base, chexpert, folders, padchest
 from demo_data import writer as demo_writer
 from tests import fake_data
-from tfrecords import codec, schema
+from tfrecords import codec, contact_sheet, inspect, schema
 from tfrecords import manifest as manifest_lib
 
 _IN_MEMORY = ["--direct_running_mode=in_memory"]
@@ -182,6 +182,16 @@ class DetectTest(tf.test.TestCase):
         with self.assertRaisesRegex(job.InputError, "No CheXpert train.csv"):
             job.prepare_inputs(config)
 
+    def test_folder_options_with_another_data_set_are_refused(self):
+        config = job.JobConfig(
+            dataset="nih",
+            data_dir=self.get_temp_dir(),
+            output_dir=self.get_temp_dir() + "/o",
+            patient_regex="x",
+        )
+        with self.assertRaisesRegex(job.InputError, "apply to --dataset=folders, not to nih"):
+            job.prepare_inputs(config)
+
     def test_bad_patient_regex_is_an_input_error(self):
         data_dir = self.get_temp_dir() + "/classes"
         os.makedirs(data_dir + "/A")
@@ -233,6 +243,22 @@ class EveryDataSetJobTest(parameterized.TestCase, tf.test.TestCase):
                 self.assertEqual(split_of.setdefault(int(record[schema.PATIENT_ID_KEY]), split), split)
                 self.assertEqual(record[schema.HEIGHT_KEY], 32)
         self.assertGreater(manifest.records_written, 10)
+
+    @parameterized.parameters(*datasets.NAMES)
+    def test_inspect_accepts_the_records(self, name):
+        config, result = self.results[name]
+        manifest = manifest_lib.read_manifest(config.output_dir, check_shards=False)
+        self.assertEqual(inspect.check_shards(config.output_dir, manifest), [])
+        summary = inspect.summarize(config.output_dir, manifest, [], inspect.read_rejects(config.output_dir))
+        self.assertEqual(list(summary["splits"]["train"]["label_counts"]), list(manifest.labels))
+        text = inspect.format_summary(summary)
+        for label in manifest.labels:
+            self.assertIn(label, text)
+        label = max(manifest.labels, key=lambda name: manifest.splits["train"].label_counts.get(name, 0))
+        samples = contact_sheet.read_samples(config.output_dir, manifest, "train", 4, label=label)
+        self.assertNotEmpty(samples)
+        for sample in samples:
+            self.assertIn(label, contact_sheet.caption(sample))
 
     def test_chexpert_writes_uncertain_and_unmentioned_labels(self):
         config, result = self.results["chexpert"]

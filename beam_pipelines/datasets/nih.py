@@ -358,7 +358,7 @@ class Adapter(base.Adapter):
         if not found:
             raise base.SourceError(
                 f"No labels CSV (Data_Entry_2017*.csv or .csv.gz) in --data_dir {data_dir!r} or its "
-                f"subfolders; pass --labels_csv."
+                f"subfolders; pass --labels_csv, or name another data set's layout with --dataset."
             )
         if len(found) > 1:
             raise base.SourceError(

@@ -13,8 +13,8 @@ Layout (the download's folder):
 
 image_index: `ImageDir/ImageID`. Patient: PatientID (a long number, hashed to the record's
 int64 when it does not fit, `base.patient_number`). Age: the study year (StudyDate_DICOM,
-YYYYMMDD) minus PatientBirth, -1 when either is blank. Sex: M, F or "". View: Projection as
-written (PA, L, AP, AP_horizontal, ...). 16-bit PNGs: the image's own lowest..highest value to
+YYYYMMDD) minus PatientBirth, -1 when either is blank. Sex: M, F or "". View: Projection
+upper-cased (PA, L, AP, AP_HORIZONTAL, ...). 16-bit PNGs: the image's own lowest..highest value to
 0..255 (`images.decode_gray`, `min_max`): PadChest stores 12-bit-range values in 16 bits with a
 range that varies per image, so NIH's full-range rule would leave most images nearly black.
 
