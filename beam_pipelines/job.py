@@ -197,7 +197,9 @@ def prepare_inputs(config: JobConfig) -> Inputs:
             name = datasets.detect(data_dir)
             _LOG.info("--dataset=auto: the files in %s are %s's layout.", data_dir, name)
         if name != "folders" and (config.patient_regex or config.folder_splits):
-            raise InputError(f"--patient_regex and --folder_splits apply to --dataset=folders, not to {name}.")
+            raise InputError(
+                f"--patient_regex and --folder_splits apply to --dataset=folders, not to {name}."
+            )
         adapter = datasets.adapter(name, config.adapter_options())
         source = adapter.prepare(data_dir, max_images=config.max_images, split_mode=config.split.mode)
     except base.SourceError as e:
