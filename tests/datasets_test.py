@@ -4,16 +4,21 @@ The end-to-end runs build each layout with `demo_data` (tens of images at 32x32)
 the in-memory runner and read the records back through `tfrecords`.
 """
 
+import io
 import json
 import os
 
 import numpy as np
+import pydicom
 import pytest
 import tensorflow as tf
 from absl.testing import parameterized
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGLosslessSV1
 
 from beam_pipelines import datasets, job, splits
 from beam_pipelines.datasets import base, chexpert, folders, padchest
+from demo_data import dicom
 from demo_data import writer as demo_writer
 from tests import fake_data
 from tfrecords import codec, contact_sheet, inspect, schema
@@ -202,6 +207,42 @@ class DetectTest(tf.test.TestCase):
         )
         with self.assertRaisesRegex(job.InputError, r"--patient_regex '\(\[' is not a regular expression"):
             job.prepare_inputs(config)
+
+
+class BadDicomJobTest(tf.test.TestCase):
+    def test_bad_dicom_files_are_rejects_with_their_reason(self):
+        data_dir = self.get_temp_dir() + "/dicoms"
+        pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+        good = dicom.encode_dicom(pixels, key="good", variant="monochrome1")
+        lossless = pydicom.dcmread(io.BytesIO(good))
+        lossless.PixelData = encapsulate([b"\xff\xd8not a jpeg\xff\xd9"])
+        lossless.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+        buffer = io.BytesIO()
+        lossless.save_as(buffer)
+        files = {"A/person1_1.dcm": good, "A/person2_1.dcm": buffer.getvalue(), "B/person3_1.dcm": good[:300]}
+        for name, data in files.items():
+            os.makedirs(os.path.dirname(os.path.join(data_dir, name)), exist_ok=True)
+            with open(os.path.join(data_dir, name), "wb") as f:
+                f.write(data)
+        config = job.JobConfig(
+            dataset="folders",
+            data_dir=data_dir,
+            output_dir=self.get_temp_dir() + "/dicom_records",
+            image_size=16,
+            patient_regex=r"^person(\d+)_",
+        )
+        result = job.run_job(config, _IN_MEMORY)
+        self.assertEqual(
+            (result.manifest.records_written, dict(result.manifest.rejects)), (1, {"bad_image": 2})
+        )
+        details = {r["image_index"]: r["detail"] for r in _rejects(config.output_dir)}
+        self.assertIn("transfer syntax JPEG Lossless", details["A/person2_1.dcm"])
+        self.assertIn("without pixel data", details["B/person3_1.dcm"])
+        (record,) = [r for rs in _records(config.output_dir, result.manifest).values() for r in rs]
+        image = codec.decode_image(
+            {key: tf.constant(value) for key, value in record.items()}, image_format="raw"
+        ).numpy()[..., 0]
+        self.assertAllEqual(image, pixels)  # MONOCHROME1 shown the right way round.
 
 
 @pytest.mark.slow

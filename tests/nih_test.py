@@ -1,4 +1,4 @@
-"""Tests of beam_pipelines/nih.py: CSV rows, ages, labels, pixels and the record bytes."""
+"""Tests of beam_pipelines/datasets/nih.py (CSV rows, ages, labels, the record bytes) and the pixels of beam_pipelines/images.py."""
 
 import gzip
 import io
