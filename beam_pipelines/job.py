@@ -70,7 +70,7 @@ class JobConfig:
       folder_splits: `folders`: take ROOT/SPLIT/CLASS folders as the published split.
       split: the split assignment.
       num_shards: shards per split; 0 sizes them to 100-200 MB.
-      max_images: convert only the first N CSV rows (0 = all).
+      max_images: convert only the first N rows of the table (0 = all).
       overwrite: replace an existing non-empty output_dir.
       chunk_size: images per work unit / part file.
       progress_interval_s: seconds between progress lines.
@@ -107,7 +107,7 @@ class JobConfig:
     # Its flags (--split, --val_fraction, --split_fractions) are defined by the binary.
     split: splits.SplitConfig = dataclasses.field(default=splits.SplitConfig(), metadata={"flag": False})
     num_shards: int = _field(0, "Shards per split; 0 = automatic (100-200 MB shards).")
-    max_images: int = _field(0, "Convert only the first N CSV rows (0 = all), for quick runs.")
+    max_images: int = _field(0, "Convert only the first N rows of the table (0 = all), for quick runs.")
     overwrite: bool = _field(False, "Replace the records of a non-empty output_dir.")
     chunk_size: int = _field(transforms.DEFAULT_CHUNK_SIZE, "Images per work unit at most.")
     progress_interval_s: float = _field(30.0, "Seconds between progress lines.")
@@ -498,7 +498,7 @@ def finalize(config: JobConfig, inputs: Inputs, staging: StagingPaths) -> manife
     input_rows = summary["input_rows"]
     if input_rows != inputs.expected_rows or input_rows != written + rejected:
         raise RuntimeError(
-            f"Records were lost: the CSV has {inputs.expected_rows} rows to convert, the pipeline read "
+            f"Records were lost: the table has {inputs.expected_rows} rows to convert, the pipeline read "
             f"{input_rows}, wrote {written} and rejected {rejected}. No manifest was written; the "
             f"output is in {staging.root}."
         )
