@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from cxr_cli import console
+from cxr_cli import config_flags, console
 from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
@@ -62,76 +62,61 @@ GRADCAM_BATCH_SIZE = 16
 class EvaluateConfig:
     """The evaluation binary's settings (each field is a flag of the same name)."""
 
-    run_dir: str = dataclasses.field(
-        default="runs/demo", metadata={"help": "Run directory written by trainer.train."}
+    run_dir: str = config_flags.field("runs/demo", "Run directory written by trainer.train.")
+    split: str = config_flags.field("test", "Headline split.", tuple(manifest_lib.SPLITS))
+    also_val: bool = config_flags.field(True, "Also evaluate val and choose the thresholds there.")
+    bootstrap_resamples: int = config_flags.field(
+        1000, "Patient-level bootstrap resamples for the 95% CIs (0: none)."
     )
-    split: str = dataclasses.field(
-        default="test", metadata={"help": "Headline split.", "choices": tuple(manifest_lib.SPLITS)}
+    seed: int = config_flags.field(0, "Bootstrap RNG seed.")
+    batch_size: int = config_flags.field(64, "Images per model call.")
+    model: str = config_flags.field("auto", "export, checkpoint, or auto.", MODEL_SOURCES)
+    records_dir: str | None = config_flags.field(None, "Records to evaluate; default: the run's.")
+    output_dir: str | None = config_flags.field(None, "Where to write; default: RUN_DIR/reports.")
+    tta: str = config_flags.field(
+        "none",
+        "hflip: mean of the image's and its mirror image's probabilities (AUCs without it beside).",
+        tta_lib.TTA_MODES,
     )
-    also_val: bool = dataclasses.field(
-        default=True, metadata={"help": "Also evaluate val and choose the thresholds there."}
+    calibration: str = config_flags.field(
+        "platt", "Per-label Platt scaling fitted on val, or none.", CALIBRATION_METHODS
     )
-    bootstrap_resamples: int = dataclasses.field(
-        default=1000, metadata={"help": "Patient-level bootstrap resamples for the 95% CIs (0: none)."}
+    localization: bool = config_flags.field(
+        True, "Score Grad-CAM maps of the boxed findings against the box file."
     )
-    seed: int = dataclasses.field(default=0, metadata={"help": "Bootstrap RNG seed."})
-    batch_size: int = dataclasses.field(default=64, metadata={"help": "Images per model call."})
-    model: str = dataclasses.field(
-        default="auto", metadata={"help": "export, checkpoint, or auto.", "choices": MODEL_SOURCES}
+    boxes_csv: str | None = config_flags.field(
+        None, "Box file; default: BBox_List_2017.csv[.gz] in the records' data_dir."
     )
-    records_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "Records to evaluate; default: the run's."}
+    boxes_image_size: int = config_flags.field(
+        boxes_lib.NIH_IMAGE_SIZE, "Side of the images the box coordinates refer to."
     )
-    output_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "Where to write; default: RUN_DIR/reports."}
-    )
-    tta: str = dataclasses.field(
-        default="none",
-        metadata={
-            "help": "hflip: mean of the image's and its mirror image's probabilities (AUCs without it beside).",
-            "choices": tta_lib.TTA_MODES,
-        },
-    )
-    calibration: str = dataclasses.field(
-        default="platt",
-        metadata={"help": "Per-label Platt scaling fitted on val, or none.", "choices": CALIBRATION_METHODS},
-    )
-    localization: bool = dataclasses.field(
-        default=True, metadata={"help": "Score Grad-CAM maps of the boxed findings against the box file."}
-    )
-    boxes_csv: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "Box file; default: BBox_List_2017.csv[.gz] in the records' data_dir."},
-    )
-    boxes_image_size: int = dataclasses.field(
-        default=boxes_lib.NIH_IMAGE_SIZE,
-        metadata={"help": "Side of the images the box coordinates refer to."},
-    )
-    mean_maps: bool = dataclasses.field(
-        default=True, metadata={"help": "Also average a Grad-CAM map of every image of the split."}
-    )
+    mean_maps: bool = config_flags.field(True, "Also average a Grad-CAM map of every image of the split.")
 
     def __post_init__(self) -> None:
         if self.split not in manifest_lib.SPLITS:
-            raise ValueError(
+            raise console.ValidationError(
                 f"EvaluateConfig.split must be one of {manifest_lib.SPLITS}, got {self.split!r}."
             )
         if self.model not in MODEL_SOURCES:
-            raise ValueError(
+            raise console.ValidationError(
                 f"EvaluateConfig.model: the model source must be one of {MODEL_SOURCES}, got {self.model!r}."
             )
         if self.batch_size < 1:
-            raise ValueError(f"EvaluateConfig.batch_size must be >= 1, got {self.batch_size}.")
+            raise console.ValidationError(f"EvaluateConfig.batch_size must be >= 1, got {self.batch_size}.")
         if self.tta not in tta_lib.TTA_MODES:
-            raise ValueError(f"EvaluateConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}.")
+            raise console.ValidationError(
+                f"EvaluateConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}."
+            )
         if self.calibration not in CALIBRATION_METHODS:
-            raise ValueError(
+            raise console.ValidationError(
                 f"EvaluateConfig.calibration must be one of {CALIBRATION_METHODS}, got {self.calibration!r}."
             )
         if self.boxes_image_size < 1:
-            raise ValueError(f"EvaluateConfig.boxes_image_size must be >= 1, got {self.boxes_image_size}.")
+            raise console.ValidationError(
+                f"EvaluateConfig.boxes_image_size must be >= 1, got {self.boxes_image_size}."
+            )
         if self.bootstrap_resamples < 0:
-            raise ValueError(
+            raise console.ValidationError(
                 f"EvaluateConfig.bootstrap_resamples must be >= 0, got {self.bootstrap_resamples}."
             )
 
@@ -186,7 +171,7 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
       ValueError: unknown source, or the chosen model is missing.
     """
     if source not in MODEL_SOURCES:
-        raise ValueError(f"model source must be one of {MODEL_SOURCES}, got {source!r}.")
+        raise console.ValidationError(f"model source must be one of {MODEL_SOURCES}, got {source!r}.")
     export_dir = run_dir_lib.path(run_dir, run_dir_lib.EXPORT_DIR)
     checkpoint = run_dir_lib.path(run_dir, run_dir_lib.BEST_CHECKPOINT)
     has_export = tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb"))
@@ -194,7 +179,9 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
         source = "export" if has_export else "checkpoint"
     if source == "export":
         if not has_export:
-            raise ValueError(f"{export_dir} holds no SavedModel; export the run or use --model=checkpoint.")
+            raise console.ValidationError(
+                f"{export_dir} holds no SavedModel; export the run or use --model=checkpoint."
+            )
         from trainer.model import export as export_lib  # The trainer's module: labels.json reader.
 
         image_size = int(export_lib.read_labels(export_dir)["image_size"])
@@ -208,7 +195,9 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
         fn.loaded = loaded  # type: ignore[attr-defined]
         return Predictor(fn, export_dir, "export", image_size)
     if not tf.io.gfile.exists(checkpoint):
-        raise ValueError(f"{checkpoint} does not exist, and neither does a SavedModel in {export_dir}.")
+        raise console.ValidationError(
+            f"{checkpoint} does not exist, and neither does a SavedModel in {export_dir}."
+        )
     from trainer.model import models
 
     model = models.load_model(checkpoint)
@@ -239,11 +228,13 @@ def predict_split(
         unknown tta mode.
     """
     if tta not in tta_lib.TTA_MODES:
-        raise ValueError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
+        raise console.ValidationError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
     if split not in manifest.splits or manifest.splits[split].records == 0:
-        raise ValueError(f"Records directory {records_dir!r} has no {split!r} records to evaluate.")
+        raise console.ValidationError(
+            f"Records directory {records_dir!r} has no {split!r} records to evaluate."
+        )
     if manifest.image_size != predictor.image_size:
-        raise ValueError(
+        raise console.ValidationError(
             f"The records in {records_dir!r} are {manifest.image_size}x{manifest.image_size} but the model "
             f"{predictor.path!r} takes {predictor.image_size}x{predictor.image_size}; evaluate on the records "
             f"the run was trained on (--records_dir)."
@@ -366,7 +357,7 @@ def open_run(config: EvaluateConfig) -> EvaluationRun:
     run_config = run_dir_lib.read_config(config.run_dir)
     records_dir = config.records_dir or run_config.get("records_dir")
     if not records_dir:
-        raise ValueError(
+        raise console.ValidationError(
             f"{run_dir_lib.path(config.run_dir, run_dir_lib.CONFIG_FILE)} names no records_dir; pass --records_dir."
         )
     return EvaluationRun(
