@@ -13,10 +13,16 @@ and writes to `runs/demo/reports/`:
     auc.md              readable tables, beside the published AUCs
     thresholds.json     per-finding Youden-J thresholds chosen on val, with the Platt scaling
                         fitted there (read by trainer.prediction.predictor)
-    predictions.csv     per image: split, metadata, true labels, 15 probabilities
+    predictions.csv     per image: split, metadata, true labels, 15 probabilities (and the 15
+                        calibrated ones, `calibrated_<label>`, when the calibration was fitted)
     box_rejects.jsonl   the box file's rows that could not be scored, each with its reason
     roc_curves.png, training_curves.png, label_distribution.png, label_cooccurrence.png,
     reliability_diagram.png, gradcam_boxes.png, gradcam_mean.png
+
+When it scored the run's export on the run's records into `runs/demo/reports/`, it also writes
+the thresholds and the calibration into the export (`trainer.model.export.write_operating_point`),
+so that the export's `serving_default` returns `calibrated_probabilities` and `findings` beside
+the model's `probabilities` (--noserve_operating_point leaves the export as it is).
 
 `auc.md` also holds the calibration (ECE before and after Platt scaling), the Grad-CAM
 localization against NIH's `BBox_List_2017.csv` when the records' data directory (or
@@ -28,6 +34,7 @@ Same run, flags and records give byte-identical files.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -45,6 +52,7 @@ from trainer.evaluation import tta as tta_lib
 from trainer.evaluation.localization import boxes as boxes_lib
 from trainer.evaluation.report import figures as plots
 from trainer.evaluation.report import files, formatting, markdown, published, tables
+from trainer.model import export as export_lib
 from trainer.model import run_dir as run_dir_lib
 
 MODEL_SOURCES = ("auto", "export", "checkpoint")
@@ -52,6 +60,8 @@ CALIBRATION_METHODS = ("platt", "none")
 # Records per Grad-CAM call (each brings its labelled findings' maps along): bounds the memory
 # of the backward pass at large image sizes.
 GRADCAM_BATCH_SIZE = 16
+
+_log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +119,13 @@ class EvaluateConfig:
     )
     mean_maps: bool = dataclasses.field(
         default=True, metadata={"help": "Also average a Grad-CAM map of every image of the split."}
+    )
+    serve_operating_point: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "Write the thresholds and calibration chosen here into the run's export (its "
+            "serving_default), when this evaluation scores that export on the run's records into RUN_DIR/reports."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -195,8 +212,6 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
     if source == "export":
         if not has_export:
             raise ValueError(f"{export_dir} holds no SavedModel; export the run or use --model=checkpoint.")
-        from trainer.model import export as export_lib  # The trainer's module: labels.json reader.
-
         image_size = int(export_lib.read_labels(export_dir)["image_size"])
         loaded = tf.saved_model.load(export_dir)
         signature = loaded.signatures[export_lib.SERVE_PIXELS]
@@ -354,6 +369,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         calibration=fitted,
         localization=located,
     )
+    if config.serve_operating_point:
+        serve_operating_point(run, report, fitted)
     return report
 
 
@@ -376,6 +393,65 @@ def open_run(config: EvaluateConfig) -> EvaluationRun:
         manifest=manifest_lib.read_manifest(records_dir),
         output_dir=config.output_dir or run_dir_lib.path(config.run_dir, run_dir_lib.REPORTS_DIR),
         predictor=load_predictor(config.run_dir, source=config.model),
+    )
+
+
+def serve_operating_point(
+    run: EvaluationRun, report: dict[str, Any], calibration: calibration_lib.Calibration | None
+) -> str | None:
+    """Writes the report's thresholds and `calibration` into the run's export (`serving_default`).
+
+    Only for the operating point of the run itself: when the model scored was the export, on
+    the records the run was trained on, with the reports in the run's own folder. Then the
+    export and `reports/thresholds.json` hold the same operating point.
+
+    Returns:
+      The export directory re-written, or None (why not is logged).
+    """
+    own_reports = run_dir_lib.path(run.run_dir, run_dir_lib.REPORTS_DIR)
+    reasons = [
+        (run.predictor.source != "export", f"the model scored is {run.predictor.path}, not the export"),
+        (
+            not _same_path(run.records_dir, run.config.get("records_dir")),
+            f"the records {run.records_dir} are not the run's",
+        ),
+        (not _same_path(run.output_dir, own_reports), f"the reports go to {run.output_dir}"),
+    ]
+    why_not = [reason for applies, reason in reasons if applies]
+    if why_not:
+        _log.info("The export's serving_default is left as it is: %s.", "; ".join(why_not))
+        return None
+    point = operating_point(
+        report["thresholds"]["values"],
+        calibration,
+        tta=report["tta"]["mode"],
+        source=f"{run_dir_lib.THRESHOLDS_FILE} (Youden J on {report['thresholds']['source_split']})",
+    )
+    return export_lib.write_operating_point(run.predictor.path, point)
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and os.path.normpath(a) == os.path.normpath(b)
+
+
+def operating_point(
+    thresholds: Mapping[str, float | None],
+    calibration: calibration_lib.Calibration | None,
+    *,
+    tta: str,
+    source: str,
+) -> export_lib.OperatingPoint:
+    """The export's `OperatingPoint`: the thresholds (the default where undefined) and Platt scalings."""
+    scalings = [None if calibration is None else calibration.scalings.get(label) for label in schema.LABELS]
+    values = [thresholds.get(label) for label in schema.LABELS]
+    return export_lib.OperatingPoint(
+        slopes=tuple(1.0 if s is None else s.slope for s in scalings),
+        intercepts=tuple(0.0 if s is None else s.intercept for s in scalings),
+        calibrated=tuple(s is not None for s in scalings),
+        thresholds=tuple(tables.DEFAULT_THRESHOLD if v is None else float(v) for v in values),
+        epsilon=calibration_lib.EPSILON,
+        tta=tta,
+        source=source,
     )
 
 
@@ -724,23 +800,33 @@ def write_reports(
         calibration=_stored_calibration(calibration, report["thresholds"]["values"]),
         tta=report["tta"]["mode"],
     ))  # fmt: skip
-    order = [split, *[s for s in predictions if s != split]]
-    written.append(
-        tables.write_predictions_csv(
-            join(files.PREDICTIONS_CSV),
-            np.concatenate([predictions[s].probabilities for s in order]),
-            np.concatenate([predictions[s].labels for s in order]),
-            {
-                "split": np.concatenate([[s] * len(predictions[s].labels) for s in order]),
-                **{
-                    key: np.concatenate([predictions[s].metadata[key] for s in order])
-                    for key in schema.METADATA_KEYS
-                },
-            },
-        )
-    )
+    written.append(_write_predictions(join(files.PREDICTIONS_CSV), predictions, split, calibration))
     written.append(markdown.write_markdown(join(files.AUC_MD), report, figures=figures))
     return written
+
+
+def _write_predictions(
+    path: str,
+    predictions: dict[str, SplitPredictions],
+    split: str,
+    calibration: calibration_lib.Calibration | None,
+) -> str:
+    """`predictions.csv`: the headline split's images first, with the calibrated probabilities."""
+    order = [split, *[s for s in predictions if s != split]]
+    probabilities = np.concatenate([predictions[s].probabilities for s in order])
+    metadata = {
+        "split": np.concatenate([[s] * len(predictions[s].labels) for s in order]),
+        **{
+            key: np.concatenate([predictions[s].metadata[key] for s in order]) for key in schema.METADATA_KEYS
+        },
+    }
+    return tables.write_predictions_csv(
+        path,
+        probabilities,
+        np.concatenate([predictions[s].labels for s in order]),
+        metadata,
+        calibrated=None if calibration is None else calibration.apply(probabilities),
+    )
 
 
 def _write_base_figures(

@@ -13,6 +13,9 @@ from tfrecords import schema
 from trainer.evaluation.report import files
 from trainer.evaluation.report.formatting import UNDEFINED
 
+# The threshold of a label whose split could not define one (thresholds.json's "default").
+DEFAULT_THRESHOLD = 0.5
+
 
 def write_auc_csv(path: str, summary: Mapping[str, Any], *, split: str) -> str:
     """One row per label, then the two means; undefined cells read "undefined".
@@ -78,7 +81,7 @@ def write_thresholds_json(
         "rule": "finding present when probability >= threshold",
         "source_split": source_split,
         "run_dir": run_dir,
-        "default": 0.5,
+        "default": DEFAULT_THRESHOLD,
         "labels": list(schema.LABELS),
         "thresholds": {label: thresholds.get(label) for label in schema.LABELS},
         "tta": tta,
@@ -93,22 +96,34 @@ def write_predictions_csv(
     probabilities: np.ndarray,
     labels: np.ndarray,
     metadata: Mapping[str, Sequence[Any]],
+    *,
+    calibrated: np.ndarray | None = None,
 ) -> str:
-    """One row per image: its metadata, true `finding_labels`, and the 15 probabilities.
+    """One row per image: its metadata, true `finding_labels`, the 15 probabilities (and calibrated).
 
     Args:
       path: output file.
       probabilities: float [N, 15] in `schema.LABELS` order.
       labels: 0/1 [N, 15].
       metadata: column -> N values: "split" (optional, first) and `schema.METADATA_KEYS`.
+      calibrated: float [N, 15], the probabilities after the calibration; written as the
+        columns `calibrated_<label>` after the 15 probabilities.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     keys = [key for key in ("split", *schema.METADATA_KEYS) if key in metadata]
-    writer.writerow([*keys, "finding_labels", *schema.LABELS])
+    extra = [] if calibrated is None else [calibrated_column(label) for label in schema.LABELS]
+    writer.writerow([*keys, "finding_labels", *schema.LABELS, *extra])
     for i in range(probabilities.shape[0]):
         row = [metadata[key][i] for key in keys]
         row.append(schema.multi_hot_to_labels(labels[i]))
         row.extend(f"{p:.6f}" for p in probabilities[i])
+        if calibrated is not None:
+            row.extend(f"{p:.6f}" for p in calibrated[i])
         writer.writerow(row)
     return files.write_text(path, buffer.getvalue())
+
+
+def calibrated_column(label: str) -> str:
+    """The `predictions.csv` column of a label's calibrated probability."""
+    return f"calibrated_{label}"
