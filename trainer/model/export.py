@@ -359,7 +359,12 @@ def read_operating_point(export_dir: str) -> OperatingPoint | None:
 
 def read_weights(export_dir: str) -> list[np.ndarray] | None:
     """The served weights in Keras order (`model.set_weights` takes them); None for older exports."""
-    model = _model_of(tf.saved_model.load(export_dir))
+    return weights_of(tf.saved_model.load(export_dir))
+
+
+def weights_of(loaded: Any) -> list[np.ndarray] | None:
+    """`read_weights` of an export already loaded with `tf.saved_model.load`."""
+    model = _model_of(loaded)
     if not hasattr(model, WEIGHTS_COLLECTION):
         return None
     return [np.asarray(v.numpy()) for v in getattr(model, WEIGHTS_COLLECTION)]

@@ -65,11 +65,13 @@ def write_thresholds_json(
     run_dir: str = "",
     calibration: Mapping[str, Any] | None = None,
     tta: str = "none",
+    weights_sha256: str | None = None,
 ) -> str:
     """Writes `thresholds.json`, which `trainer.prediction.predictor` reads.
 
     {"method": "youden_j", "source_split": "val", "default": 0.5, "labels": [...],
-     "thresholds": {label: float | None}, "tta": "none", "calibration": {...} (optional)};
+     "thresholds": {label: float | None}, "tta": "none", "weights_sha256": the weights they were
+     chosen for, "calibration": {...} (optional)};
     a None threshold means the split could not define one and prediction uses "default" for
     that label. The thresholds apply to the model's own probabilities (with the named test-time
     augmentation); "calibration" (`trainer.evaluation.calibration.Calibration.to_json()`, plus the
@@ -85,6 +87,7 @@ def write_thresholds_json(
         "labels": list(schema.LABELS),
         "thresholds": {label: thresholds.get(label) for label in schema.LABELS},
         "tta": tta,
+        "weights_sha256": weights_sha256,
     }
     if calibration is not None:
         data["calibration"] = dict(calibration)
