@@ -205,12 +205,18 @@ def write_operating_point(export_dir: str, operating_point: OperatingPoint | Non
     return export_dir
 
 
-class _ServingModule(tf.Module):
-    """The saved object: the model's pixel function, the assets, and the two signatures."""
+class _ServingModule(tf.__internal__.tracking.AutoTrackable):
+    """The saved object: the model's pixel function, its variables, the assets, the two signatures.
+
+    The base Keras' ExportArchive saves too (a `tf.Module` could not hold the `variables`
+    attribute that readers of an ExportArchive's export look up by name).
+    """
 
     def __init__(self, model: Any, *, image_size: int, operating_point: OperatingPoint | None, assets: dict):
         super().__init__()
-        self.model = model  # The loaded model object: `serve_pixels` and `model_weights`.
+        self.model = model  # The model object: `serve_pixels` and `model_weights`.
+        # Every variable of the model, as ExportArchive lists them (each named by its Keras path).
+        self.variables = list(getattr(model, WEIGHTS_COLLECTION, None) or getattr(model, "variables", []))
         self.assets = {name: tf.saved_model.Asset(path) for name, path in assets.items()}
         self._image_size = image_size
         self._point = operating_point
