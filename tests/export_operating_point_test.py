@@ -101,6 +101,11 @@ class WriteOperatingPointTest(tf.test.TestCase):
         )
         self.assertEqual(export.read_operating_point(self.export_dir), point)
         self.assertEqual(export.read_labels(self.export_dir)["image_size"], _SIZE)
+        # The Python call gives the signature's outputs.
+        python = export.serve(tf.saved_model.load(self.export_dir), list(self.pngs.numpy()))
+        self.assertEqual(sorted(python), sorted(served))
+        for name, value in served.items():
+            self.assertAllEqual(python[name], value)
 
     def test_hflip_serves_the_mean_with_the_mirror_image(self):
         export.write_operating_point(self.export_dir, _point(tta="hflip"))

@@ -354,6 +354,21 @@ def read_labels(export_dir: str) -> dict:
     return info
 
 
+def serve(loaded: Any, image_bytes: Sequence[bytes]) -> dict[str, np.ndarray]:
+    """Calls a loaded export's `serving_default` on encoded images; its outputs as numpy arrays.
+
+    Args:
+      loaded: `tf.saved_model.load(export_dir)`.
+      image_bytes: encoded PNGs or JPEGs.
+
+    Returns:
+      {"probabilities": float32 [B, 15]}, and once an evaluation has written the operating
+      point, "calibrated_probabilities" (float32 [B, 15]) and "findings" (int32 [B, 15]).
+    """
+    outputs = loaded.signatures[SERVING_DEFAULT](image_bytes=tf.constant(list(image_bytes), tf.string))
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
 def read_operating_point(export_dir: str) -> OperatingPoint | None:
     """The operating point `serving_default` applies, or None when the export has none."""
     path = os.path.join(export_dir, ASSETS_DIR, OPERATING_POINT_FILE)
