@@ -12,6 +12,7 @@ and writes to `runs/demo/reports/`:
     auc.csv             one row per finding of the test split
     auc.md              readable tables, beside the published AUCs
     MODEL_CARD.md       the model, its weights (sha256) and why, its data, recipe, results, use
+    index.html          all of the above on one self-contained page (figures embedded)
     thresholds.json     per-finding Youden-J thresholds chosen on val, with the Platt scaling
                         fitted there (read by trainer.prediction.predictor)
     predictions.csv     per image: split, metadata, true labels, 15 probabilities (and the 15
@@ -52,7 +53,7 @@ from trainer.evaluation import metrics
 from trainer.evaluation import tta as tta_lib
 from trainer.evaluation.localization import boxes as boxes_lib
 from trainer.evaluation.report import figures as plots
-from trainer.evaluation.report import files, formatting, markdown, model_card, published, tables
+from trainer.evaluation.report import files, formatting, markdown, model_card, page, published, tables
 from trainer.model import export as export_lib
 from trainer.model import run_dir as run_dir_lib
 
@@ -860,6 +861,8 @@ def write_reports(
                 join(files.MODEL_CARD_MD), report, run_config=run_config, manifest=manifest, history=history
             )
         )
+    # Last: the page embeds every file written above.
+    written.append(page.write_index(output_dir))
     return written
 
 
