@@ -1,12 +1,17 @@
 """Tests for trainer/training/runner.py, trainer/training/task.py and trainer/train.py on tiny records (32x32, ResUNet depth 2,
 width 4)."""
 
+import contextlib
 import csv
+import dataclasses
+import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import keras
 import numpy as np
@@ -19,6 +24,7 @@ from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 from trainer.model import export
 from trainer.model import run_dir as run_dir_lib
+from trainer.training import callbacks as callbacks_lib
 from trainer.training import config as config_lib
 from trainer.training import runner as train_lib
 from trainer.training import schedule as lr_schedule
@@ -70,6 +76,54 @@ class _RecordSteps(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.iterations = int(self.model.optimizer.iterations.numpy())
+
+
+class _WeightsPerEpoch(keras.callbacks.Callback):
+    """Records the sha256 of the model's weights at each epoch end (what ModelCheckpoint saves)."""
+
+    def __init__(self):
+        super().__init__()
+        self.digests = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.digests[epoch] = train_lib.weights_digest(self.model)
+
+
+class _ForceValAuc(keras.callbacks.Callback):
+    """Overrides `val_auc` of chosen epochs; placed first, every later callback sees the value."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch in self.values:
+            logs[callbacks_lib.MONITOR] = self.values[epoch]
+
+
+@contextlib.contextmanager
+def _forced_val_auc(values):
+    """Runs `train` with `_ForceValAuc(values)` ahead of the run's own callbacks."""
+    build = callbacks_lib.build_callbacks
+
+    def build_first(*args, **kwargs):
+        return [_ForceValAuc(values), *build(*args, **kwargs)]
+
+    with mock.patch.object(callbacks_lib, "build_callbacks", build_first):
+        yield
+
+
+def _export_weights_digest(export_dir, like):
+    """sha256 of the weights read back from the SavedModel in `export_dir`, in `like`'s order.
+
+    The SavedModel's variables are matched to the Keras model's weights by name (the export
+    also holds variables that are no weights, e.g. the dropout's seed).
+    """
+    by_name = {v.name.removesuffix(":0"): v for v in tf.saved_model.load(export_dir).variables}
+    digest = hashlib.sha256()
+    for weight in like.weights:
+        digest.update(np.ascontiguousarray(by_name[weight.path].numpy()).tobytes())
+    return digest.hexdigest()
 
 
 class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
@@ -196,6 +250,8 @@ class TrainTest(tf.test.TestCase):
         # --export_weights=best (the default): the export holds best.keras's weights.
         self.assertEqual(saved["train_config"]["export_weights"], "best")
         self.assertEqual(result.weights_sha256, train_lib.weights_digest(best))
+        # Read back from the SavedModel itself.
+        self.assertEqual(_export_weights_digest(result.export_dir, best), result.weights_sha256)
         self.assertEqual(export.read_labels(result.export_dir)["image_size"], 32)
         loaded = tf.saved_model.load(result.export_dir)
         pixels = fake_data.gray_pixels(32, 32)[None, ..., None]
@@ -210,6 +266,52 @@ class TrainTest(tf.test.TestCase):
         self.assertFalse(run_dir_lib.prepare(other.run_dir, other.identity(), overwrite=True, is_chief=True))
         self.assertFalse(os.path.exists(os.path.join(config.run_dir, run_dir_lib.HISTORY_FILE)))
         self.assertFalse(os.path.exists(result.export_dir))
+
+    def test_export_final_is_the_last_epoch_also_when_early_stopping_ends_the_run(self):
+        # Epoch 1 scores worse than epoch 0: patience 1 stops after it. `final` exports epoch 1's
+        # weights (early stopping restores nothing), best.keras keeps epoch 0's.
+        config = self._config("final", epochs=3, early_stopping_patience=1, export_weights="final")
+        weights = _WeightsPerEpoch()
+        with _forced_val_auc({0: 0.9, 1: 0.1}):
+            result = train_lib.train(config, _STRATEGY(), extra_callbacks=[weights])
+        self.assertEqual(result.epochs_run, 2)
+        self.assertNotEqual(weights.digests[0], weights.digests[1])
+        best = keras.models.load_model(os.path.join(config.run_dir, run_dir_lib.BEST_CHECKPOINT))
+        self.assertEqual(train_lib.weights_digest(best), weights.digests[0])
+        self.assertEqual(result.weights_sha256, weights.digests[1])
+        self.assertEqual(_export_weights_digest(result.export_dir, best), weights.digests[1])
+        self.assertAllClose(result.best_val_auc, 0.9)
+        saved = json.load(open(os.path.join(config.run_dir, run_dir_lib.CONFIG_FILE)))
+        self.assertEqual(saved["train_config"]["export_weights"], "final")
+
+    def test_resume_keeps_the_best_epoch(self):
+        # Killed after epoch 2 (index 1, the best so far); the resumed epoch 3 scores worse: it
+        # must not replace best.keras, nor be marked best, and patience 1 (one epoch without a
+        # gain since epoch 2) stops the run after it.
+        config = self._config("keep-best", epochs=4, early_stopping_patience=1)
+        before = _WeightsPerEpoch()
+        with _forced_val_auc({0: 0.6, 1: 0.8}), self.assertRaises(KeyboardInterrupt):
+            train_lib.train(config, _STRATEGY(), extra_callbacks=[before, _RaiseAfterEpoch(1)])
+        best_path = os.path.join(config.run_dir, run_dir_lib.BEST_CHECKPOINT)
+        self.assertEqual(train_lib.weights_digest(keras.models.load_model(best_path)), before.digests[1])
+
+        resumed = dataclasses.replace(config, verbose=2)  # The epoch line; not part of the run's identity.
+        stdout = io.StringIO()
+        with _forced_val_auc({2: 0.3}), contextlib.redirect_stdout(stdout):
+            result = train_lib.train(resumed, _STRATEGY())
+        self.assertEqual(result.initial_epoch, 2)
+        self.assertEqual(result.epochs_run, 1)  # Stopped early: the wait was restored.
+        rows = _history_rows(config.run_dir)
+        self.assertEqual([int(row["epoch"]) for row in rows], [0, 1, 2])
+        self.assertAllClose([float(row["val_auc"]) for row in rows], [0.6, 0.8, 0.3])
+        best = keras.models.load_model(best_path)
+        self.assertEqual(train_lib.weights_digest(best), before.digests[1])
+        self.assertAllClose(result.best_val_auc, 0.8)
+        self.assertEqual(_export_weights_digest(result.export_dir, best), before.digests[1])
+        lines = [line for line in stdout.getvalue().splitlines() if line.startswith("epoch")]
+        self.assertLen(lines, 1)
+        self.assertRegex(lines[0], r"^epoch 3/4 .*val_auc 0\.3000")
+        self.assertNotIn("* best", lines[0])
 
     def _train_variant(self, **kwargs):
         result = train_lib.train(self._config("variant", epochs=1, **kwargs), _STRATEGY())
@@ -333,6 +435,8 @@ class FullProfileBinaryTest(tf.test.TestCase):
         self.assertEqual(run.stderr.count("Effective training configuration:"), 1)
         self.assertRegex(run.stderr, r"lr_per_epoch\s+= 2e-06, 1\.425e-05")
         self.assertRegex(run.stderr, r"global_batch_size\s+= 16")
+        # The weights export/ will hold, named at start-up (both profiles export the best epoch).
+        self.assertIn(train_lib.EXPORT_WEIGHTS_LOG["best"], run.stderr)
 
 
 class MirroredStrategyTest(tf.test.TestCase):
@@ -345,7 +449,8 @@ class MirroredStrategyTest(tf.test.TestCase):
             import json, tensorflow as tf
             cpu = tf.config.list_physical_devices("CPU")[0]
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-            from trainer.training import config as config_lib
+            from trainer.training import callbacks as callbacks_lib
+from trainer.training import config as config_lib
             from trainer.training import runner as train_lib
             strategy = train_lib.create_strategy("mirrored")
             result = train_lib.train(config_lib.TrainConfig(records_dir={records!r}, run_dir={run_dir!r},

@@ -19,9 +19,9 @@ Where `full` departs from the 2023 thesis, on purpose (every other field is the 
 
   - Per-image standardization is part of the model (its `Standardize` layer), not of the input
     generator: same arithmetic, and the exported model standardizes by itself.
-  - `checkpoints/best.keras` keeps the epoch with the best validation mean AUC, in addition to
-    the final weights that are exported (early stopping is off: every one of the 30 epochs
-    runs).
+  - `checkpoints/best.keras` keeps the epoch with the best validation mean AUC, and `export/`
+    holds that epoch's weights (`export_weights="best"`; early stopping is off: every one of
+    the 30 epochs runs).
   - `scale_lr` is off: with one replica nothing changes; with more, the global batch grows
     (16 per replica) at the thesis' learning rates unless `--scale_lr` is given.
   - `augment_placement` and `xla` choose where and how the same augmentation and training
@@ -29,6 +29,14 @@ Where `full` departs from the 2023 thesis, on purpose (every other field is the 
     the recipe.
   - `mixed_precision` is `auto`: bf16 (or fp16 with loss scaling) where the device trains
     faster in it (the table in `trainer/training/device.py`), float32 elsewhere, as the thesis trained.
+
+Which weights a run hands over (`export_weights`), one rule for both profiles: the best epoch
+is the one with the highest validation mean AUC (`val_auc`), the first to reach it winning a
+tie. `checkpoints/best.keras` always holds it, also across a resume (the selection continues
+from the best epoch recorded in `history.csv`). `best` (the default) exports those weights, so
+`export/` and `best.keras` hold the same ones; `final` exports the last epoch's weights. Early
+stopping only stops training, it never puts the best weights back into the model, so `final`
+is the last epoch trained even when early stopping ended the run.
 """
 
 from __future__ import annotations
