@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from tests import fake_data
+from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 from trainer.model import export
@@ -124,6 +125,81 @@ def _export_weights_digest(export_dir, like):
     for weight in like.weights:
         digest.update(np.ascontiguousarray(by_name[weight.path].numpy()).tobytes())
     return digest.hexdigest()
+
+
+# Label weights 2**-(j + 1): a record's fingerprint is exact in float32, and sums of a few
+# dozen of them too.
+_LABEL_WEIGHTS = tf.constant([2.0 ** -(j + 1) for j in range(schema.NUM_LABELS)], tf.float32)
+
+
+class _RecordCount(keras.metrics.Metric):
+    """Records scored since the last reset (summed over replicas)."""
+
+    def __init__(self, name="records_scored"):
+        super().__init__(name=name)
+        self.total = self.add_variable((), initializer="zeros", name="total", aggregation="sum")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.total.assign_add(tf.cast(tf.shape(y_true)[0], tf.float32))
+
+    def result(self):
+        return self.total
+
+
+class _LabelFingerprint(_RecordCount):
+    """Sum over the records scored of their labels weighed by `_LABEL_WEIGHTS`."""
+
+    def __init__(self):
+        super().__init__(name="label_fingerprint")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.total.assign_add(tf.reduce_sum(tf.cast(y_true, tf.float32) * _LABEL_WEIGHTS))
+
+
+class _ValidationSteps(keras.callbacks.Callback):
+    """Per validation pass, (records scored, fingerprint) so far after each step, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.passes = []
+
+    def on_test_begin(self, logs=None):
+        self.passes.append([])
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.passes[-1].append((float(logs["records_scored"]), float(logs["label_fingerprint"])))
+
+
+def _validation_passes(records_dir, run_dir, *, batch_size_per_replica, epochs=3):
+    """Trains as the trainer does (inside the strategy's scope) and returns each epoch's pass.
+
+    Runs under `create_strategy("mirrored")`: every logical CPU device is a replica.
+    """
+    build_metrics = task.build_metrics
+    recorder = _ValidationSteps()
+    config = config_lib.TrainConfig(
+        records_dir=records_dir,
+        run_dir=run_dir,
+        **{**_TINY, "batch_size_per_replica": batch_size_per_replica},
+        epochs=epochs,
+        steps_per_execution=1,  # One logged step per batch.
+    )
+    with mock.patch.object(
+        task, "build_metrics", lambda: [*build_metrics(), _RecordCount(), _LabelFingerprint()]
+    ):
+        train_lib.train(config, train_lib.create_strategy("mirrored"), extra_callbacks=[recorder])
+    return recorder.passes
+
+
+def _expected_pass(records_dir):
+    """(records, fingerprint) of the val split, read directly in one pass."""
+    labels = np.concatenate(
+        [
+            batch[1].numpy()
+            for batch in dataset_lib.build_dataset(records_dir, "val", batch_size=64, training=False)
+        ]
+    )
+    return len(labels), float(np.sum(labels.astype(np.float32) * _LABEL_WEIGHTS.numpy()))
 
 
 class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
@@ -437,6 +513,62 @@ class FullProfileBinaryTest(tf.test.TestCase):
         self.assertRegex(run.stderr, r"global_batch_size\s+= 16")
         # The weights export/ will hold, named at start-up (both profiles export the best epoch).
         self.assertIn(train_lib.EXPORT_WEIGHTS_LOG["best"], run.stderr)
+
+
+class ValidationPassTest(tf.test.TestCase, parameterized.TestCase):
+    """Every epoch scores each validation record exactly once, in the same order."""
+
+    def _assert_one_pass_per_epoch(self, passes, expected):
+        self.assertLen(passes, 3)
+        for steps in passes:
+            self.assertEqual(steps[-1][0], expected[0])  # Records scored: each once.
+            self.assertAllClose(steps[-1][1], expected[1], rtol=0, atol=0)  # And the right ones.
+        # The same batches in the same order: equal running totals after every step.
+        self.assertEqual(passes[1], passes[0])
+        self.assertEqual(passes[2], passes[0])
+
+    def test_one_replica_13_records_batch_4(self):
+        records = os.path.join(self.get_temp_dir(), "records")
+        fake_data.write_records(records, image_size=32, split_sizes={"train": 16, "val": 13})
+        passes = _validation_passes(
+            records, os.path.join(self.get_temp_dir(), "run"), batch_size_per_replica=4
+        )
+        self.assertLen(passes[0], 4)  # 4 + 4 + 4 + 1.
+        self._assert_one_pass_per_epoch(passes, _expected_pass(records))
+
+    @pytest.mark.slow  # Three trainings in a fresh process with two logical CPU devices.
+    def test_two_replicas_uneven_passes(self):
+        # 13 records at 4 per replica: 4 replica batches, 2 steps. 9 at 4: 3 replica batches,
+        # the second step has one for the first replica only. 13 at 3: 5 replica batches.
+        root = self.get_temp_dir()
+        cases = [(13, 4), (9, 4), (13, 3)]
+        for records, _ in cases:
+            fake_data.write_records(
+                os.path.join(root, f"records-{records}"),
+                image_size=32,
+                split_sizes={"train": 16, "val": records},
+            )
+        script = textwrap.dedent(f"""
+            import json, tensorflow as tf
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+            from tests import train_test
+            out = [train_test._validation_passes({root!r} + f"/records-{{n}}", {root!r} + f"/run-{{n}}-{{b}}",
+                                                 batch_size_per_replica=b) for n, b in {cases!r}]
+            print("RESULT" + json.dumps(out))
+        """)
+        run = subprocess.run(
+            [sys.executable, "-c", script], cwd=_REPO, capture_output=True, text=True, timeout=600
+        )
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        results = json.loads(run.stdout.split("RESULT")[-1])
+        for (records, batch), passes in zip(cases, results):
+            with self.subTest(records=records, batch_per_replica=batch):
+                passes = [[tuple(step) for step in steps] for steps in passes]
+                self.assertLen(passes[0], -(-records // (2 * batch)))
+                self._assert_one_pass_per_epoch(
+                    passes, _expected_pass(os.path.join(root, f"records-{records}"))
+                )
 
 
 class MirroredStrategyTest(tf.test.TestCase):

@@ -75,6 +75,38 @@ def whole_epoch_steps_per_execution(requested: int, *step_counts: int | None) ->
     return max(k for k in range(1, min([requested, *counts]) + 1) if all(c % k == 0 for c in counts))
 
 
+def validation_pass(records: int, global_batch_size: int, replicas: int) -> tuple[int, int | None]:
+    """(steps, re-batched batches or None) of one validation pass over a repeated input.
+
+    The validation input yields per-replica batches and hands them to the replicas in turn,
+    `replicas` per step; `fit` reads `steps` steps of the repeated input per epoch. That is
+    exactly one pass when the pass holds a whole number of steps' batches. When it does not
+    (several replicas, a pass of `records` that does not divide), the last step would take
+    batches of the next pass and score records twice, and a finite input would hand a
+    replica an empty batch, which the model's batch normalization refuses. Then the pass is
+    re-batched into `replicas * steps` batches of near-equal sizes (second value), none
+    larger than the configured batch, none empty.
+
+    Returns:
+      (steps, None) when the batches split into whole steps as they are; (steps, batches)
+      when they must be re-batched.
+
+    Raises:
+      ValueError: fewer records than replicas (a replica would have none to score).
+    """
+    per_replica = global_batch_size // replicas
+    steps = -(-records // global_batch_size)
+    if -(-records // per_replica) % replicas == 0:
+        return steps, None
+    if records < replicas:
+        raise ValueError(
+            f"The val split has {records} records, fewer than the {replicas} replicas: each replica "
+            "needs at least one record per validation step. Write more validation records or train "
+            "on fewer replicas."
+        )
+    return steps, replicas * steps
+
+
 def device_type(strategy: tf.distribute.Strategy) -> str:
     """ "CPU", "GPU" or "TPU": the kind of device the strategy's first replica runs on."""
     return strategy.extended.worker_devices[0].split("device:")[-1].split(":")[0].upper()
@@ -95,9 +127,11 @@ class RunPlan:
     precision: hardware.PrecisionChoice  # What `mixed_precision` resolved to, and why.
     steps_per_execution: int  # Divides steps_per_epoch and validation_steps.
     validation_batch_size: int  # Global.
-    # Validation batches per pass; None (multi-worker: each worker's share differs) makes Keras
+    # Validation steps per pass; None (multi-worker: each worker's share differs) makes Keras
     # read the validation input to its end with a fresh iterator every epoch.
     validation_steps: int | None
+    # Per-replica batches one validation pass is re-batched into (`validation_pass`), or None.
+    validation_batches: int | None
     lr_fn: Callable[[int], float]  # Learning rate of each 0-based epoch index.
     lr_max_scaled: float
 
@@ -128,7 +162,11 @@ def plan_run(
     precision = hardware.resolve_mixed_precision(config.mixed_precision, hardware.describe_device(device))
     validation_batch = (config.validation_batch_size_per_replica or config.batch_size_per_replica) * replicas
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    validation_steps = None if multi_worker else -(-manifest.splits["val"].records // validation_batch)
+    validation_steps, validation_batches = None, None
+    if not multi_worker:
+        validation_steps, validation_batches = validation_pass(
+            manifest.splits["val"].records, validation_batch, replicas
+        )
     return RunPlan(
         image_size=manifest.image_size,
         replicas=replicas,
@@ -149,6 +187,7 @@ def plan_run(
         else whole_epoch_steps_per_execution(config.steps_per_execution, steps_per_epoch, validation_steps),
         validation_batch_size=validation_batch,
         validation_steps=validation_steps,
+        validation_batches=validation_batches,
         lr_fn=config.lr_fn(replicas),
         lr_max_scaled=config.lr_max_scaled(replicas),
     )
@@ -260,5 +299,6 @@ def build_inputs(
         training=False,
         batch_size_per_replica=plan.validation_batch_size // plan.replicas,
         repeat=plan.validation_steps is not None,
+        pass_batches=plan.validation_batches,
     )
     return train, val
