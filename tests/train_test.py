@@ -27,9 +27,9 @@ from trainer.model import export
 from trainer.model import run_dir as run_dir_lib
 from trainer.training import callbacks as callbacks_lib
 from trainer.training import config as config_lib
+from trainer.training import inputs, task
 from trainer.training import runner as train_lib
 from trainer.training import schedule as lr_schedule
-from trainer.training import task
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STRATEGY = lambda: train_lib.create_strategy("auto")  # noqa: E731
@@ -250,6 +250,25 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
     )
     def test_steps_per_execution_divides_every_pass(self, requested, step_counts, expected):
         self.assertEqual(task.whole_epoch_steps_per_execution(requested, *step_counts), expected)
+
+    @parameterized.parameters(
+        (192, 32, 1, (6, None)),  # The demo: 6 batches of 32.
+        (13, 4, 1, (4, None)),  # 4 + 4 + 4 + 1, one replica.
+        (13, 8, 2, (2, None)),  # 4 replica batches: 2 whole steps.
+        (9, 8, 2, (2, 4)),  # 3 replica batches: re-batched into 3 + 2 + 2 + 2.
+        (13, 6, 2, (3, 6)),  # 5 replica batches: re-batched into 3 + 2 + 2 + 2 + 2 + 2.
+    )
+    def test_validation_pass(self, records, global_batch, replicas, expected):
+        self.assertEqual(task.validation_pass(records, global_batch, replicas), expected)
+
+    def test_validation_pass_needs_a_record_per_replica(self):
+        with self.assertRaisesRegex(ValueError, r"val split has 1 records, fewer than the 2 replicas"):
+            task.validation_pass(1, 8, 2)
+
+    def test_split_evenly_keeps_the_order(self):
+        pass_ = tf.data.Dataset.range(9).batch(4)  # 4 + 4 + 1.
+        batches = [batch.numpy().tolist() for batch in inputs.split_evenly(pass_, 9, 4)]
+        self.assertEqual(batches, [[0, 1, 2], [3, 4], [5, 6], [7, 8]])
 
     def test_resolve_jit_compile(self):
         self.assertTrue(task.resolve_jit_compile("on", "CPU"))
