@@ -42,7 +42,9 @@ is the last epoch trained even when early stopping ended the run.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -69,12 +71,57 @@ def _field(default: Any, help_text: str, choices: tuple[str, ...] | None = None)
     return dataclasses.field(default=default, metadata=metadata)
 
 
+# TrainConfig holds one `augment_<name>` field per `AugmentConfig` field (`--augment_zoom`,
+# ...), made from it by `_with_augment_fields`: the same type and default, the help text of its
+# docstring's Attributes, and these allowed values.
+AUGMENT_PREFIX = "augment_"
+AUGMENT_CHOICES = {"fill_mode": augment_lib.FILL_MODES, "interpolation": augment_lib.INTERPOLATIONS}
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """{name: text} of the `Attributes:` section of a class's Google-style docstring."""
+    docs: dict[str, str] = {}
+    name = None
+    for line in inspect.getdoc(cls).split("Attributes:", 1)[1].splitlines()[1:]:
+        entry = re.match(r"  (\w+): (.*)", line)
+        if entry:
+            name, docs[entry[1]] = entry[1], entry[2]
+        elif name and line.startswith("    "):
+            docs[name] += " " + line.strip()
+        else:
+            break
+    return docs
+
+
+def _with_augment_fields(cls: type) -> type:
+    """Adds the `augment_<name>` fields to `cls` (before `dataclass` sees it), after `augment_placement`."""
+    docs = _attribute_docs(augment_lib.AugmentConfig)
+    added = {}
+    for field in dataclasses.fields(augment_lib.AugmentConfig):
+        help_text = docs[field.name][:1].upper() + docs[field.name][1:]
+        added[AUGMENT_PREFIX + field.name] = field.type
+        setattr(
+            cls,
+            AUGMENT_PREFIX + field.name,
+            _field(field.default, help_text, AUGMENT_CHOICES.get(field.name)),
+        )
+    annotations = {}
+    for name, annotation in cls.__annotations__.items():
+        annotations[name] = annotation
+        if name == "augment_placement":
+            annotations.update(added)
+    cls.__annotations__ = annotations
+    return cls
+
+
 @dataclasses.dataclass(frozen=True)
+@_with_augment_fields
 class TrainConfig:
     """Everything that defines a training run; validated once on construction.
 
     The defaults are the `demo` profile's values (so every flag works on the demo data);
-    `PROFILES` holds each profile as a complete set of fields.
+    `PROFILES` holds each profile as a complete set of fields. The `augment_<name>` fields,
+    one per `AugmentConfig` field, are added from it (`_with_augment_fields`).
     """
 
     profile: str = _field(
@@ -114,14 +161,6 @@ class TrainConfig:
         "model: inside the training step; dataset: in tf.data after batching; auto: measured per device.",
         AUGMENT_PLACEMENTS,
     )
-    augment_rotation_degrees: float = _field(3.0, "Rotation drawn in [-r, r] degrees.")
-    augment_width_shift: float = _field(0.1, "Horizontal shift drawn in [-s, s] times the width.")
-    augment_height_shift: float = _field(0.05, "Vertical shift drawn in [-s, s] times the height.")
-    augment_zoom: float = _field(0.15, "Zoom factors drawn in [1 - z, 1 + z], per axis.")
-    augment_horizontal_flip: bool = _field(True, "Mirror left-right with probability 1/2.")
-    augment_vertical_flip: bool = _field(False, "Mirror top-bottom with probability 1/2.")
-    augment_fill_mode: str = _field("reflect", "Points outside the image.", augment_lib.FILL_MODES)
-    augment_interpolation: str = _field("bilinear", "Resampling.", augment_lib.INTERPOLATIONS)
     mixed_precision: str = _field(
         "auto",
         "auto: bf16 where the device computes it natively, fp16 on GPUs of compute capability 7.x, "
@@ -187,19 +226,13 @@ class TrainConfig:
           ValueError: an augmentation range out of bounds (named by its TrainConfig field).
         """
         values = {
-            "rotation_degrees": self.augment_rotation_degrees,
-            "width_shift": self.augment_width_shift,
-            "height_shift": self.augment_height_shift,
-            "zoom": self.augment_zoom,
-            "horizontal_flip": self.augment_horizontal_flip,
-            "vertical_flip": self.augment_vertical_flip,
-            "fill_mode": self.augment_fill_mode,
-            "interpolation": self.augment_interpolation,
+            field.name: getattr(self, AUGMENT_PREFIX + field.name)
+            for field in dataclasses.fields(augment_lib.AugmentConfig)
         }
         try:
             config = augment_lib.AugmentConfig(**values)
         except ValueError as error:
-            raise ValueError(f"TrainConfig: {str(error).replace('AugmentConfig.', 'augment_')}") from None
+            raise ValueError(f"TrainConfig: {str(error).replace('AugmentConfig.', AUGMENT_PREFIX)}") from None
         return config if self.augment else None
 
 
