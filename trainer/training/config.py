@@ -313,8 +313,8 @@ def _validate_choices(config: TrainConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 # Profiles: each lists every field of TrainConfig (tests/config_test.py checks that).
 
-# The demo profile, measured on the synthetic demo records at 64x64 on 2 CPU cores (README,
-# "Measured figures"): a short ramp to a high rate, as 12 epochs leave no room for
+# The demo profile, measured on the synthetic demo records at 64x64 on 2 CPU cores (`make
+# train`, whose validation mean AUC is in runs/demo/history.csv): a short ramp to a high rate, as 12 epochs leave no room for
 # an 8-epoch ramp from 2e-6; the positive-weighted loss, which gave the best validation mean AUC
 # of the three class-imbalance modes; mixed precision per device (`auto`: float32 on a CPU with
 # avx512_bf16 but no AMX, where bf16 trained slower; the table it follows is in trainer/training/device.py).
@@ -351,7 +351,8 @@ DEMO: dict[str, Any] = dict(
     augment_interpolation="bilinear",
     mixed_precision="auto",
     # Six steps per call (divides the demo's 42 training and 6 validation steps): the loop's own
-    # cost per step fell with it in `make profile-train` (README, "Measured figures").
+    # cost per step fell with it, measured by `make profile-train` (python -m
+    # benchmarks.profile_train -> runs/bench/train-attribution.json, variant "after_spe6").
     steps_per_execution=6,
     validation_batch_size_per_replica=None,
     xla="auto",

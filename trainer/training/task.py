@@ -8,8 +8,8 @@
     train_data, val_data = build_inputs(config, strategy, plan)
     callbacks.build_callbacks(plan.lr_fn, ...)
 
-Device-dependent decisions (`xla`, `augment_placement` set to "auto") follow measurements
-recorded below.
+Device-dependent decisions (`xla`, `augment_placement` set to "auto") follow the benchmark
+results recorded below, each beside the command that measured it.
 """
 
 from __future__ import annotations
@@ -29,19 +29,27 @@ from trainer.training import config as config_lib
 from trainer.training import device as hardware
 from trainer.training import inputs
 
-# XLA (`jit_compile`) as measured by `python -m benchmarks.bench_train` (runs/bench/bench-train.json;
-# training steps with augmentation in the step, best of 2 alternating rounds, images/s; README,
-# "Measured figures"): XLA / no-XLA on this 2-core CPU (avx512_bf16), the worse of full size (ResUNet
-# 256x256, widths 32-64-128-256) and the demo profile. `xla=auto` turns XLA on only where every
-# ratio listed for the device is > 1: not on CPU. No GPU/TPU was available to measure; there
-# `auto` follows Keras' own default (on).
+# Decided by benchmarks; this is the one place the trainer reads them from, each with the
+# command that measured it (its JSON report has the figures and the machine's load).
+#
+# XLA speed-up per device type: images/s of training steps (augmentation in the step, best of
+# the alternating rounds) with `jit_compile` over without, in float32 ("fp32", the report's
+# ratio "xla_fp32/fp32") and bf16 ("bf16", "xla_bf16/bf16"); the worse of the full-size
+# ResUNet (256x256, widths 32-64-128-256) and the demo profile's. Measured by
+#     make bench-train      (python -m benchmarks.bench_train -> runs/bench/bench-train.json)
+# on a 2-core CPU with avx512_bf16, TF 2.21. `xla=auto` turns XLA on only where every ratio
+# listed for the device is > 1: not on CPU. No GPU/TPU was measured; there `auto` follows
+# Keras' own default (on).
 XLA_SPEEDUP_BY_DEVICE = {"CPU": {"fp32": 0.77, "bf16": 0.58}}
 
-# Augmentation placement, as measured by `python -m benchmarks.bench_input` (ResUNet 256x256,
-# the two placements alternating in one run; README, "Measured figures"): with XLA off (what
-# `xla=auto` picks on CPU) the tf.data placement trained faster on CPU, so `auto` takes it
-# there; on GPU/TPU the batch work belongs on the accelerator, inside the compiled step.
+# Augmentation placement per device type: the placement with the higher training images/s,
+# the "model" and "dataset" placements alternating in one run (ResUNet 256x256, XLA off as
+# `xla=auto` picks on CPU). Measured by
+#     make bench-input      (python -m benchmarks.bench_input -> runs/bench/bench-input.json)
+# on the same CPU: "dataset" was faster. GPU/TPU were not measured; there the batch work
+# belongs on the accelerator, inside the compiled step ("model").
 AUGMENT_PLACEMENT_BY_DEVICE = {"CPU": "dataset"}
+
 # Epochs of the learning-rate schedule recorded in config.json and the start-up log.
 LOGGED_LR_EPOCHS = 12
 
