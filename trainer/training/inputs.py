@@ -224,7 +224,9 @@ def split_evenly(dataset: tf.data.Dataset, records: int, batches: int) -> tf.dat
     """Re-batches one evaluation pass of `records` records into `batches` batches, in order.
 
     The first `records % batches` batches hold one record more than the others, so sizes
-    differ by at most one and none is empty (`batches` <= `records`).
+    differ by at most one and none is empty (`batches` <= `records`). The records of those
+    first batches are read twice (`skip` reads what it drops); only a pass that needs it
+    (several replicas, `trainer.training.task.validation_pass`) is re-batched.
     """
     size, larger = divmod(records, batches)
     records_in_order = dataset.unbatch()

@@ -32,6 +32,13 @@ from trainer.training import display as console_callbacks
 from trainer.training import keras_compat, task
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
+# The start-up line naming the weights `export/` will hold (`--export_weights`).
+EXPORT_WEIGHTS_LOG = {
+    "best": "export_weights=best: export/ will hold the weights of the epoch with the best validation "
+    "mean AUC, the same as checkpoints/best.keras.",
+    "final": "export_weights=final: export/ will hold the last epoch's weights; checkpoints/best.keras "
+    "keeps the epoch with the best validation mean AUC.",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,15 +298,6 @@ def _set_up(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy) ->
     _start_run_dir(config, effective, role, resuming=resuming)
     initial_epoch = run_dir_lib.backup_epoch(role.backup_dir)
     return _Setup(manifest, plan, role, effective, initial_epoch)
-
-
-# The start-up line naming the weights `export/` will hold (`--export_weights`).
-EXPORT_WEIGHTS_LOG = {
-    "best": "export_weights=best: export/ will hold the weights of the epoch with the best validation "
-    "mean AUC, the same as checkpoints/best.keras.",
-    "final": "export_weights=final: export/ will hold the last epoch's weights; checkpoints/best.keras "
-    "keeps the epoch with the best validation mean AUC.",
-}
 
 
 def _callbacks(
