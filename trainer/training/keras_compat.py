@@ -175,7 +175,8 @@ class KeepValidationIterator(keras.callbacks.Callback):
         self._skipping_probe = False
 
     def on_train_begin(self, logs=None):
-        self._skip_shape_probe()
+        if FIRST_VERSION <= keras_version() <= LAST_TESTED_VERSION:
+            self._skip_shape_probe()
 
     def on_test_begin(self, logs=None):
         if self._patched is not None:
@@ -183,7 +184,7 @@ class KeepValidationIterator(keras.callbacks.Callback):
         epoch_iterator = getattr(self.model, "_eval_epoch_iterator", None)
         if epoch_iterator is None:  # `evaluate` outside `fit`: nothing is cached to keep.
             return
-        if not FIRST_VERSION <= keras_version() <= LAST_TESTED_VERSION or not (
+        if not self._skipping_probe or not (
             hasattr(epoch_iterator, "_get_iterator") and hasattr(epoch_iterator, "_distributed_dataset")
         ):
             logging.warning(
