@@ -600,8 +600,7 @@ class MirroredStrategyTest(tf.test.TestCase):
             import json, tensorflow as tf
             cpu = tf.config.list_physical_devices("CPU")[0]
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-            from trainer.training import callbacks as callbacks_lib
-from trainer.training import config as config_lib
+            from trainer.training import config as config_lib
             from trainer.training import runner as train_lib
             strategy = train_lib.create_strategy("mirrored")
             result = train_lib.train(config_lib.TrainConfig(records_dir={records!r}, run_dir={run_dir!r},
