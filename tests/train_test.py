@@ -497,7 +497,7 @@ class FullProfileBinaryTest(tf.test.TestCase):
                 f"--run_dir={run_dir}",
                 "--epochs=2",
                 "--steps_per_epoch=1",
-                "--verbose=0",
+                "--epoch_lines=0",
                 "--verbosity=1",  # The effective-configuration block is logged at DEBUG.
             ],
             cwd=_REPO,
