@@ -26,12 +26,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
 from tfrecords import schema
-
-DECODER_OUTPUT = "decoder_output"
-BOTTLENECK_OUTPUT = "bottleneck_out"
-# Present when the ResUNet's head pools the bottleneck as well.
-BOTTLENECK_POOL = "bottleneck_pool"
-PROBABILITIES = "probabilities"
+from trainer.model.models import BOTTLENECK_OUTPUT, BOTTLENECK_POOL, DECODER_OUTPUT, PROBABILITIES
 
 
 def feature_layers(model: keras.Model) -> tuple[str, ...]:
