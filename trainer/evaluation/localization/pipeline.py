@@ -154,21 +154,11 @@ def localize_split(
     for images, labels, metadata in batches:
         names = [v.decode("utf-8") for v in metadata[schema.IMAGE_INDEX_KEY].numpy()]
         end = offset + len(names)
-        if names != list(image_indices[offset:end]):
-            raise ValueError(
-                f"The {split!r} records of {records_dir!r} are not in the order they were predicted in "
-                f"(records {offset}..{end - 1}); were they rewritten during the evaluation?"
-            )
+        _check_order(names, image_indices[offset:end], offset, f"The {split!r} records of {records_dir!r}")
         pixels = images.numpy()
         if mean_maps:
             _add_mean_maps(acc, explainer, pixels, probabilities[offset:end], labels.numpy())
-        pairs = []
-        for i, name in enumerate(names):
-            found = by_image.get(name, [])
-            for finding in _findings_of(found):
-                pairs.append(
-                    (i, finding, [(b.x, b.y, b.width, b.height) for b in found if b.finding == finding])
-                )
+        pairs = _boxed_pairs(names, by_image)
         _score_pairs(acc, explainer, pixels, pairs, names, probabilities[offset:end], patient_ids[offset:end])
         offset = end
     if offset != len(image_indices):
@@ -176,6 +166,27 @@ def localize_split(
             f"The {split!r} records hold {offset} images but {len(image_indices)} were predicted."
         )
     return _result(acc, bootstrap, mean_maps=mean_maps)
+
+
+def _check_order(names: Sequence[str], predicted: Sequence[str], offset: int, what: str) -> None:
+    """Raises when a batch's image names differ from those predicted at the same positions."""
+    if list(names) != list(predicted):
+        raise ValueError(
+            f"{what} are not in the order they were predicted in (records {offset}..{offset + len(names) - 1}); "
+            "were they rewritten during the evaluation?"
+        )
+
+
+def _boxed_pairs(
+    names: Sequence[str], by_image: Mapping[str, Sequence[boxes_lib.Box]]
+) -> list[tuple[int, str, list[tuple[float, float, float, float]]]]:
+    """The batch's (row, finding, that finding's boxes as (x, y, w, h)) pairs, in row order."""
+    pairs = []
+    for i, name in enumerate(names):
+        found = by_image.get(name, [])
+        for finding in _findings_of(found):
+            pairs.append((i, finding, [(b.x, b.y, b.width, b.height) for b in found if b.finding == finding]))
+    return pairs
 
 
 def _findings_of(found: Sequence[boxes_lib.Box]) -> list[str]:
