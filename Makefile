@@ -42,13 +42,13 @@ INSPECT_ARGS ?=
 DATA_DEP := $(if $(filter $(DEMO_DIR),$(DATA_DIR)),$(DEMO_DIR)/Data_Entry_2017.csv,)
 
 .PHONY: help setup demo-data tfrecords train evaluate predict inspect test test-slow lint format clean \
-	bench bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo bench-nih-scale
+	measurements bench bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo bench-nih-scale
 
 help:
 	@echo "make train      demo data -> TFRecords -> train -> export -> reports (runs/demo/)"
 	@echo "make test       set up and run the test suite"
 	@echo "make inspect    check a records directory against its manifest, summary + contact sheet PNG"
-	@echo "make setup | demo-data | tfrecords | evaluate | predict | test-slow | bench | lint | format | clean"
+	@echo "make setup | demo-data | tfrecords | evaluate | predict | test-slow | bench | measurements | lint | format | clean"
 
 setup: $(STAMP)
 
@@ -101,8 +101,15 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-# Benchmarks: side-by-side ratios in one run each, written to runs/bench/*.json.
+# Benchmarks: side-by-side ratios in one run each, written to runs/bench/*.json, then
+# merged into benchmarks/results.json and docs/measurements.md.
 bench: bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo
+	$(PY) -m benchmarks.measurements
+
+# The current figure of each benchmark (runs/bench/*.json, newer replaces older) into
+# benchmarks/results.json, docs/measurements.md and the README's results table.
+measurements: $(STAMP)
+	$(PY) -m benchmarks.measurements
 
 bench-tfrecords: $(STAMP)
 	$(PY) -m benchmarks.bench_tfrecords
