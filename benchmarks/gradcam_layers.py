@@ -8,7 +8,8 @@ variant of `CHOICES` (layers, method, smoothing of `trainer.model.gradcam.GradCa
 energy inside, IoU, the boxes' area share (the image-blind baseline), the border share, the
 model-randomization rank correlation, and two properties of the split's mean map (each image's
 map of its most probable finding): the share of its spectral power at the period-2 frequency
-(the decoder's checkerboard) and the share of its mass in the bottom tenth of the image.
+(the decoder's checkerboard) and the share of its mass in the bottom tenth of the image, and the
+same two averaged over the findings' mean maps (each over the images labelled with it).
 Writes runs/bench/gradcam_layers.json and prints one line per variant.
 """
 
@@ -51,6 +52,12 @@ def checkerboard_share(mean_map: np.ndarray) -> float:
     return float(nyquist / power.sum()) if power.sum() > 0 else float("nan")
 
 
+def bottom_tenth_share(mean_map: np.ndarray) -> float:
+    """Share of the map's mass in its bottom tenth of rows (a flat map: 0.1)."""
+    bottom = mean_map[int(round(0.9 * mean_map.shape[0])) :]
+    return float(bottom.sum() / mean_map.sum()) if mean_map.sum() > 0 else float("nan")
+
+
 def score_choice(choice, model, records_dir, split, box_set, predictions) -> dict:
     name, layers, method, smooth = choice
     names = list(predictions.metadata[schema.IMAGE_INDEX_KEY])
@@ -66,7 +73,7 @@ def score_choice(choice, model, records_dir, split, box_set, predictions) -> dic
     )
     overall, sanity = located.summary["overall"], located.summary["sanity"]
     mean_map = located.mean_cams.overall
-    bottom = mean_map[int(round(0.9 * mean_map.shape[0])) :]
+    by_finding = [cam for cam, _ in located.mean_cams.by_finding.values()]
     return {
         "variant": name,
         "layers": list(layers),
@@ -78,7 +85,10 @@ def score_choice(choice, model, records_dir, split, box_set, predictions) -> dic
         "border_energy_share": sanity["border_energy_share"],
         "randomization_spearman": sanity["randomization"]["spearman"],
         "mean_map_checkerboard_share": checkerboard_share(mean_map),
-        "mean_map_bottom_tenth_share": float(bottom.sum() / mean_map.sum()) if mean_map.sum() > 0 else None,
+        "mean_map_bottom_tenth_share": bottom_tenth_share(mean_map),
+        # The same over the findings' mean maps (each over the images labelled with the finding).
+        "finding_maps_checkerboard_share": float(np.nanmean([checkerboard_share(m) for m in by_finding])),
+        "finding_maps_bottom_tenth_share": float(np.nanmean([bottom_tenth_share(m) for m in by_finding])),
         "peak_cell_share": located.summary["mean_maps"]["peak_cell_share"],
         "pointing_game_per_finding": {f["label"]: f["pointing_game"] for f in located.summary["findings"]},
     }
