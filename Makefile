@@ -1,19 +1,43 @@
-# Every target that needs Python runs in .venv/, created and filled from setup.py's pins
-# when missing or older than setup.py (the stamp file).
+# Every target that needs Python runs in .venv/, created and filled from pyproject.toml with the
+# exact versions of requirements.lock when missing or older than either (the stamp file).
 SHELL := /bin/bash
-PYTHON ?= python3.11
+# The first of python3.11, python3.12, python3.13 (then python3) that runs and is 3.11-3.13;
+# PYTHON=/path/to/python3.x picks another.
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+	$$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' >/dev/null 2>&1 \
+	&& { echo $$p; break; }; done)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
 # Inputs. Without DATA_DIR, the synthetic NIH-layout demo set is generated into data/demo.
+# DATASET (make tfrecords / inspect): nih, chexpert, mimic_cxr_jpg, padchest, rsna_pneumonia or
+# folders (beam_pipelines/datasets/); for another than nih, the demo set in that data set's layout
+# (a few hundred images) goes to data/demo-<DATASET> and the records to data/tfrecords-<DATASET>.
+DATASET ?= nih
+ifeq ($(DATASET),nih)
 DEMO_DIR := data/demo
-DATA_DIR ?= $(DEMO_DIR)
-OUTPUT_DIR ?= data/tfrecords
-IMAGE_SIZE ?= 256
+DEMO_MARKER := Data_Entry_2017.csv
 NUM_IMAGES ?= 2000
+OUTPUT_DIR ?= data/tfrecords
+else
+DEMO_DIR := data/demo-$(DATASET)
+DEMO_MARKER := .demo-layout
+NUM_IMAGES ?= 300
+OUTPUT_DIR ?= data/tfrecords-$(DATASET)
+endif
+DATA_DIR ?= $(DEMO_DIR)
+IMAGE_SIZE ?= 256
+# The folder-per-class demo set names its images like the pediatric pneumonia set (personN_M.png).
+ifeq ($(DATASET),folders)
+DATASET_ARGS ?= --patient_regex='^person(\d+)_'
+else
+DATASET_ARGS ?=
+endif
 DEMO_IMAGE_SIZE ?= 1024
 BEAM_ARGS ?=
 PYTEST_ARGS ?=
@@ -34,15 +58,21 @@ BOOTSTRAP ?= 1000
 EVAL_ARGS ?=
 IMAGES ?= $(DEMO_DIR)/images_001/images
 PREDICT_ARGS ?=
-# make inspect: the records to check and draw (default: the training records, built if missing).
+# make inspect: the records to check and draw (default: the training records, built if missing;
+# with another DATASET than nih, the records of `make tfrecords DATASET=...`).
+ifeq ($(DATASET),nih)
 RECORDS ?= $(RECORDS_DIR)
+else
+RECORDS ?= $(OUTPUT_DIR)
+endif
 INSPECT_ARGS ?=
 
 # The demo set is a prerequisite only when DATA_DIR is the demo folder.
-DATA_DEP := $(if $(filter $(DEMO_DIR),$(DATA_DIR)),$(DEMO_DIR)/Data_Entry_2017.csv,)
+DATA_DEP := $(if $(filter $(DEMO_DIR),$(DATA_DIR)),$(DEMO_DIR)/$(DEMO_MARKER),)
 
-.PHONY: help setup demo-data tfrecords train evaluate predict inspect test test-slow lint format clean \
-	measurements bench bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo bench-nih-scale
+.PHONY: help setup check-python lock demo-data tfrecords train evaluate predict inspect test test-slow lint \
+	format clean measurements bench bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo \
+	bench-nih-scale
 
 help:
 	@echo "make train      demo data -> TFRecords -> train -> export -> reports (runs/demo/)"
@@ -52,29 +82,48 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): setup.py
-	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+# Stops with the versions it needs when no supported Python is found (or PYTHON is another one).
+check-python:
+	@test -n "$(PYTHON)" && $(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' \
+		2>/dev/null || { echo "make: needs Python 3.11, 3.12 or 3.13: $(if $(PYTHON),PYTHON=$(PYTHON) is not one,none of" \
+		"python3.11 python3.12 python3.13 python3 is)." "Install one, or pass PYTHON=/path/to/python3.12." >&2; exit 1; }
+
+$(STAMP): pyproject.toml $(LOCK)
+	test -x $(PY) || { $(MAKE) --no-print-directory check-python && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
+# Re-pins requirements.lock to what .venv/ holds now (after changing a range in pyproject.toml).
+lock: $(STAMP)
+	{ sed -n '/^#/p' $(LOCK); $(PY) -m pip freeze --exclude-editable | grep -v '^#'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+
 # The benchmark-only environment: the product plus tf-keras, for the Keras 2 baseline.
-$(BENCH_STAMP): setup.py
-	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV) || python3 -m venv $(BENCH_VENV)
+$(BENCH_STAMP): pyproject.toml $(LOCK)
+	test -x $(BENCH_VENV)/bin/python || { $(MAKE) --no-print-directory check-python && $(PYTHON) -m venv $(BENCH_VENV); }
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[bench-baseline]'
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c $(LOCK) -e '.[bench-baseline]'
 	touch $(BENCH_STAMP)
 
 # The demo set is generated only when DATA_DIR is the demo folder and it is not there yet.
-$(DEMO_DIR)/Data_Entry_2017.csv: | $(STAMP)
-	$(PY) -m demo_data.generate --output_dir=$(DEMO_DIR) --num_images=$(NUM_IMAGES) --image_size=$(DEMO_IMAGE_SIZE)
+$(DEMO_DIR)/$(DEMO_MARKER): | $(STAMP)
+	$(PY) -m demo_data.generate --layout=$(DATASET) --output_dir=$(DEMO_DIR) --num_images=$(NUM_IMAGES) \
+		--image_size=$(DEMO_IMAGE_SIZE)
 
-demo-data: $(STAMP) $(DEMO_DIR)/Data_Entry_2017.csv
+demo-data: $(STAMP) $(DEMO_DIR)/$(DEMO_MARKER)
 
 # Re-running into a finished OUTPUT_DIR is refused by the job; pass BEAM_ARGS=--overwrite.
 tfrecords: $(STAMP) $(DATA_DEP)
-	$(PY) -m beam_pipelines.build_tfrecords --data_dir=$(DATA_DIR) --output_dir=$(OUTPUT_DIR) \
-		--image_size=$(IMAGE_SIZE) $(BEAM_ARGS)
+	$(PY) -m beam_pipelines.build_tfrecords --dataset=$(DATASET) --data_dir=$(DATA_DIR) \
+		--output_dir=$(OUTPUT_DIR) --image_size=$(IMAGE_SIZE) $(DATASET_ARGS) $(BEAM_ARGS)
+
+# make inspect DATASET=<not nih> builds the data set's demo records first when they are missing.
+ifneq ($(DATASET),nih)
+$(OUTPUT_DIR)/manifest.json: | $(STAMP) $(DATA_DEP)
+	$(PY) -m beam_pipelines.build_tfrecords --dataset=$(DATASET) --data_dir=$(DATA_DIR) \
+		--output_dir=$(OUTPUT_DIR) --image_size=$(IMAGE_SIZE) $(DATASET_ARGS) $(BEAM_ARGS)
+endif
 
 # The training records are built once per profile and size, then reused.
 $(RECORDS_DIR)/manifest.json: | $(STAMP) $(DATA_DEP)
@@ -92,7 +141,8 @@ predict: $(STAMP)
 	$(PY) -m trainer.predict --run_dir=$(RUN) --images=$(IMAGES) $(PREDICT_ARGS)
 
 # Summary and <RECORDS>-contact-sheet.png; e.g. INSPECT_ARGS="--label=Effusion --augmented".
-inspect: $(STAMP) $(if $(filter $(RECORDS_DIR),$(RECORDS)),$(RECORDS_DIR)/manifest.json,)
+inspect: $(STAMP) $(if $(filter $(RECORDS_DIR),$(RECORDS)),$(RECORDS_DIR)/manifest.json,) \
+		$(if $(filter-out nih,$(DATASET)),$(if $(filter $(OUTPUT_DIR),$(RECORDS)),$(OUTPUT_DIR)/manifest.json,),)
 	$(PY) -m tfrecords.inspect $(RECORDS) $(INSPECT_ARGS)
 
 test: $(STAMP)

@@ -1,9 +1,12 @@
 """Fixed, patient-level train/val/test splits.
 
 Two modes (`SplitConfig.mode`):
-  - `official`: an image named in NIH's test_list.txt goes to test; one named in
-    train_val_list.txt goes to val when its patient's stable hash falls below `val_fraction`,
-    else to train. The official lists are patient-disjoint, so no patient spans two splits.
+  - `official`: the data set's published split. An image named in NIH's test_list.txt goes to
+    test; one named in train_val_list.txt (or another set's published train+val part, e.g.
+    CheXpert's train.csv) goes to val when its patient's stable hash falls below
+    `val_fraction`, else to train; a set that publishes train, val and test (MIMIC-CXR-JPG)
+    keeps them. The official lists are patient-disjoint, so no patient spans two splits. A set
+    without a published split is split by patient (the job says so and records `patient`).
   - `patient`: every patient goes by its stable hash to train/val/test with `fractions`
     (70/10/20 by default).
 
@@ -19,6 +22,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 
+from cxr_cli import errors
 from tfrecords import manifest
 
 TRAIN, VAL, TEST = manifest.SPLITS
@@ -26,6 +30,8 @@ TRAIN, VAL, TEST = manifest.SPLITS
 MODES = ("official", "patient")
 TRAIN_VAL_LIST = "train_val"
 TEST_LIST = "test"
+# Published splits taken as they are (`official_split`).
+TRAIN_LIST, VAL_LIST = TRAIN, VAL
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 DEFAULT_VAL_FRACTION = 0.125
 
@@ -46,15 +52,15 @@ class SplitConfig:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"split mode must be one of {MODES}, got {self.mode!r}.")
+            raise errors.ValidationError(f"split mode must be one of {MODES}, got {self.mode!r}.")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}.")
+            raise errors.ValidationError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}.")
         if len(self.fractions) != 3 or any(not 0.0 <= f <= 1.0 for f in self.fractions):
-            raise ValueError(
+            raise errors.ValidationError(
                 f"split_fractions must be three shares (train, val, test) in [0, 1], got {self.fractions!r}."
             )
         if not math.isclose(sum(self.fractions), 1.0, abs_tol=1e-6):
-            raise ValueError(
+            raise errors.ValidationError(
                 f"split_fractions must sum to 1, got {self.fractions!r} (sum {sum(self.fractions)})."
             )
 
@@ -68,18 +74,20 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(
+        raise errors.ValidationError(
             f"--split_fractions must be three comma-separated numbers like '70,10,20', got {text!r}."
         ) from None
     if len(values) != 3 or any(v < 0 for v in values):
-        raise ValueError(
+        raise errors.ValidationError(
             f"--split_fractions must be three non-negative numbers like '70,10,20', got {text!r}."
         )
     total = sum(values)
     if math.isclose(total, 100.0, abs_tol=1e-6):
         values = tuple(v / 100.0 for v in values)
     elif not math.isclose(total, 1.0, abs_tol=1e-6):
-        raise ValueError(f"--split_fractions must sum to 100 (or to 1), got {text!r} (sum {total:g}).")
+        raise errors.ValidationError(
+            f"--split_fractions must sum to 100 (or to 1), got {text!r} (sum {total:g})."
+        )
     return values  # type: ignore[return-value]
 
 
@@ -107,11 +115,12 @@ def official_split(
 
     Args:
       patient_id: the image's patient.
-      official_list: "test" or "train_val" (the list that names the image), or None.
+      official_list: "test", "train_val", "train" or "val" (the published part that names the
+        image), or None.
       val_fraction: share of train_val patients that go to val.
     """
-    if official_list == TEST_LIST:
-        return TEST
+    if official_list in (TEST_LIST, TRAIN_LIST, VAL_LIST):
+        return official_list
     if official_list == TRAIN_VAL_LIST:
         return VAL if stable_fraction(patient_id, salt="official-val") < val_fraction else TRAIN
     return None

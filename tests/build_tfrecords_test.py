@@ -6,6 +6,7 @@ assertions (setUpClass), because each DirectRunner start costs seconds.
 
 import dataclasses
 import glob
+import io
 import json
 import logging
 import os
@@ -23,7 +24,8 @@ import pytest
 import tensorflow as tf
 from absl.testing import parameterized
 
-from beam_pipelines import build_tfrecords, job, nih, splits, transforms
+from beam_pipelines import build_tfrecords, images, job, splits, transforms
+from cxr_cli import errors
 from tests import fake_data
 from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
@@ -176,7 +178,7 @@ class BadInputJobTest(parameterized.TestCase, tf.test.TestCase):
         self.assertIn("no file named 00000010_000.png", details["00000010_000.png"])
 
     def test_pixels_and_metadata(self):
-        expected = nih.resize_area(_PIXELS, _SIZE)
+        expected = images.resize_area(_PIXELS, _SIZE)
         by_name = {r["image_index"]: r for records in self.records.values() for r in records}
         for name, record in by_name.items():
             self.assertAllEqual(record["image"], expected, msg=name)  # Every PNG mode, same grey.
@@ -285,7 +287,7 @@ class BeforePipelineErrorsTest(parameterized.TestCase, tf.test.TestCase):
     def test_good_layout_passes(self):
         inputs = self._prepare(self._layout("good"))
         self.assertEqual((inputs.expected_rows, inputs.expected_images), (1, 1))
-        self.assertTrue(inputs.labels_csv.endswith("Data_Entry_2017.csv"))
+        self.assertTrue(inputs.source.tables["labels_csv"].endswith("Data_Entry_2017.csv"))
 
     def test_missing_data_dir(self):
         with self.assertRaisesRegex(job.InputError, r"--data_dir '.*/nowhere' does not exist"):
@@ -469,23 +471,29 @@ class ProgressTest(tf.test.TestCase):
 
 class EntryPointTest(parameterized.TestCase, tf.test.TestCase):
     def _main(self, *args: str) -> None:
+        """Runs `main` as `run` does: expected errors end with one line naming the command."""
         self.addCleanup(build_tfrecords.FLAGS.unparse_flags)
-        build_tfrecords.main(build_tfrecords._parse_flags(["build_tfrecords", *args]))
+        main = errors.exit_on_expected_errors(build_tfrecords.main, program="cxr-build-tfrecords")
+        main(build_tfrecords._parse_flags(["build_tfrecords", *args]))
 
     @parameterized.parameters(
-        ("--image_size=0", "build_tfrecords: image_size must be in .* got 0"),
-        ("--split_fractions=60,10", "build_tfrecords: --split_fractions must be three"),
-        ("--val_fraction=2.0", "build_tfrecords: val_fraction must be in"),
-        ("--data_dir=/nonexistent/nih", "build_tfrecords: --data_dir '/nonexistent/nih' does not exist"),
+        ("--image_size=0", "image_size must be in .* got 0"),
+        ("--split_fractions=60,10", "--split_fractions must be three"),
+        ("--val_fraction=2.0", "val_fraction must be in"),
+        ("--data_dir=/nonexistent/nih", "--data_dir '/nonexistent/nih' does not exist"),
     )
     def test_bad_flags_stop_with_a_message(self, flag, message):
-        with self.assertRaisesRegex(SystemExit, message):
+        stderr = io.StringIO()
+        with mock.patch.object(sys, "stderr", stderr), self.assertRaises(SystemExit) as exit_info:
             self._main(flag)
+        self.assertEqual(exit_info.exception.code, 1)
+        self.assertRegex(stderr.getvalue(), "^cxr-build-tfrecords: error: " + message)
+        self.assertEqual(len(stderr.getvalue().splitlines()), 1)
 
     def test_main_leaves_logging_levels_as_it_found_them(self):
         root, beam_logger = logging.getLogger(), logging.getLogger("apache_beam")
         before = (root.level, beam_logger.level)
-        with self.assertRaises(SystemExit):
+        with mock.patch.object(sys, "stderr", io.StringIO()), self.assertRaises(SystemExit):
             self._main("--data_dir=/nonexistent/nih")
         self.assertEqual((root.level, beam_logger.level), before)
 
@@ -558,7 +566,12 @@ class EntryPointTest(parameterized.TestCase, tf.test.TestCase):
         (tarball,) = glob.glob(dist + "/*.tar.gz")
         with tarfile.open(tarball) as tar:
             names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
-        for module in ("beam_pipelines/transforms.py", "beam_pipelines/nih.py", "tfrecords/codec.py"):
+        for module in (
+            "beam_pipelines/transforms.py",
+            "beam_pipelines/datasets/nih.py",
+            "beam_pipelines/images.py",
+            "tfrecords/codec.py",
+        ):
             self.assertIn(module, names)
         self.assertEqual(sorted(os.listdir(root)), before)
 

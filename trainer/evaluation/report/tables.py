@@ -13,6 +13,9 @@ from tfrecords import schema
 from trainer.evaluation.report import files
 from trainer.evaluation.report.formatting import UNDEFINED
 
+# The threshold of a label whose split could not define one (thresholds.json's "default").
+DEFAULT_THRESHOLD = 0.5
+
 
 def write_auc_csv(path: str, summary: Mapping[str, Any], *, split: str) -> str:
     """One row per label, then the two means; undefined cells read "undefined".
@@ -62,11 +65,13 @@ def write_thresholds_json(
     run_dir: str = "",
     calibration: Mapping[str, Any] | None = None,
     tta: str = "none",
+    weights_sha256: str | None = None,
 ) -> str:
     """Writes `thresholds.json`, which `trainer.prediction.predictor` reads.
 
     {"method": "youden_j", "source_split": "val", "default": 0.5, "labels": [...],
-     "thresholds": {label: float | None}, "tta": "none", "calibration": {...} (optional)};
+     "thresholds": {label: float | None}, "tta": "none", "weights_sha256": the weights they were
+     chosen for, "calibration": {...} (optional)};
     a None threshold means the split could not define one and prediction uses "default" for
     that label. The thresholds apply to the model's own probabilities (with the named test-time
     augmentation); "calibration" (`trainer.evaluation.calibration.Calibration.to_json()`, plus the
@@ -78,10 +83,11 @@ def write_thresholds_json(
         "rule": "finding present when probability >= threshold",
         "source_split": source_split,
         "run_dir": run_dir,
-        "default": 0.5,
+        "default": DEFAULT_THRESHOLD,
         "labels": list(schema.LABELS),
         "thresholds": {label: thresholds.get(label) for label in schema.LABELS},
         "tta": tta,
+        "weights_sha256": weights_sha256,
     }
     if calibration is not None:
         data["calibration"] = dict(calibration)
@@ -93,22 +99,34 @@ def write_predictions_csv(
     probabilities: np.ndarray,
     labels: np.ndarray,
     metadata: Mapping[str, Sequence[Any]],
+    *,
+    calibrated: np.ndarray | None = None,
 ) -> str:
-    """One row per image: its metadata, true `finding_labels`, and the 15 probabilities.
+    """One row per image: its metadata, true `finding_labels`, the 15 probabilities (and calibrated).
 
     Args:
       path: output file.
       probabilities: float [N, 15] in `schema.LABELS` order.
       labels: 0/1 [N, 15].
       metadata: column -> N values: "split" (optional, first) and `schema.METADATA_KEYS`.
+      calibrated: float [N, 15], the probabilities after the calibration; written as the
+        columns `calibrated_<label>` after the 15 probabilities.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     keys = [key for key in ("split", *schema.METADATA_KEYS) if key in metadata]
-    writer.writerow([*keys, "finding_labels", *schema.LABELS])
+    extra = [] if calibrated is None else [calibrated_column(label) for label in schema.LABELS]
+    writer.writerow([*keys, "finding_labels", *schema.LABELS, *extra])
     for i in range(probabilities.shape[0]):
         row = [metadata[key][i] for key in keys]
         row.append(schema.multi_hot_to_labels(labels[i]))
         row.extend(f"{p:.6f}" for p in probabilities[i])
+        if calibrated is not None:
+            row.extend(f"{p:.6f}" for p in calibrated[i])
         writer.writerow(row)
     return files.write_text(path, buffer.getvalue())
+
+
+def calibrated_column(label: str) -> str:
+    """The `predictions.csv` column of a label's calibrated probability."""
+    return f"calibrated_{label}"
