@@ -34,8 +34,9 @@ class Sample:
 
     split: str
     image: np.ndarray  # uint8 [H, W], or float [H, W] after augmentation.
-    labels: np.ndarray  # [NUM_LABELS] 0/1
+    labels: np.ndarray  # [L] 0/1, in the order of `label_names`
     metadata: schema.ImageMetadata
+    label_names: tuple[str, ...] = schema.LABELS  # The records' vocabulary (the manifest's).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,24 +55,27 @@ def read_samples(
     """The first `count` records of `split` in shard order, of those with `label` when given.
 
     Raises:
-      ValueError: `label` is not one of `schema.LABELS`.
+      ValueError: `label` is not one of the manifest's labels.
     """
+    names = tuple(manifest.labels)
     label_index = None
     if label is not None:
-        if label not in schema.LABELS:
-            raise ValueError(f"--label must be one of {', '.join(schema.LABELS)}; got {label!r}.")
-        label_index = schema.LABELS.index(label)
+        if label not in names:
+            raise ValueError(f"--label must be one of {', '.join(names)}; got {label!r}.")
+        label_index = names.index(label)
     paths = manifest_lib.shard_paths(records_dir, manifest, split)
     samples: list[Sample] = []
     if count <= 0:
         return samples
     for serialized in tf.data.TFRecordDataset(paths):
-        features = codec.parse_example(serialized)
+        features = codec.parse_example(serialized, len(names))
         labels = features[schema.LABELS_KEY].numpy()
         if label_index is not None and not labels[label_index]:
             continue
         image = codec.decode_image(features, image_format=manifest.image_format).numpy()[..., 0]
-        samples.append(Sample(split=split, image=image, labels=labels, metadata=_metadata(features)))
+        samples.append(
+            Sample(split=split, image=image, labels=labels, metadata=_metadata(features), label_names=names)
+        )
         if len(samples) == count:
             break
     return samples
@@ -122,7 +126,7 @@ def sheet_layout(counts: Sequence[int], columns: int) -> SheetLayout:
 
 def caption(sample: Sample) -> str:
     """Three lines under a tile: image index; labels; age, sex and view."""
-    labels = ", ".join(name for name, on in zip(schema.LABELS, sample.labels) if on) or "(no label)"
+    labels = ", ".join(name for name, on in zip(sample.label_names, sample.labels) if on) or "(no label)"
     labels = textwrap.shorten(labels, width=34, placeholder="...")
     meta = sample.metadata
     return f"{meta.image_index}\n{labels}\n{meta.age} y, {meta.sex}, {meta.view_position}"
