@@ -48,7 +48,7 @@ class EntryPointsTest(tf.test.TestCase):
             "from absl import app, flags, logging\n"
             "import keras, tensorflow  # Their own flags (absl's, TF's) come with them.\n"
             "before = set(flags.FLAGS)\n"
-            "import trainer.train, trainer.evaluation.pipeline, trainer.prediction.predictor, trainer.evaluation.report, trainer.training.runner\n"
+            "import trainer.train, trainer.evaluation.pipeline, trainer.prediction.predictor, trainer.evaluation.report.figures, trainer.training.runner\n"
             "assert set(flags.FLAGS) == before, sorted(set(flags.FLAGS) - before)\n"
             "assert not isinstance(matplotlib.rcParams._get('backend'), str)  # No backend chosen.\n"
             "print('CLEAN')\n"

@@ -22,9 +22,10 @@ from sklearn import metrics as sk_metrics
 from tests import fake_data
 from tfrecords import dataset as dataset_lib
 from tfrecords import schema
-from trainer.evaluation import calibration, report
+from trainer.evaluation import calibration
 from trainer.evaluation import pipeline as evaluate
 from trainer.evaluation.localization import boxes
+from trainer.evaluation.report import files
 
 _SPLITS = {"train": 8, "val": 16, "test": 12}
 # fake_data.metadata_for numbers records across the splits in order: test is 24..35.
@@ -56,7 +57,13 @@ class EvaluateLocalizationTest(tf.test.TestCase):
         fake_data.write_fake_run(cls.run_dir, cls.records_dir, image_size=32)
         cls.boxes_csv = fake_data.write_box_csv(os.path.join(root, "BBox_List_2017.csv"), _box_rows())
         cls.report = evaluate.evaluate(
-            cls.run_dir, bootstrap_resamples=50, batch_size=5, boxes_csv=cls.boxes_csv, tta="hflip"
+            evaluate.EvaluateConfig(
+                run_dir=cls.run_dir,
+                bootstrap_resamples=50,
+                batch_size=5,
+                boxes_csv=cls.boxes_csv,
+                tta="hflip",
+            )
         )
         cls.reports_dir = os.path.join(cls.run_dir, "reports")
 
@@ -70,7 +77,7 @@ class EvaluateLocalizationTest(tf.test.TestCase):
             return f.read()
 
     def test_boxed_pairs_are_scored(self):
-        data = json.loads(self._read(report.AUC_JSON))["localization"]
+        data = json.loads(self._read(files.AUC_JSON))["localization"]
         self.assertEqual(data["status"], "scored")
         self.assertEqual(data["split"], "test")
         self.assertEqual([f["label"] for f in data["findings"]], ["Infiltration", "Mass", "Nodule"])
@@ -82,7 +89,7 @@ class EvaluateLocalizationTest(tf.test.TestCase):
         self.assertEqual(data["mean_maps"]["images"], _SPLITS["test"])
 
     def test_bad_box_rows_are_rejected_with_reasons(self):
-        data = json.loads(self._read(report.AUC_JSON))["localization"]["box_file"]
+        data = json.loads(self._read(files.AUC_JSON))["localization"]["box_file"]
         self.assertEqual((data["rows"], data["boxes"]), (7, 3))
         self.assertEqual(
             data["rejects"],
@@ -94,7 +101,7 @@ class EvaluateLocalizationTest(tf.test.TestCase):
                 boxes.IMAGE_NOT_EVALUATED: 2,
             },
         )
-        rejects = [json.loads(line) for line in self._read(report.BOX_REJECTS_JSONL).splitlines()]
+        rejects = [json.loads(line) for line in self._read(files.BOX_REJECTS_JSONL).splitlines()]
         self.assertEqual([(r["row"], r["reason"]) for r in rejects], [
             (5, boxes.UNKNOWN_FINDING), (6, boxes.BOX_OUTSIDE_IMAGE),
             (7, boxes.IMAGE_NOT_EVALUATED), (8, boxes.IMAGE_NOT_EVALUATED),
@@ -102,13 +109,13 @@ class EvaluateLocalizationTest(tf.test.TestCase):
         self.assertIn("not among the 12 test records", rejects[2]["detail"])
 
     def test_markdown_sections_and_figures(self):
-        text = self._read(report.AUC_MD)
+        text = self._read(files.AUC_MD)
         self.assertIn("## Localization (Grad-CAM against bounding boxes)", text)
         self.assertRegex(text, r"\| Mass \| 1 \| 1 \| \d\.\d{3} \(")
         self.assertIn("rejected rows: unknown_finding 1, box_outside_image 1, image_not_in_records 2", text)
         self.assertIn("## Calibration", text)
         self.assertIn("## Test-time augmentation", text)
-        for name in (report.LOCALIZATION_PNG, report.MEAN_CAM_PNG, report.RELIABILITY_PNG):
+        for name in (files.LOCALIZATION_PNG, files.MEAN_CAM_PNG, files.RELIABILITY_PNG):
             self.assertIn(f"![{name}]({name})", text)
             with open(os.path.join(self.reports_dir, name), "rb") as f:
                 image = Image.open(io.BytesIO(f.read()))
@@ -128,7 +135,7 @@ class EvaluateLocalizationTest(tf.test.TestCase):
         plain = serve(images=tf.constant(images))["probabilities"].numpy()
         mirrored = serve(images=tf.constant(images[:, :, ::-1]))["probabilities"].numpy()
         self.assertNotAllClose(plain, mirrored)
-        frame = pd.read_csv(os.path.join(self.reports_dir, report.PREDICTIONS_CSV))
+        frame = pd.read_csv(os.path.join(self.reports_dir, files.PREDICTIONS_CSV))
         written = frame[frame["split"] == "test"][list(schema.LABELS)].to_numpy()
         self.assertAllClose(written, (plain + mirrored) / 2, atol=2e-6)
         tta = self.report["tta"]
@@ -139,11 +146,11 @@ class EvaluateLocalizationTest(tf.test.TestCase):
                     finding["auc_without"], sk_metrics.roc_auc_score(labels[:, k], plain[:, k])
                 )
                 self.assertAllClose(finding["auc_with"], self.report["splits"]["test"]["findings"][k]["auc"])
-        thresholds = json.loads(self._read(report.THRESHOLDS_JSON))
+        thresholds = json.loads(self._read(files.THRESHOLDS_JSON))
         self.assertEqual(thresholds["tta"], "hflip")
 
     def test_every_label_is_calibrated_or_says_why_not(self):
-        thresholds = json.loads(self._read(report.THRESHOLDS_JSON))
+        thresholds = json.loads(self._read(files.THRESHOLDS_JSON))
         stored = calibration.Calibration.from_json(thresholds["calibration"])
         self.assertEqual(stored.source_split, "val")
         for label in schema.LABELS:
@@ -152,7 +159,7 @@ class EvaluateLocalizationTest(tf.test.TestCase):
         self.assertEqual(list(data["splits"]), ["val", "test"])
         self.assertEqual(list(data["calibrated"]), ["val", "test"])
         # ECE of every label on val, from the predictions written.
-        frame = pd.read_csv(os.path.join(self.reports_dir, report.PREDICTIONS_CSV), keep_default_na=False)
+        frame = pd.read_csv(os.path.join(self.reports_dir, files.PREDICTIONS_CSV), keep_default_na=False)
         val = frame[frame["split"] == "val"]
         labels = np.stack([schema.labels_to_multi_hot(s) for s in val["finding_labels"]])
         for k, label in enumerate(schema.LABELS):
@@ -162,12 +169,14 @@ class EvaluateLocalizationTest(tf.test.TestCase):
     def test_deterministic_with_boxes_and_tta(self):
         again = os.path.join(self.get_temp_dir(), "again")
         evaluate.evaluate(
-            self.run_dir,
-            bootstrap_resamples=50,
-            batch_size=5,
-            boxes_csv=self.boxes_csv,
-            tta="hflip",
-            output_dir=again,
+            evaluate.EvaluateConfig(
+                run_dir=self.run_dir,
+                bootstrap_resamples=50,
+                batch_size=5,
+                boxes_csv=self.boxes_csv,
+                tta="hflip",
+                output_dir=again,
+            )
         )
         names = sorted(os.listdir(self.reports_dir))
         self.assertEqual(names, sorted(os.listdir(again)))
@@ -183,7 +192,9 @@ class EvaluateWithoutBoxesTest(tf.test.TestCase):
             fake_data.write_records(records_dir, image_size=16, split_sizes={"train": 4, "val": 6, "test": 8})
         run_dir = os.path.join(root, "run_" + (model.name if model is not None else "tiny"))
         fake_data.write_fake_run(run_dir, records_dir, image_size=16, model=model)
-        return evaluate.evaluate(run_dir, bootstrap_resamples=0, **kwargs), run_dir
+        return evaluate.evaluate(
+            evaluate.EvaluateConfig(run_dir=run_dir, bootstrap_resamples=0, **kwargs)
+        ), run_dir
 
     def test_model_without_gradcam_gets_a_line_not_a_crash(self):
         inputs = keras.Input((16, 16, 1))
@@ -202,9 +213,9 @@ class EvaluateWithoutBoxesTest(tf.test.TestCase):
             "'densenet' has no layer named 'decoder_output' or 'probabilities'", localization["message"]
         )
         self.assertEqual(localization["box_file"]["boxes"], 1)  # The boxes are still read and counted.
-        with open(os.path.join(run_dir, "reports", report.AUC_MD)) as f:
+        with open(os.path.join(run_dir, "reports", files.AUC_MD)) as f:
             self.assertIn("**Not scored:** the run's model 'densenet' has no layer", f.read())
-        self.assertTrue(os.path.exists(os.path.join(run_dir, "reports", report.BOX_REJECTS_JSONL)))
+        self.assertTrue(os.path.exists(os.path.join(run_dir, "reports", files.BOX_REJECTS_JSONL)))
 
     def test_no_box_file_is_said(self):
         data, _ = self._run(calibration="none", mean_maps=False)
@@ -233,7 +244,9 @@ class EvaluateWithoutBoxesTest(tf.test.TestCase):
         del manifest
         run_dir = os.path.join(root, "run_data_dir")
         fake_data.write_fake_run(run_dir, records_dir, image_size=16)
-        data = evaluate.evaluate(run_dir, bootstrap_resamples=0, mean_maps=False)
+        data = evaluate.evaluate(
+            evaluate.EvaluateConfig(run_dir=run_dir, bootstrap_resamples=0, mean_maps=False)
+        )
         self.assertEqual(data["localization"]["status"], "scored")
         self.assertEqual(
             data["localization"]["box_file"]["path"],
@@ -249,8 +262,10 @@ class EvaluateWithoutBoxesTest(tf.test.TestCase):
         fake_data.write_records(records_dir, image_size=16, split_sizes={"train": 4, "val": 30, "test": 10})
         run_dir = os.path.join(root, "run_calibration")
         fake_data.write_fake_run(run_dir, records_dir, image_size=16, model=fake_data.bright_spot_model(16))
-        data = evaluate.evaluate(run_dir, bootstrap_resamples=0, localization=False)
-        with open(os.path.join(run_dir, "reports", report.THRESHOLDS_JSON)) as f:
+        data = evaluate.evaluate(
+            evaluate.EvaluateConfig(run_dir=run_dir, bootstrap_resamples=0, localization=False)
+        )
+        with open(os.path.join(run_dir, "reports", files.THRESHOLDS_JSON)) as f:
             thresholds = json.load(f)
         stored = calibration.Calibration.from_json(thresholds["calibration"])
         scaling = stored.scalings["No Finding"]
@@ -258,7 +273,7 @@ class EvaluateWithoutBoxesTest(tf.test.TestCase):
         raw = thresholds["thresholds"]["No Finding"]
         self.assertAllClose(thresholds["calibration"]["calibrated_thresholds"]["No Finding"], scaling(raw))
         # The report's calibrated ECE is the ECE of the stored map applied to the written predictions.
-        frame = pd.read_csv(os.path.join(run_dir, "reports", report.PREDICTIONS_CSV), keep_default_na=False)
+        frame = pd.read_csv(os.path.join(run_dir, "reports", files.PREDICTIONS_CSV), keep_default_na=False)
         k = schema.LABELS.index("No Finding")
         for split in ("val", "test"):
             rows = frame[frame["split"] == split]
@@ -269,7 +284,7 @@ class EvaluateWithoutBoxesTest(tf.test.TestCase):
             self.assertAllClose(
                 data["calibration"]["calibrated"][split]["findings"][k]["ece"], expected, atol=1e-5
             )
-        with open(os.path.join(run_dir, "reports", report.AUC_MD)) as f:
+        with open(os.path.join(run_dir, "reports", files.AUC_MD)) as f:
             self.assertRegex(f.read(), r"\| No Finding \|( [0-9.]+ \|){4} -?\d+\.\d{3} / -?\d+\.\d{3} \|")
 
     def test_bad_options_are_named(self):

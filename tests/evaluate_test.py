@@ -23,7 +23,7 @@ from tests import fake_data
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 from trainer.evaluation import pipeline as evaluate
-from trainer.evaluation import report
+from trainer.evaluation.report import files
 
 _SPLITS = {"train": 16, "val": 16, "test": 24}
 
@@ -37,7 +37,9 @@ class EvaluateTest(tf.test.TestCase):
         cls.run_dir = os.path.join(root, "run")
         cls.manifest = fake_data.write_records(cls.records_dir, image_size=32, split_sizes=_SPLITS, seed=3)
         fake_data.write_fake_run(cls.run_dir, cls.records_dir, image_size=32)
-        cls.report = evaluate.evaluate(cls.run_dir, bootstrap_resamples=100, seed=0, batch_size=10)
+        cls.report = evaluate.evaluate(
+            evaluate.EvaluateConfig(run_dir=cls.run_dir, bootstrap_resamples=100, seed=0, batch_size=10)
+        )
         cls.reports_dir = os.path.join(cls.run_dir, "reports")
 
     @classmethod
@@ -47,15 +49,15 @@ class EvaluateTest(tf.test.TestCase):
 
     def test_writes_every_report_file(self):
         for name in (
-            report.AUC_JSON,
-            report.AUC_CSV,
-            report.AUC_MD,
-            report.THRESHOLDS_JSON,
-            report.PREDICTIONS_CSV,
-            report.ROC_PNG,
-            report.TRAINING_PNG,
-            report.DISTRIBUTION_PNG,
-            report.COOCCURRENCE_PNG,
+            files.AUC_JSON,
+            files.AUC_CSV,
+            files.AUC_MD,
+            files.THRESHOLDS_JSON,
+            files.PREDICTIONS_CSV,
+            files.ROC_PNG,
+            files.TRAINING_PNG,
+            files.DISTRIBUTION_PNG,
+            files.COOCCURRENCE_PNG,
         ):
             path = os.path.join(self.reports_dir, name)
             self.assertTrue(os.path.exists(path), msg=path)
@@ -67,7 +69,7 @@ class EvaluateTest(tf.test.TestCase):
                 self.assertGreater(min(image.size), 500, msg=path)
 
     def test_auc_json_names_split_manifest_and_model(self):
-        with open(os.path.join(self.reports_dir, report.AUC_JSON)) as f:
+        with open(os.path.join(self.reports_dir, files.AUC_JSON)) as f:
             data = json.load(f)
         self.assertEqual(data["split"], "test")
         self.assertEqual(data["manifest_sha256"], manifest_lib.manifest_sha256(self.records_dir))
@@ -80,7 +82,7 @@ class EvaluateTest(tf.test.TestCase):
         self.assertEqual(set(data["splits"]["test"]["subgroups"]), {"sex", "age_band", "view_position"})
 
     def test_metrics_match_sklearn_on_the_written_predictions(self):
-        frame = pd.read_csv(os.path.join(self.reports_dir, report.PREDICTIONS_CSV), keep_default_na=False)
+        frame = pd.read_csv(os.path.join(self.reports_dir, files.PREDICTIONS_CSV), keep_default_na=False)
         self.assertLen(frame, _SPLITS["test"] + _SPLITS["val"])
         test = frame[frame["split"] == "test"]
         labels = np.stack([schema.labels_to_multi_hot(s) for s in test["finding_labels"]])
@@ -102,20 +104,20 @@ class EvaluateTest(tf.test.TestCase):
         finding = self.report["splits"]["test"]["findings"][schema.LABELS.index(label)]
         self.assertIsNone(finding["auc"])
         self.assertEqual(finding["prevalence"], 0.0)
-        with open(os.path.join(self.reports_dir, report.AUC_MD)) as f:
+        with open(os.path.join(self.reports_dir, files.AUC_MD)) as f:
             self.assertRegex(f.read(), rf"\| {label} \| undefined \| undefined \|")
-        frame = pd.read_csv(os.path.join(self.reports_dir, report.AUC_CSV), keep_default_na=False)
+        frame = pd.read_csv(os.path.join(self.reports_dir, files.AUC_CSV), keep_default_na=False)
         self.assertEqual(frame.set_index("label").loc[label, "auc"], "undefined")
 
     def test_markdown_has_published_comparison(self):
-        with open(os.path.join(self.reports_dir, report.AUC_MD)) as f:
+        with open(os.path.join(self.reports_dir, files.AUC_MD)) as f:
             text = f.read()
         self.assertIn("| Finding | Ours (test) | Wang et al. 2017 |", text)
         self.assertIn("real NIH ChestX-ray14 data, with other splits", text)
         self.assertIn(f"`{self.records_dir}` (split mode `patient`", text)
 
     def test_thresholds_file_is_the_val_youden_thresholds(self):
-        with open(os.path.join(self.reports_dir, report.THRESHOLDS_JSON)) as f:
+        with open(os.path.join(self.reports_dir, files.THRESHOLDS_JSON)) as f:
             data = json.load(f)
         val = {f["label"]: f["threshold"] for f in self.report["splits"]["val"]["findings"]}
         self.assertEqual(data["thresholds"], val)
@@ -123,7 +125,11 @@ class EvaluateTest(tf.test.TestCase):
 
     def test_deterministic(self):
         again = os.path.join(self.get_temp_dir(), "again")
-        evaluate.evaluate(self.run_dir, bootstrap_resamples=100, seed=0, batch_size=10, output_dir=again)
+        evaluate.evaluate(
+            evaluate.EvaluateConfig(
+                run_dir=self.run_dir, bootstrap_resamples=100, seed=0, batch_size=10, output_dir=again
+            )
+        )
         names = sorted(os.listdir(self.reports_dir))
         self.assertEqual(names, sorted(os.listdir(again)))
         match, mismatch, errors = filecmp.cmpfiles(self.reports_dir, again, names, shallow=False)
@@ -132,11 +138,17 @@ class EvaluateTest(tf.test.TestCase):
     def test_checkpoint_gives_the_export_probabilities(self):
         out = os.path.join(self.get_temp_dir(), "from_checkpoint")
         data = evaluate.evaluate(
-            self.run_dir, model_source="checkpoint", also_val=False, bootstrap_resamples=0, output_dir=out
+            evaluate.EvaluateConfig(
+                run_dir=self.run_dir,
+                model="checkpoint",
+                also_val=False,
+                bootstrap_resamples=0,
+                output_dir=out,
+            )
         )
         self.assertEqual(data["model_source"], "checkpoint")
-        ours = pd.read_csv(os.path.join(out, report.PREDICTIONS_CSV))
-        exported = pd.read_csv(os.path.join(self.reports_dir, report.PREDICTIONS_CSV))
+        ours = pd.read_csv(os.path.join(out, files.PREDICTIONS_CSV))
+        exported = pd.read_csv(os.path.join(self.reports_dir, files.PREDICTIONS_CSV))
         exported = exported[exported["split"] == "test"]
         self.assertAllClose(
             ours[list(schema.LABELS)].to_numpy(), exported[list(schema.LABELS)].to_numpy(), atol=1e-5
@@ -145,15 +157,19 @@ class EvaluateTest(tf.test.TestCase):
 
     def test_errors_name_the_problem(self):
         with self.assertRaisesRegex(ValueError, r"config.json does not exist"):
-            evaluate.evaluate(os.path.join(self.get_temp_dir(), "no_run"))
+            evaluate.evaluate(evaluate.EvaluateConfig(run_dir=os.path.join(self.get_temp_dir(), "no_run")))
         with self.assertRaisesRegex(ValueError, r"split must be one of"):
-            evaluate.evaluate(self.run_dir, split="holdout")
+            evaluate.evaluate(evaluate.EvaluateConfig(run_dir=self.run_dir, split="holdout"))
         with self.assertRaisesRegex(ValueError, r"model source must be one of"):
-            evaluate.evaluate(self.run_dir, model_source="onnx")
+            evaluate.evaluate(evaluate.EvaluateConfig(run_dir=self.run_dir, model="onnx"))
         other = os.path.join(self.get_temp_dir(), "records16")
         fake_data.write_records(other, image_size=16, split_sizes={"train": 2, "test": 4})
         with self.assertRaisesRegex(ValueError, r"are 16x16 but the model .* takes 32x32"):
-            evaluate.evaluate(self.run_dir, records_dir=other, output_dir=self.get_temp_dir())
+            evaluate.evaluate(
+                evaluate.EvaluateConfig(
+                    run_dir=self.run_dir, records_dir=other, output_dir=self.get_temp_dir()
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests import fake_data
 from tfrecords import schema
-from trainer.evaluation import report
+from trainer.evaluation.report import tables
 from trainer.model import gradcam
 from trainer.prediction import predictor as predict
 
@@ -92,7 +92,7 @@ class PredictTest(parameterized.TestCase, tf.test.TestCase):
         values = {label: 1.0 for label in schema.LABELS}
         values["Atelectasis"] = 0.0
         values["Hernia"] = None
-        path = report.write_thresholds_json(
+        path = tables.write_thresholds_json(
             os.path.join(self.get_temp_dir(), "t.json"), values, source_split="val"
         )
         results, used, _ = predict.predict(

@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from tests import fake_data
 from tfrecords import schema
-from trainer.evaluation import calibration, report
+from trainer.evaluation import calibration
+from trainer.evaluation.report import tables
 from trainer.prediction import predictor as predict
 
 
@@ -76,7 +77,7 @@ class PredictTtaTest(tf.test.TestCase):
         threshold = float(raw["a.png"].probabilities[0])  # a.png sits exactly at the threshold.
         values = {label: 0.5 for label in schema.LABELS} | {"Atelectasis": threshold}
         calibrated_threshold = stored.apply_threshold("Atelectasis", threshold)
-        path = report.write_thresholds_json(
+        path = tables.write_thresholds_json(
             os.path.join(self.get_temp_dir(), "thresholds.json"),
             values,
             source_split="val",

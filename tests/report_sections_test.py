@@ -8,9 +8,10 @@ import tensorflow as tf
 from PIL import Image
 
 from tfrecords import schema
-from trainer.evaluation import calibration, metrics, report
+from trainer.evaluation import calibration, metrics
 from trainer.evaluation.localization import pipeline as localization_eval
 from trainer.evaluation.localization import scores as localization
+from trainer.evaluation.report import figures, markdown
 
 
 def _png_size(path):
@@ -37,15 +38,15 @@ class SectionsTest(tf.test.TestCase):
                 "mean_auc_14_with_ci": [0.59, 0.79],
             }
         }
-        text = "\n".join(report.tta_section(data))
+        text = "\n".join(markdown.tta_section(data))
         self.assertIn("| Mass | 0.700 | 0.725 | +0.025 |", text)
         self.assertIn("| Hernia | undefined | undefined | undefined |", text)
         self.assertIn("| Edema | 0.900 | 0.900 | 0.000 |", text)  # -0.0001 rounds to zero: no sign.
         self.assertIn(
             "| **Mean of 14 findings** | **0.700** (0.600–0.800) | **0.690** (0.590–0.790) | -0.010 |", text
         )
-        self.assertIn("Not used", "\n".join(report.tta_section({"tta": {"mode": "none"}})))
-        self.assertEqual(report.tta_section({}), [])
+        self.assertIn("Not used", "\n".join(markdown.tta_section({"tta": {"mode": "none"}})))
+        self.assertEqual(markdown.tta_section({}), [])
 
     def test_calibration_section(self):
         rng = np.random.default_rng(0)
@@ -64,7 +65,7 @@ class SectionsTest(tf.test.TestCase):
                 "parameters": fitted.to_json(),
             },
         }
-        text = "\n".join(report.calibration_section(data))
+        text = "\n".join(markdown.calibration_section(data))
         self.assertIn("| Label | ECE val | ECE val after Platt | Platt slope / intercept |", text)
         mass = schema.LABELS.index("Mass")
         ece = calibration.expected_calibration_error(y_true[:, mass], y_prob[:, mass])
@@ -83,7 +84,7 @@ class SectionsTest(tf.test.TestCase):
                 "message": "no BBox_List_2017.csv here.",
             }
         }
-        self.assertIn("**Not scored:** no BBox_List_2017.csv here.", report.localization_section(data))
+        self.assertIn("**Not scored:** no BBox_List_2017.csv here.", markdown.localization_section(data))
 
     def test_localization_section_table(self):
         summary = localization.summarize(
@@ -104,7 +105,7 @@ class SectionsTest(tf.test.TestCase):
                 "mean_maps": {"images": 10, "grid": 8, "peak_cell": [7, 0], "peak_cell_share": 0.9},
             }
         }  # fmt: skip
-        text = "\n".join(report.localization_section(data))
+        text = "\n".join(markdown.localization_section(data))
         self.assertIn("rejected rows: unknown_finding 1, image_not_in_records 1", text)
         self.assertIn(
             "| Mass | 1 | 1 | 1.000 (1.000–1.000) | 0.800 (0.800–0.800) | 0.500 (0.500–0.500) |", text
@@ -122,7 +123,7 @@ class FiguresTest(tf.test.TestCase):
             "val": calibration.summarize(y_true, y_prob),
             "test": calibration.summarize(y_true, y_prob**2),
         }
-        path = report.plot_reliability(
+        path = figures.plot_reliability(
             os.path.join(self.get_temp_dir(), "r.png"), series, omit={"test": ["Hernia"]}
         )
         width, height = _png_size(path)
@@ -140,11 +141,11 @@ class FiguresTest(tf.test.TestCase):
                 "b.png", "Nodule", 0.3, pixels, cam, ((10.0, 10.0, 2.0, 2.0),), score
             ),
         ]
-        path = report.plot_cam_overlays(os.path.join(self.get_temp_dir(), "o.png"), samples)
+        path = figures.plot_cam_overlays(os.path.join(self.get_temp_dir(), "o.png"), samples)
         self.assertGreater(min(_png_size(path)), 300)
-        empty = report.plot_cam_overlays(os.path.join(self.get_temp_dir(), "e.png"), [])
+        empty = figures.plot_cam_overlays(os.path.join(self.get_temp_dir(), "e.png"), [])
         self.assertGreater(min(_png_size(empty)), 200)
-        path = report.plot_mean_cams(
+        path = figures.plot_mean_cams(
             os.path.join(self.get_temp_dir(), "m.png"),
             cam,
             3,

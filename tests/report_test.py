@@ -11,7 +11,9 @@ from PIL import Image
 
 from tests import fake_data
 from tfrecords import schema
-from trainer.evaluation import metrics, report
+from trainer.evaluation import metrics
+from trainer.evaluation.report import figures, files, formatting, markdown, published, tables
+from trainer.model import run_dir as run_dir_lib
 
 
 def _split(num_images=90, *, seed=0, absent="Hernia"):
@@ -29,7 +31,7 @@ def _report(resamples=50):
     val_summary = metrics.summarize(
         val[0], val[1], patient_ids=val[2], bootstrap=metrics.BootstrapConfig(resamples=resamples)
     )
-    thresholds = report.thresholds_from(val_summary)
+    thresholds = tables.thresholds_from(val_summary)
     test_summary = metrics.summarize(
         test[0],
         test[1],
@@ -49,7 +51,7 @@ def _report(resamples=50):
         "labels": list(schema.LABELS),
         "splits": {"test": test_summary, "val": val_summary},
         "thresholds": {"source_split": "val", "method": "youden_j", "values": thresholds},
-        "published": report.PUBLISHED_AUC,
+        "published": published.PUBLISHED_AUC,
     }
 
 
@@ -64,7 +66,7 @@ def _png_size(path):
 class WritersTest(tf.test.TestCase):
     def test_markdown_has_published_table_our_column_and_split(self):
         _, data = _report()
-        text = report.render_markdown(data, figures=[report.ROC_PNG])
+        text = markdown.render_markdown(data, figures=[files.ROC_PNG])
         self.assertIn(
             "| Finding | Ours (test) | Wang et al. 2017 | Yao et al. 2017 | CheXNet 2017 | ResUNet thesis 2023 |",
             text,
@@ -86,19 +88,19 @@ class WritersTest(tf.test.TestCase):
 
     def test_json_is_strict_and_round_trips(self):
         _, data = _report()
-        path = report.write_json(os.path.join(self.get_temp_dir(), "auc.json"), data)
+        path = files.write_json(os.path.join(self.get_temp_dir(), "auc.json"), data)
         with open(path) as f:
             loaded = json.load(f)
         self.assertEqual(loaded["split"], "test")
         self.assertIsNone(loaded["splits"]["test"]["findings"][schema.LABELS.index("Hernia")]["auc"])
         with self.assertRaises(ValueError):  # NaN is refused, never written as a bare NaN.
-            report.write_json(os.path.join(self.get_temp_dir(), "bad.json"), {"auc": float("nan")})
+            files.write_json(os.path.join(self.get_temp_dir(), "bad.json"), {"auc": float("nan")})
 
     def test_csv_rows_match_summary(self):
         _, data = _report()
         summary = data["splits"]["test"]
-        path = report.write_auc_csv(os.path.join(self.get_temp_dir(), "auc.csv"), summary, split="test")
-        frame = pd.read_csv(path, na_values=[report.UNDEFINED])
+        path = tables.write_auc_csv(os.path.join(self.get_temp_dir(), "auc.csv"), summary, split="test")
+        frame = pd.read_csv(path, na_values=[formatting.UNDEFINED])
         self.assertEqual(list(frame["label"]), [*schema.LABELS, "mean_14_findings", "mean_15_labels"])
         for finding, (_, row) in zip(summary["findings"], frame.iterrows()):
             if finding["auc"] is None:
@@ -115,7 +117,7 @@ class WritersTest(tf.test.TestCase):
         for i in range(len(y_true)):
             for key, value in vars(fake_data.metadata_for(i)).items():
                 metadata[key].append(value)
-        path = report.write_predictions_csv(
+        path = tables.write_predictions_csv(
             os.path.join(self.get_temp_dir(), "predictions.csv"), y_score, y_true, metadata
         )
         frame = pd.read_csv(path, keep_default_na=False)
@@ -139,14 +141,14 @@ class FiguresTest(tf.test.TestCase):
             "val_auc": [0.55, 0.65, 0.7],
         }
         paths = [
-            report.plot_roc_curves(os.path.join(out, "roc.png"), y_true, y_score),
-            report.plot_training_curves(os.path.join(out, "train.png"), history),
-            report.plot_label_distribution(
+            figures.plot_roc_curves(os.path.join(out, "roc.png"), y_true, y_score),
+            figures.plot_training_curves(os.path.join(out, "train.png"), history),
+            figures.plot_label_distribution(
                 os.path.join(out, "dist.png"),
                 {"train": y_true.sum(0), "test": y_true[:30].sum(0)},
                 {"train": len(y_true), "test": 30},
             ),
-            report.plot_label_cooccurrence(os.path.join(out, "co.png"), y_true),
+            figures.plot_label_cooccurrence(os.path.join(out, "co.png"), y_true),
         ]
         for path in paths:
             image_format, (width, height), size = _png_size(path)
@@ -157,8 +159,8 @@ class FiguresTest(tf.test.TestCase):
 
     def test_figures_are_deterministic(self):
         (y_true, y_score, _), _ = _report()
-        first = report.plot_roc_curves(os.path.join(self.get_temp_dir(), "a.png"), y_true, y_score)
-        second = report.plot_roc_curves(os.path.join(self.get_temp_dir(), "b.png"), y_true, y_score)
+        first = figures.plot_roc_curves(os.path.join(self.get_temp_dir(), "a.png"), y_true, y_score)
+        second = figures.plot_roc_curves(os.path.join(self.get_temp_dir(), "b.png"), y_true, y_score)
         with open(first, "rb") as a, open(second, "rb") as b:
             self.assertEqual(a.read(), b.read())
 
@@ -166,9 +168,9 @@ class FiguresTest(tf.test.TestCase):
         path = os.path.join(self.get_temp_dir(), "history.csv")
         with open(path, "w") as f:
             f.write("epoch,loss,val_loss\n0,0.7,0.8\n1,0.5,\n")
-        history = report.read_history(path)
+        history = run_dir_lib.read_history(path)
         self.assertTrue(np.isnan(history["val_loss"][1]))
-        out = report.plot_training_curves(os.path.join(self.get_temp_dir(), "t.png"), history)
+        out = figures.plot_training_curves(os.path.join(self.get_temp_dir(), "t.png"), history)
         self.assertEqual(_png_size(out)[0], "PNG")
 
     def test_empty_history_is_an_error_naming_the_file(self):
@@ -176,7 +178,7 @@ class FiguresTest(tf.test.TestCase):
         with open(path, "w") as f:
             f.write("epoch,loss\n")
         with self.assertRaisesRegex(ValueError, "empty_history.csv: no epochs recorded"):
-            report.read_history(path)
+            run_dir_lib.read_history(path)
 
 
 if __name__ == "__main__":

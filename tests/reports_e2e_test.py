@@ -16,7 +16,7 @@ from PIL import Image
 
 from tests import fake_data
 from trainer.evaluation import pipeline as evaluate
-from trainer.evaluation import report
+from trainer.evaluation.report import files
 from trainer.prediction import predictor as predict
 from trainer.training import config as config_lib
 from trainer.training import runner as train_lib
@@ -49,18 +49,22 @@ class ReportsEndToEndTest(tf.test.TestCase):
                 (fake_data.metadata_for(66).image_index, "Fracture", 0, 0, 10, 10),
             ],
         )
-        data = evaluate.evaluate(run_dir, bootstrap_resamples=200, boxes_csv=boxes_csv, tta="hflip")
+        data = evaluate.evaluate(
+            evaluate.EvaluateConfig(
+                run_dir=run_dir, bootstrap_resamples=200, boxes_csv=boxes_csv, tta="hflip"
+            )
+        )
         reports = os.path.join(run_dir, "reports")
         for name in (
-            report.AUC_JSON,
-            report.AUC_MD,
-            report.TRAINING_PNG,
-            report.ROC_PNG,
-            report.THRESHOLDS_JSON,
-            report.RELIABILITY_PNG,
-            report.LOCALIZATION_PNG,
-            report.MEAN_CAM_PNG,
-            report.BOX_REJECTS_JSONL,
+            files.AUC_JSON,
+            files.AUC_MD,
+            files.TRAINING_PNG,
+            files.ROC_PNG,
+            files.THRESHOLDS_JSON,
+            files.RELIABILITY_PNG,
+            files.LOCALIZATION_PNG,
+            files.MEAN_CAM_PNG,
+            files.BOX_REJECTS_JSONL,
         ):
             self.assertTrue(os.path.exists(os.path.join(reports, name)), msg=name)
         # Grad-CAM of the real ResUNet (decoder and pooled bottleneck) scored against the boxes.
@@ -71,7 +75,7 @@ class ReportsEndToEndTest(tf.test.TestCase):
         self.assertEqual(data["tta"]["mode"], "hflip")
         self.assertEqual(data["calibration"]["source_split"], "val")
         self.assertEqual(data["model_source"], "export")
-        with open(os.path.join(reports, report.AUC_JSON)) as f:
+        with open(os.path.join(reports, files.AUC_JSON)) as f:
             self.assertEqual(json.load(f)["splits"]["test"]["images"], 24)
 
         images = os.path.join(self.get_temp_dir(), "images")

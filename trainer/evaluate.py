@@ -14,7 +14,7 @@ if __name__ == "__main__":
     console.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/console.py).
 
 from trainer.evaluation import pipeline
-from trainer.evaluation import report as report_lib
+from trainer.evaluation.report import files, formatting
 from trainer.model import run_dir as run_dir_lib
 
 
@@ -27,33 +27,17 @@ def main(argv: list[str], *, holders: dict) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = config_flags.build_config(pipeline.EvaluateConfig, holders)
-    report = pipeline.evaluate(
-        config.run_dir,
-        split=config.split,
-        also_val=config.also_val,
-        bootstrap_resamples=config.bootstrap_resamples,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        model_source=config.model,
-        records_dir=config.records_dir,
-        output_dir=config.output_dir,
-        tta=config.tta,
-        calibration=config.calibration,
-        localization=config.localization,
-        boxes_csv=config.boxes_csv,
-        boxes_image_size=config.boxes_image_size,
-        mean_maps=config.mean_maps,
-    )
+    report = pipeline.evaluate(config)
     headline = report["splits"][report["split"]]
     output_dir = config.output_dir or run_dir_lib.path(config.run_dir, run_dir_lib.REPORTS_DIR)
     logging.info(
         "%s split: mean AUC of 14 findings %s (95%% CI %s); reports in %s",
         report["split"],
-        report_lib.fmt(headline["mean_auc_14"]),
-        report_lib.fmt_ci(*headline["mean_auc_14_ci"]),
+        formatting.fmt(headline["mean_auc_14"]),
+        formatting.fmt_ci(*headline["mean_auc_14_ci"]),
         output_dir,
     )
-    print(f"Wrote {output_dir}/{report_lib.AUC_MD}")
+    print(f"Wrote {output_dir}/{files.AUC_MD}")
 
 
 def run() -> None:

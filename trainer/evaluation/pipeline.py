@@ -41,9 +41,10 @@ from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 from trainer.evaluation import calibration as calibration_lib
 from trainer.evaluation import metrics
-from trainer.evaluation import report as report_lib
 from trainer.evaluation import tta as tta_lib
 from trainer.evaluation.localization import boxes as boxes_lib
+from trainer.evaluation.report import figures as plots
+from trainer.evaluation.report import files, formatting, markdown, published, tables
 from trainer.model import run_dir as run_dir_lib
 
 MODEL_SOURCES = ("auto", "export", "checkpoint")
@@ -51,6 +52,93 @@ CALIBRATION_METHODS = ("platt", "none")
 # Records per Grad-CAM call (each brings its labelled findings' maps along): bounds the memory
 # of the backward pass at large image sizes.
 GRADCAM_BATCH_SIZE = 16
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation's settings; trainer/evaluate.py turns them into flags.
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """The evaluation binary's settings (each field is a flag of the same name)."""
+
+    run_dir: str = dataclasses.field(
+        default="runs/demo", metadata={"help": "Run directory written by trainer.train."}
+    )
+    split: str = dataclasses.field(
+        default="test", metadata={"help": "Headline split.", "choices": tuple(manifest_lib.SPLITS)}
+    )
+    also_val: bool = dataclasses.field(
+        default=True, metadata={"help": "Also evaluate val and choose the thresholds there."}
+    )
+    bootstrap_resamples: int = dataclasses.field(
+        default=1000, metadata={"help": "Patient-level bootstrap resamples for the 95% CIs (0: none)."}
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "Bootstrap RNG seed."})
+    batch_size: int = dataclasses.field(default=64, metadata={"help": "Images per model call."})
+    model: str = dataclasses.field(
+        default="auto", metadata={"help": "export, checkpoint, or auto.", "choices": MODEL_SOURCES}
+    )
+    records_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Records to evaluate; default: the run's."}
+    )
+    output_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Where to write; default: RUN_DIR/reports."}
+    )
+    tta: str = dataclasses.field(
+        default="none",
+        metadata={
+            "help": "hflip: mean of the image's and its mirror image's probabilities (AUCs without it beside).",
+            "choices": tta_lib.TTA_MODES,
+        },
+    )
+    calibration: str = dataclasses.field(
+        default="platt",
+        metadata={"help": "Per-label Platt scaling fitted on val, or none.", "choices": CALIBRATION_METHODS},
+    )
+    localization: bool = dataclasses.field(
+        default=True, metadata={"help": "Score Grad-CAM maps of the boxed findings against the box file."}
+    )
+    boxes_csv: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Box file; default: BBox_List_2017.csv[.gz] in the records' data_dir."},
+    )
+    boxes_image_size: int = dataclasses.field(
+        default=boxes_lib.NIH_IMAGE_SIZE,
+        metadata={"help": "Side of the images the box coordinates refer to."},
+    )
+    mean_maps: bool = dataclasses.field(
+        default=True, metadata={"help": "Also average a Grad-CAM map of every image of the split."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.split not in manifest_lib.SPLITS:
+            raise ValueError(
+                f"EvaluateConfig.split must be one of {manifest_lib.SPLITS}, got {self.split!r}."
+            )
+        if self.model not in MODEL_SOURCES:
+            raise ValueError(
+                f"EvaluateConfig.model: the model source must be one of {MODEL_SOURCES}, got {self.model!r}."
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"EvaluateConfig.batch_size must be >= 1, got {self.batch_size}.")
+        if self.tta not in tta_lib.TTA_MODES:
+            raise ValueError(f"EvaluateConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}.")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ValueError(
+                f"EvaluateConfig.calibration must be one of {CALIBRATION_METHODS}, got {self.calibration!r}."
+            )
+        if self.boxes_image_size < 1:
+            raise ValueError(f"EvaluateConfig.boxes_image_size must be >= 1, got {self.boxes_image_size}.")
+        if self.bootstrap_resamples < 0:
+            raise ValueError(
+                f"EvaluateConfig.bootstrap_resamples must be >= 0, got {self.bootstrap_resamples}."
+            )
+
+    @property
+    def bootstrap(self) -> metrics.BootstrapConfig:
+        """The patient-level bootstrap of every interval."""
+        return metrics.BootstrapConfig(resamples=self.bootstrap_resamples, seed=self.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,121 +301,157 @@ def summarize_split(
     )
 
 
-def evaluate(
-    run_dir: str,
-    *,
-    split: str = "test",
-    also_val: bool = True,
-    bootstrap_resamples: int = 1000,
-    seed: int = 0,
-    batch_size: int = 64,
-    model_source: str = "auto",
-    records_dir: str | None = None,
-    output_dir: str | None = None,
-    tta: str = "none",
-    calibration: str = "platt",
-    localization: bool = True,
-    boxes_csv: str | None = None,
-    boxes_image_size: int = boxes_lib.NIH_IMAGE_SIZE,
-    mean_maps: bool = True,
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class EvaluationRun:
+    """What an evaluation reads before predicting: the run's config, its records and model."""
+
+    run_dir: str
+    config: dict[str, Any]
+    records_dir: str
+    manifest: manifest_lib.Manifest
+    output_dir: str
+    predictor: Predictor
+
+
+def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluates the run's model and writes the reports (see the module docstring).
 
+    With `config.also_val` (and val records), the thresholds are chosen on val and their
+    sensitivity/specificity reported on `config.split`, and the Platt scaling is fitted there.
+
     Args:
-      run_dir: the run directory (`config.json`, `export/` or `checkpoints/best.keras`, `history.csv`).
-      split: the headline split, "test" by default.
-      also_val: also evaluate "val" (when `split` is not val and the records have val images);
-        the thresholds are then chosen on val and their sensitivity/specificity reported on `split`.
-      bootstrap_resamples: patient-level bootstrap resamples for the 95% intervals (0: none).
-      seed: the bootstrap's RNG seed.
-      batch_size: images per model call.
-      model_source: "auto", "export" or "checkpoint"; see `load_predictor`.
-      records_dir: the records to evaluate on; default the run config's `records_dir`.
-      output_dir: where to write; default `run_dir/reports`.
-      tta: "none", or "hflip" to evaluate the mean of each image's and its mirror image's
-        probabilities (the AUCs without it are reported beside, from the same model call).
-      calibration: "platt" fits per-label Platt scaling on val (stored with the thresholds,
-        reported as ECE before and after), "none" only reports the ECE.
-      localization: score the Grad-CAM maps of the boxed findings against the box file.
-      boxes_csv: the box file; default `BBox_List_2017.csv[.gz]` in the records' data_dir
-        (the manifest's option) or one folder below it.
-      boxes_image_size: side of the images the box coordinates refer to (NIH's: 1024).
-      mean_maps: with `localization`, also average a Grad-CAM map of every image of the split.
+      config: the evaluation's settings (validated when it was built).
 
     Returns:
       The report dict written as `auc.json`.
 
     Raises:
-      ValueError: a missing run config, model, records directory or split, a bad option or an
-        unreadable box file, named.
+      ValueError: a missing run config, model, records directory or split, or an unreadable
+        box file, named.
     """
-    if calibration not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration must be one of {CALIBRATION_METHODS}, got {calibration!r}.")
-    if split not in manifest_lib.SPLITS:
-        raise ValueError(f"split must be one of {manifest_lib.SPLITS}, got {split!r}.")
-    bootstrap = metrics.BootstrapConfig(resamples=bootstrap_resamples, seed=seed)
-    config = run_dir_lib.read_config(run_dir)
-    records_dir = records_dir or config.get("records_dir")
-    if not records_dir:
-        raise ValueError(
-            f"{run_dir_lib.path(run_dir, run_dir_lib.CONFIG_FILE)} names no records_dir; pass --records_dir."
-        )
-    output_dir = output_dir or run_dir_lib.path(run_dir, run_dir_lib.REPORTS_DIR)
-    manifest = manifest_lib.read_manifest(records_dir)
-    predictor = load_predictor(run_dir, source=model_source)
-
-    splits = [split]
-    if also_val and split != "val" and manifest.splits.get("val") and manifest.splits["val"].records:
-        splits.insert(0, "val")  # Val first: its thresholds are applied to the headline split.
-    predictions = {
-        name: predict_split(predictor, records_dir, manifest, name, batch_size=batch_size, tta=tta)
-        for name in splits
-    }
-    summaries, threshold_split = summarize_splits(predictions, split, bootstrap=bootstrap)
-    thresholds = report_lib.thresholds_from(summaries[threshold_split])
-    fitted, calibration_report = calibrate(predictions, method=calibration)
-    located = None
-    if localization:
-        located = localize(
-            run_dir,
-            records_dir,
-            manifest,
-            predictions[split],
-            bootstrap=bootstrap,
-            boxes_csv=boxes_csv,
-            boxes_image_size=boxes_image_size,
-            mean_maps=mean_maps,
-            # A Grad-CAM call holds the activations of every image for the backward pass.
-            batch_size=min(batch_size, GRADCAM_BATCH_SIZE),
-        )
-
-    report = {
-        "run_dir": run_dir,
-        "model_path": predictor.path,
-        "model_source": predictor.source,
-        "model_name": config.get("model"),
-        "records_dir": records_dir,
-        "manifest_sha256": manifest_lib.manifest_sha256(records_dir),
-        "split_mode": manifest.options.get("split"),
-        "split": split,
-        "labels": list(schema.LABELS),
-        "splits": {name: summaries[name] for name in [split, *[s for s in summaries if s != split]]},
-        "thresholds": {"source_split": threshold_split, "method": "youden_j", "values": thresholds},
-        "published": report_lib.PUBLISHED_AUC,
-        "tta": tta_summary(predictions[split], summaries[split], bootstrap=bootstrap, mode=tta),
-        "calibration": calibration_report,
-        "localization": located.report if located else {"status": "disabled", "message": "--nolocalization"},
-    }
+    run = open_run(config)
+    predictions = predict_splits(run, splits_to_predict(config, run.manifest), config)
+    summaries, threshold_split = summarize_splits(predictions, config.split, bootstrap=config.bootstrap)
+    fitted, calibration_report = calibrate(predictions, method=config.calibration)
+    located = localize_headline(run, predictions[config.split], config) if config.localization else None
+    report = build_report(
+        run,
+        config,
+        summaries,
+        threshold_split=threshold_split,
+        tta=tta_summary(
+            predictions[config.split], summaries[config.split], bootstrap=config.bootstrap, mode=config.tta
+        ),
+        calibration=calibration_report,
+        localization=located,
+    )
     write_reports(
-        output_dir,
+        run.output_dir,
         report,
         predictions,
-        manifest,
-        history_path=run_dir_lib.path(run_dir, run_dir_lib.HISTORY_FILE),
+        run.manifest,
+        history_path=run_dir_lib.path(run.run_dir, run_dir_lib.HISTORY_FILE),
         calibration=fitted,
         localization=located,
     )
     return report
+
+
+def open_run(config: EvaluateConfig) -> EvaluationRun:
+    """Reads the run's config and the records' manifest, and loads the model.
+
+    Raises:
+      ValueError: no run config, no records directory named, or no model, naming the file.
+    """
+    run_config = run_dir_lib.read_config(config.run_dir)
+    records_dir = config.records_dir or run_config.get("records_dir")
+    if not records_dir:
+        raise ValueError(
+            f"{run_dir_lib.path(config.run_dir, run_dir_lib.CONFIG_FILE)} names no records_dir; pass --records_dir."
+        )
+    return EvaluationRun(
+        run_dir=config.run_dir,
+        config=run_config,
+        records_dir=records_dir,
+        manifest=manifest_lib.read_manifest(records_dir),
+        output_dir=config.output_dir or run_dir_lib.path(config.run_dir, run_dir_lib.REPORTS_DIR),
+        predictor=load_predictor(config.run_dir, source=config.model),
+    )
+
+
+def splits_to_predict(config: EvaluateConfig, manifest: manifest_lib.Manifest) -> list[str]:
+    """The headline split, preceded by val when it is asked for and the records hold val images."""
+    has_val = bool(manifest.splits.get("val") and manifest.splits["val"].records)
+    if config.also_val and config.split != "val" and has_val:
+        return ["val", config.split]  # Val first: its thresholds are applied to the headline split.
+    return [config.split]
+
+
+def predict_splits(
+    run: EvaluationRun, splits: list[str], config: EvaluateConfig
+) -> dict[str, SplitPredictions]:
+    """`predict_split` of each split, in the order given."""
+    return {
+        name: predict_split(
+            run.predictor, run.records_dir, run.manifest, name, batch_size=config.batch_size, tta=config.tta
+        )
+        for name in splits
+    }
+
+
+def localize_headline(
+    run: EvaluationRun, predictions: SplitPredictions, config: EvaluateConfig
+) -> Localization:
+    """`localize` of the headline split with the config's box file and settings."""
+    return localize(
+        run.run_dir,
+        run.records_dir,
+        run.manifest,
+        predictions,
+        bootstrap=config.bootstrap,
+        boxes_csv=config.boxes_csv,
+        boxes_image_size=config.boxes_image_size,
+        mean_maps=config.mean_maps,
+        # A Grad-CAM call holds the activations of every image for the backward pass.
+        batch_size=min(config.batch_size, GRADCAM_BATCH_SIZE),
+    )
+
+
+def build_report(
+    run: EvaluationRun,
+    config: EvaluateConfig,
+    summaries: dict[str, Any],
+    *,
+    threshold_split: str,
+    tta: dict[str, Any],
+    calibration: dict[str, Any],
+    localization: Localization | None,
+) -> dict[str, Any]:
+    """The report dict written as `auc.json` (the headline split's summary first)."""
+    split = config.split
+    return {
+        "run_dir": run.run_dir,
+        "model_path": run.predictor.path,
+        "model_source": run.predictor.source,
+        "model_name": run.config.get("model"),
+        "records_dir": run.records_dir,
+        "manifest_sha256": manifest_lib.manifest_sha256(run.records_dir),
+        "split_mode": run.manifest.options.get("split"),
+        "split": split,
+        "labels": list(schema.LABELS),
+        "splits": {name: summaries[name] for name in [split, *[s for s in summaries if s != split]]},
+        "thresholds": {
+            "source_split": threshold_split,
+            "method": "youden_j",
+            "values": tables.thresholds_from(summaries[threshold_split]),
+        },
+        "published": published.PUBLISHED_AUC,
+        "tta": tta,
+        "calibration": calibration,
+        "localization": localization.report
+        if localization
+        else {"status": "disabled", "message": "--nolocalization"},
+    }
 
 
 def summarize_splits(
@@ -342,7 +466,7 @@ def summarize_splits(
     reference = None
     if "val" in predictions and split != "val":
         summaries["val"] = summarize_split(predictions["val"], bootstrap=bootstrap)
-        reference = report_lib.thresholds_from(summaries["val"])
+        reference = tables.thresholds_from(summaries["val"])
     summaries[split] = summarize_split(
         predictions[split], bootstrap=bootstrap, reference_thresholds=reference
     )
@@ -448,18 +572,11 @@ def localize(
       ValueError: an explicit `boxes_csv` that is missing or not NIH's format, naming it.
     """
     split = predictions.split
-    path = boxes_csv
+    path = boxes_csv if boxes_csv is not None else _default_box_file(manifest)
     if path is None:
-        data_dir = manifest.options.get("data_dir")
-        path = boxes_lib.find_box_file(data_dir) if data_dir else None
-        if path is None:
-            where = (
-                f"in the records' data directory {data_dir!r} or one folder below it"
-                if data_dir
-                else "named: the records' manifest records no data_dir"
-            )
-            message = f"no {boxes_lib.BOX_FILE_NAMES[0]}(.gz) {where}; pass --boxes_csv to score Grad-CAM maps against boxes."
-            return Localization({"split": split, "status": "no_box_file", "message": message})
+        return Localization(
+            {"split": split, "status": "no_box_file", "message": _no_box_file_message(manifest)}
+        )
     box_set = boxes_lib.read_boxes(
         path,
         image_size=manifest.image_size,
@@ -469,31 +586,18 @@ def localize(
     )
     report: dict[str, Any] = {
         "split": split,
-        "box_file": {
-            "path": path,
-            "rows": box_set.rows,
-            "boxes": len(box_set.boxes),
-            "rejects": box_set.reject_counts(),
-            "rejects_file": report_lib.BOX_REJECTS_JSONL,
-            "source_size": boxes_image_size,
-            "image_size": manifest.image_size,
-        },
+        "box_file": _box_file_summary(
+            path, box_set, source_size=boxes_image_size, image_size=manifest.image_size
+        ),
     }
     explainer, status, message = _load_explainer(run_dir)
     if explainer is None:
         return Localization({**report, "status": status, "message": message}, None, box_set)
-    from trainer.evaluation.localization import (
-        pipeline as localization_eval,
-    )  # Reads records with TensorFlow, runs Keras.
-
-    result = localization_eval.localize_split(
+    result = _score_maps(
         explainer,
         records_dir,
-        split,
+        predictions,
         box_set,
-        probabilities=predictions.probabilities,
-        image_indices=list(predictions.metadata[schema.IMAGE_INDEX_KEY]),
-        patient_ids=predictions.metadata[schema.PATIENT_ID_KEY],
         bootstrap=bootstrap,
         batch_size=batch_size,
         mean_maps=mean_maps,
@@ -504,6 +608,66 @@ def localize(
     else:
         report.update(status="no_boxed_images", message=f"none of the box file's rows is on a {split} image.")
     return Localization(report, result, box_set)
+
+
+def _default_box_file(manifest: manifest_lib.Manifest) -> str | None:
+    """NIH's box file in the records' data directory (or one folder below it), if there is one."""
+    data_dir = manifest.options.get("data_dir")
+    return boxes_lib.find_box_file(data_dir) if data_dir else None
+
+
+def _no_box_file_message(manifest: manifest_lib.Manifest) -> str:
+    data_dir = manifest.options.get("data_dir")
+    where = (
+        f"in the records' data directory {data_dir!r} or one folder below it"
+        if data_dir
+        else "named: the records' manifest records no data_dir"
+    )
+    return f"no {boxes_lib.BOX_FILE_NAMES[0]}(.gz) {where}; pass --boxes_csv to score Grad-CAM maps against boxes."
+
+
+def _box_file_summary(
+    path: str, box_set: boxes_lib.BoxSet, *, source_size: int, image_size: int
+) -> dict[str, Any]:
+    """The report's "box_file": what was read, kept and rejected."""
+    return {
+        "path": path,
+        "rows": box_set.rows,
+        "boxes": len(box_set.boxes),
+        "rejects": box_set.reject_counts(),
+        "rejects_file": files.BOX_REJECTS_JSONL,
+        "source_size": source_size,
+        "image_size": image_size,
+    }
+
+
+def _score_maps(
+    explainer: Any,
+    records_dir: str,
+    predictions: SplitPredictions,
+    box_set: boxes_lib.BoxSet,
+    *,
+    bootstrap: metrics.BootstrapConfig,
+    batch_size: int,
+    mean_maps: bool,
+) -> Any:
+    """`localization.pipeline.localize_split` on the split's records and probabilities."""
+    from trainer.evaluation.localization import (
+        pipeline as localization_eval,
+    )  # Reads records with TensorFlow, runs Keras.
+
+    return localization_eval.localize_split(
+        explainer,
+        records_dir,
+        predictions.split,
+        box_set,
+        probabilities=predictions.probabilities,
+        image_indices=list(predictions.metadata[schema.IMAGE_INDEX_KEY]),
+        patient_ids=predictions.metadata[schema.PATIENT_ID_KEY],
+        bootstrap=bootstrap,
+        batch_size=batch_size,
+        mean_maps=mean_maps,
+    )
 
 
 def _load_explainer(run_dir: str) -> tuple[Any, str, str]:
@@ -547,15 +711,13 @@ def write_reports(
     )
     written += _write_extra_figures(output_dir, report, localization, figures)
     if localization is not None and localization.box_set is not None:
-        written.append(
-            boxes_lib.write_rejects(join(report_lib.BOX_REJECTS_JSONL), localization.box_set.rejects)
-        )
+        written.append(boxes_lib.write_rejects(join(files.BOX_REJECTS_JSONL), localization.box_set.rejects))
 
     report = dict(report, figures=figures)
-    written.append(report_lib.write_json(join(report_lib.AUC_JSON), report))
-    written.append(report_lib.write_auc_csv(join(report_lib.AUC_CSV), headline, split=split))
-    written.append(report_lib.write_thresholds_json(
-        join(report_lib.THRESHOLDS_JSON),
+    written.append(files.write_json(join(files.AUC_JSON), report))
+    written.append(tables.write_auc_csv(join(files.AUC_CSV), headline, split=split))
+    written.append(tables.write_thresholds_json(
+        join(files.THRESHOLDS_JSON),
         report["thresholds"]["values"],
         source_split=report["thresholds"]["source_split"],
         run_dir=report["run_dir"],
@@ -564,8 +726,8 @@ def write_reports(
     ))  # fmt: skip
     order = [split, *[s for s in predictions if s != split]]
     written.append(
-        report_lib.write_predictions_csv(
-            join(report_lib.PREDICTIONS_CSV),
+        tables.write_predictions_csv(
+            join(files.PREDICTIONS_CSV),
             np.concatenate([predictions[s].probabilities for s in order]),
             np.concatenate([predictions[s].labels for s in order]),
             {
@@ -577,7 +739,7 @@ def write_reports(
             },
         )
     )
-    written.append(report_lib.write_markdown(join(report_lib.AUC_MD), report, figures=figures))
+    written.append(markdown.write_markdown(join(files.AUC_MD), report, figures=figures))
     return written
 
 
@@ -596,40 +758,40 @@ def _write_base_figures(
     run_name = os.path.basename(os.path.normpath(report["run_dir"]))
     figures = []
     written = [
-        report_lib.plot_roc_curves(
-            join(report_lib.ROC_PNG),
+        plots.plot_roc_curves(
+            join(files.ROC_PNG),
             predictions[split].labels,
             predictions[split].probabilities,
             title=f"ROC curves, {run_name}, {split} split ({headline['images']} images, "
-            f"{headline['patients']} patients); mean AUC of 14 findings {report_lib.fmt(headline['mean_auc_14'])}",
+            f"{headline['patients']} patients); mean AUC of 14 findings {formatting.fmt(headline['mean_auc_14'])}",
         )
     ]
-    figures.append(report_lib.ROC_PNG)
+    figures.append(files.ROC_PNG)
     if history_path and tf.io.gfile.exists(history_path):
         history = run_dir_lib.read_history(history_path)
         written.append(
-            report_lib.plot_training_curves(
-                join(report_lib.TRAINING_PNG), history, title=f"Training curves, {run_name}"
+            plots.plot_training_curves(
+                join(files.TRAINING_PNG), history, title=f"Training curves, {run_name}"
             )
         )
-        figures.append(report_lib.TRAINING_PNG)
+        figures.append(files.TRAINING_PNG)
     written.append(
-        report_lib.plot_label_distribution(
-            join(report_lib.DISTRIBUTION_PNG),
+        plots.plot_label_distribution(
+            join(files.DISTRIBUTION_PNG),
             {name: manifest.label_counts(name) for name in manifest.splits},
             {name: info.records for name, info in manifest.splits.items()},
             title=f"Label prevalence per split ({report['records_dir']})",
         )
     )
-    figures.append(report_lib.DISTRIBUTION_PNG)
+    figures.append(files.DISTRIBUTION_PNG)
     written.append(
-        report_lib.plot_label_cooccurrence(
-            join(report_lib.COOCCURRENCE_PNG),
+        plots.plot_label_cooccurrence(
+            join(files.COOCCURRENCE_PNG),
             predictions[split].labels,
             title=f"Label co-occurrence, {split} split ({headline['images']} images): images with both labels",
         )
     )
-    figures.append(report_lib.COOCCURRENCE_PNG)
+    figures.append(files.COOCCURRENCE_PNG)
     return written, figures
 
 
@@ -658,29 +820,29 @@ def _write_extra_figures(
     series.update({f"{name} after Platt": summary for name, summary in data.get("calibrated", {}).items()})
     unchanged = list(data.get("parameters", {}).get("not_fitted", {}))
     written.append(
-        report_lib.plot_reliability(
-            join(report_lib.RELIABILITY_PNG),
+        plots.plot_reliability(
+            join(files.RELIABILITY_PNG),
             series,
             omit={f"{name} after Platt": unchanged for name in data.get("calibrated", {})},
             title=f"Reliability diagrams ({data['num_bins']} bins); ECE per panel in the order of the legend",
         )
     )
-    figures.append(report_lib.RELIABILITY_PNG)
+    figures.append(files.RELIABILITY_PNG)
     result = localization.result if localization is not None else None
     if result is not None and result.samples:
         written.append(
-            report_lib.plot_cam_overlays(
-                join(report_lib.LOCALIZATION_PNG),
+            plots.plot_cam_overlays(
+                join(files.LOCALIZATION_PNG),
                 result.samples,
                 title=f"Grad-CAM of the boxed finding ({report['split']} split), boxes in white",
             )
         )
-        figures.append(report_lib.LOCALIZATION_PNG)
+        figures.append(files.LOCALIZATION_PNG)
     if result is not None and result.mean_cams is not None:
         mean = result.mean_cams
         written.append(
-            report_lib.plot_mean_cams(
-                join(report_lib.MEAN_CAM_PNG),
+            plots.plot_mean_cams(
+                join(files.MEAN_CAM_PNG),
                 mean.overall,
                 mean.images,
                 mean.by_finding,
@@ -688,85 +850,5 @@ def _write_extra_figures(
                 title=f"Mean Grad-CAM maps over the {report['split']} split (each map scaled to [0, 1])",
             )
         )
-        figures.append(report_lib.MEAN_CAM_PNG)
+        figures.append(files.MEAN_CAM_PNG)
     return written
-
-
-# ---------------------------------------------------------------------------------------------
-# The evaluation's settings; trainer/evaluate.py turns them into flags.
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
-    """The evaluation binary's settings (each field is a flag of the same name)."""
-
-    run_dir: str = dataclasses.field(
-        default="runs/demo", metadata={"help": "Run directory written by trainer.train."}
-    )
-    split: str = dataclasses.field(
-        default="test", metadata={"help": "Headline split.", "choices": tuple(manifest_lib.SPLITS)}
-    )
-    also_val: bool = dataclasses.field(
-        default=True, metadata={"help": "Also evaluate val and choose the thresholds there."}
-    )
-    bootstrap_resamples: int = dataclasses.field(
-        default=1000, metadata={"help": "Patient-level bootstrap resamples for the 95% CIs (0: none)."}
-    )
-    seed: int = dataclasses.field(default=0, metadata={"help": "Bootstrap RNG seed."})
-    batch_size: int = dataclasses.field(default=64, metadata={"help": "Images per model call."})
-    model: str = dataclasses.field(
-        default="auto", metadata={"help": "export, checkpoint, or auto.", "choices": MODEL_SOURCES}
-    )
-    records_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "Records to evaluate; default: the run's."}
-    )
-    output_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "Where to write; default: RUN_DIR/reports."}
-    )
-    tta: str = dataclasses.field(
-        default="none",
-        metadata={
-            "help": "hflip: mean of the image's and its mirror image's probabilities (AUCs without it beside).",
-            "choices": tta_lib.TTA_MODES,
-        },
-    )
-    calibration: str = dataclasses.field(
-        default="platt",
-        metadata={"help": "Per-label Platt scaling fitted on val, or none.", "choices": CALIBRATION_METHODS},
-    )
-    localization: bool = dataclasses.field(
-        default=True, metadata={"help": "Score Grad-CAM maps of the boxed findings against the box file."}
-    )
-    boxes_csv: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "Box file; default: BBox_List_2017.csv[.gz] in the records' data_dir."},
-    )
-    boxes_image_size: int = dataclasses.field(
-        default=boxes_lib.NIH_IMAGE_SIZE,
-        metadata={"help": "Side of the images the box coordinates refer to."},
-    )
-    mean_maps: bool = dataclasses.field(
-        default=True, metadata={"help": "Also average a Grad-CAM map of every image of the split."}
-    )
-
-    def __post_init__(self) -> None:
-        if self.split not in manifest_lib.SPLITS:
-            raise ValueError(
-                f"EvaluateConfig.split must be one of {manifest_lib.SPLITS}, got {self.split!r}."
-            )
-        if self.model not in MODEL_SOURCES:
-            raise ValueError(f"EvaluateConfig.model must be one of {MODEL_SOURCES}, got {self.model!r}.")
-        if self.batch_size < 1:
-            raise ValueError(f"EvaluateConfig.batch_size must be >= 1, got {self.batch_size}.")
-        if self.tta not in tta_lib.TTA_MODES:
-            raise ValueError(f"EvaluateConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}.")
-        if self.calibration not in CALIBRATION_METHODS:
-            raise ValueError(
-                f"EvaluateConfig.calibration must be one of {CALIBRATION_METHODS}, got {self.calibration!r}."
-            )
-        if self.boxes_image_size < 1:
-            raise ValueError(f"EvaluateConfig.boxes_image_size must be >= 1, got {self.boxes_image_size}.")
-        if self.bootstrap_resamples < 0:
-            raise ValueError(
-                f"EvaluateConfig.bootstrap_resamples must be >= 0, got {self.bootstrap_resamples}."
-            )
