@@ -93,7 +93,11 @@ class EvaluateConfig:
         default="auto", metadata={"help": "export, checkpoint, or auto.", "choices": MODEL_SOURCES}
     )
     records_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "Records to evaluate; default: the run's."}
+        default=None,
+        metadata={
+            "help": "Records to evaluate; default: the run's. Another data set's records are scored on "
+            "the labels both vocabularies share (reports in RUN_DIR/reports_on_<data set>)."
+        },
     )
     output_dir: str | None = dataclasses.field(
         default=None, metadata={"help": "Where to write; default: RUN_DIR/reports."}
