@@ -208,6 +208,10 @@ class TargetsTest(tf.test.TestCase, parameterized.TestCase):
             config = config_lib.get_profile("demo", records_dir=records_dir, uncertain=policy)
             _, y = next(iter(inputs.training_dataset(config, global_batch_size=2)))
             self.assertAllEqual(y, [[0.0, 1.0, uncertain_target, -1.0, 0.0]] * 2)
+        # Resampling reads the records' labels in their own vocabulary's length.
+        config = config_lib.get_profile("demo", records_dir=records_dir, class_imbalance="resample")
+        _, y = next(iter(inputs.training_dataset(config, global_batch_size=2)))
+        self.assertAllEqual(y, [[0.0, 1.0, -1.0, -1.0, 0.0]] * 2)
 
     def test_nih_targets_are_the_labels(self):
         records_dir = os.path.join(self.get_temp_dir(), "nih")
