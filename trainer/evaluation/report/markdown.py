@@ -37,6 +37,11 @@ def render_markdown(report: Mapping[str, Any], *, figures: Sequence[str] = ()) -
     return "\n".join(lines)
 
 
+def _findings_in(entries) -> int:
+    """How many of the entries' "label"s are findings (not "No Finding")."""
+    return sum(entry["label"] != schema.NO_FINDING for entry in entries)
+
+
 def _label_counts(summary: Mapping[str, Any]) -> tuple[int, int]:
     """(findings, labels) of a summary: its labels without and with "No Finding" (14 and 15 for NIH)."""
     labels = summary_labels(summary)
@@ -179,7 +184,7 @@ def _other_split_section(split: str, summary: Mapping, other: str, other_summary
             f"| {fmt(f['auc'])} | {fmt(f_other['threshold'])} |"
         )
     lines += [
-        f"| **Mean of 14 findings** | **{fmt(other_summary['mean_auc_14'])}** "
+        f"| **Mean of {_label_counts(summary)[0]} findings** | **{fmt(other_summary['mean_auc_14'])}** "
         f"| {fmt_ci(*other_summary['mean_auc_14_ci'])} | {fmt(summary['mean_auc_14'])} | |",
         "",
     ]
@@ -209,7 +214,7 @@ def _subgroup_section(summary: Mapping, split: str) -> list[str]:
             cells = [f"{fmt(groups[v]['auc'][label])} ({groups[v]['positives'][label]})" for v in values]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append(
-            "| **Mean of 14 findings** | "
+            f"| **Mean of {_label_counts(summary)[0]} findings** | "
             + " | ".join(f"**{fmt(groups[v]['mean_auc_14'])}**" for v in values)
             + " |"
         )
@@ -305,7 +310,8 @@ def calibration_section(report: Mapping[str, Any]) -> list[str]:
     means = [fmt(data["splits"][s]["mean_ece_14"]) for s in splits] + [
         fmt(calibrated[s]["mean_ece_14"]) for s in calibrated
     ]
-    lines += ["| **Mean of 14 findings** | " + " | ".join(f"**{m}**" for m in means) + " | |", ""]
+    mean = f"| **Mean of {_findings_in({'label': label} for label in report['labels'])} findings** | "
+    lines += [mean + " | ".join(f"**{m}**" for m in means) + " | |", ""]
     return lines
 
 
