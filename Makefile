@@ -9,11 +9,29 @@ BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
 # Inputs. Without DATA_DIR, the synthetic NIH-layout demo set is generated into data/demo.
+# DATASET (make tfrecords / inspect): nih, chexpert, mimic_cxr_jpg, padchest, rsna_pneumonia or
+# folders (beam_pipelines/datasets/); for another than nih, the demo set in that data set's layout
+# (a few hundred images) goes to data/demo-<DATASET> and the records to data/tfrecords-<DATASET>.
+DATASET ?= nih
+ifeq ($(DATASET),nih)
 DEMO_DIR := data/demo
-DATA_DIR ?= $(DEMO_DIR)
-OUTPUT_DIR ?= data/tfrecords
-IMAGE_SIZE ?= 256
+DEMO_MARKER := Data_Entry_2017.csv
 NUM_IMAGES ?= 2000
+OUTPUT_DIR ?= data/tfrecords
+else
+DEMO_DIR := data/demo-$(DATASET)
+DEMO_MARKER := .demo-layout
+NUM_IMAGES ?= 300
+OUTPUT_DIR ?= data/tfrecords-$(DATASET)
+endif
+DATA_DIR ?= $(DEMO_DIR)
+IMAGE_SIZE ?= 256
+# The folder-per-class demo set names its images like the pediatric pneumonia set (personN_M.png).
+ifeq ($(DATASET),folders)
+DATASET_ARGS ?= --patient_regex='^person(\d+)_'
+else
+DATASET_ARGS ?=
+endif
 DEMO_IMAGE_SIZE ?= 1024
 BEAM_ARGS ?=
 PYTEST_ARGS ?=
@@ -34,21 +52,26 @@ BOOTSTRAP ?= 1000
 EVAL_ARGS ?=
 IMAGES ?= $(DEMO_DIR)/images_001/images
 PREDICT_ARGS ?=
-# make inspect: the records to check and draw (default: the training records, built if missing).
+# make inspect: the records to check and draw (default: the training records, built if missing;
+# with another DATASET than nih, the records of `make tfrecords DATASET=...`).
+ifeq ($(DATASET),nih)
 RECORDS ?= $(RECORDS_DIR)
+else
+RECORDS ?= $(OUTPUT_DIR)
+endif
 INSPECT_ARGS ?=
 
 # The demo set is a prerequisite only when DATA_DIR is the demo folder.
-DATA_DEP := $(if $(filter $(DEMO_DIR),$(DATA_DIR)),$(DEMO_DIR)/Data_Entry_2017.csv,)
+DATA_DEP := $(if $(filter $(DEMO_DIR),$(DATA_DIR)),$(DEMO_DIR)/$(DEMO_MARKER),)
 
 .PHONY: help setup demo-data tfrecords train evaluate predict inspect test test-slow lint format clean \
-	bench bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo bench-nih-scale
+	measurements bench bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo bench-nih-scale
 
 help:
 	@echo "make train      demo data -> TFRecords -> train -> export -> reports (runs/demo/)"
 	@echo "make test       set up and run the test suite"
 	@echo "make inspect    check a records directory against its manifest, summary + contact sheet PNG"
-	@echo "make setup | demo-data | tfrecords | evaluate | predict | test-slow | bench | lint | format | clean"
+	@echo "make setup | demo-data | tfrecords | evaluate | predict | test-slow | bench | measurements | lint | format | clean"
 
 setup: $(STAMP)
 
@@ -66,15 +89,23 @@ $(BENCH_STAMP): setup.py
 	touch $(BENCH_STAMP)
 
 # The demo set is generated only when DATA_DIR is the demo folder and it is not there yet.
-$(DEMO_DIR)/Data_Entry_2017.csv: | $(STAMP)
-	$(PY) -m demo_data.generate --output_dir=$(DEMO_DIR) --num_images=$(NUM_IMAGES) --image_size=$(DEMO_IMAGE_SIZE)
+$(DEMO_DIR)/$(DEMO_MARKER): | $(STAMP)
+	$(PY) -m demo_data.generate --layout=$(DATASET) --output_dir=$(DEMO_DIR) --num_images=$(NUM_IMAGES) \
+		--image_size=$(DEMO_IMAGE_SIZE)
 
-demo-data: $(STAMP) $(DEMO_DIR)/Data_Entry_2017.csv
+demo-data: $(STAMP) $(DEMO_DIR)/$(DEMO_MARKER)
 
 # Re-running into a finished OUTPUT_DIR is refused by the job; pass BEAM_ARGS=--overwrite.
 tfrecords: $(STAMP) $(DATA_DEP)
-	$(PY) -m beam_pipelines.build_tfrecords --data_dir=$(DATA_DIR) --output_dir=$(OUTPUT_DIR) \
-		--image_size=$(IMAGE_SIZE) $(BEAM_ARGS)
+	$(PY) -m beam_pipelines.build_tfrecords --dataset=$(DATASET) --data_dir=$(DATA_DIR) \
+		--output_dir=$(OUTPUT_DIR) --image_size=$(IMAGE_SIZE) $(DATASET_ARGS) $(BEAM_ARGS)
+
+# make inspect DATASET=<not nih> builds the data set's demo records first when they are missing.
+ifneq ($(DATASET),nih)
+$(OUTPUT_DIR)/manifest.json: | $(STAMP) $(DATA_DEP)
+	$(PY) -m beam_pipelines.build_tfrecords --dataset=$(DATASET) --data_dir=$(DATA_DIR) \
+		--output_dir=$(OUTPUT_DIR) --image_size=$(IMAGE_SIZE) $(DATASET_ARGS) $(BEAM_ARGS)
+endif
 
 # The training records are built once per profile and size, then reused.
 $(RECORDS_DIR)/manifest.json: | $(STAMP) $(DATA_DEP)
@@ -92,7 +123,8 @@ predict: $(STAMP)
 	$(PY) -m trainer.predict --run_dir=$(RUN) --images=$(IMAGES) $(PREDICT_ARGS)
 
 # Summary and <RECORDS>-contact-sheet.png; e.g. INSPECT_ARGS="--label=Effusion --augmented".
-inspect: $(STAMP) $(if $(filter $(RECORDS_DIR),$(RECORDS)),$(RECORDS_DIR)/manifest.json,)
+inspect: $(STAMP) $(if $(filter $(RECORDS_DIR),$(RECORDS)),$(RECORDS_DIR)/manifest.json,) \
+		$(if $(filter-out nih,$(DATASET)),$(if $(filter $(OUTPUT_DIR),$(RECORDS)),$(OUTPUT_DIR)/manifest.json,),)
 	$(PY) -m tfrecords.inspect $(RECORDS) $(INSPECT_ARGS)
 
 test: $(STAMP)
@@ -101,8 +133,15 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-# Benchmarks: side-by-side ratios in one run each, written to runs/bench/*.json.
+# Benchmarks: side-by-side ratios in one run each, written to runs/bench/*.json, then
+# merged into benchmarks/results.json and docs/measurements.md.
 bench: bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo
+	$(PY) -m benchmarks.measurements
+
+# The current figure of each benchmark (runs/bench/*.json, newer replaces older) into
+# benchmarks/results.json, docs/measurements.md and the README's results table.
+measurements: $(STAMP)
+	$(PY) -m benchmarks.measurements
 
 bench-tfrecords: $(STAMP)
 	$(PY) -m benchmarks.bench_tfrecords

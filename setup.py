@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "absl-py==2.5.1",
     "pillow==12.3.0",
+    # DICOM images (any data set's adapter; beam_pipelines/dicom.py).
+    "pydicom==3.0.2",
 ]
 
 EXTRAS_REQUIRE = {

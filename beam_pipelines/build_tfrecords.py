@@ -1,9 +1,15 @@
-r"""Converts the NIH ChestX-ray14 layout into sharded grayscale TFRecords with fixed splits.
+r"""Converts a chest X-ray data set's download into sharded grayscale TFRecords with fixed splits.
 
 Runs on the demo data with no flags (after `make demo-data`):
 
   python -m beam_pipelines.build_tfrecords --data_dir=data/demo --output_dir=data/tfrecords \
       --image_size=256
+
+--dataset picks the layout: nih (the default layout), chexpert, mimic_cxr_jpg, padchest,
+rsna_pneumonia or folders (beam_pipelines/datasets/, one module per data set, each with the
+command that runs it); --dataset=auto (the flag's default) detects it from the files in --data_dir
+when exactly one layout matches, else reads NIH's. The manifest records the data set, its label
+vocabulary and how each label state was written.
 
 and writes into --output_dir:
   {train,val,test}-NNNNN-of-NNNNN.tfrecord   records of tfrecords/schema.py, 100-200 MB each

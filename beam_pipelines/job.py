@@ -1,9 +1,10 @@
-"""The NIH -> TFRecord job as a library: config, checks before the pipeline, wiring, finishing.
+"""The records job as a library: config, checks before the pipeline, wiring, finishing.
 
 `run_job(config, beam_args)` is what `python -m beam_pipelines.build_tfrecords` calls:
-  1. `prepare_inputs` checks everything that can be checked before Beam starts (data_dir,
-     labels CSV and its columns, the official lists, at least one PNG, the output directory)
-     and stops with a message naming the path, column or flag and the value.
+  1. `prepare_inputs` picks the data set's adapter (`--dataset`, `beam_pipelines.datasets`) and
+     checks everything that can be checked before Beam starts (data_dir, the tables and their
+     columns, the published split, at least one image, the output directory) and stops with a
+     message naming the path, column or flag and the value.
   2. The pipeline (`build_pipeline`) writes shards, rejects.jsonl and a job summary into
      `output_dir/_staging-<run id>/`, while a thread prints progress from the workers' files.
   3. `finalize` checks rows in = records written + rejected, removes the old output (manifest
@@ -27,7 +28,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_pipelines import nih, splits, transforms
+from beam_pipelines import datasets, splits, transforms
+from beam_pipelines.datasets import base
 from cxr_cli import console
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
@@ -35,9 +37,6 @@ from tfrecords import schema
 _LOG = logging.getLogger(__name__)
 DEFAULT_RUNNER = "FnApiRunner"
 STAGING_PREFIX = "_staging-"
-TRAIN_VAL_LIST_NAME = "train_val_list.txt"
-TEST_LIST_NAME = "test_list.txt"
-CSV_PATTERNS = ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz")
 # raw by default: png records are about half the size, but tf.data decodes a PNG per image per
 # epoch, which takes CPU from training, and the conversion is slower (figures: the "read_raw",
 # "read_png", "job" and "job_png" cases of benchmarks/bench_tfrecords.py). Disk is cheaper than CPU.
@@ -59,37 +58,65 @@ class JobConfig:
     """Everything the job needs; validated once, at construction.
 
     Attributes:
-      data_dir: the NIH layout (local, gs://, s3://).
+      dataset: the data set's layout (`datasets.NAMES`), or "auto" to detect it from data_dir.
+      data_dir: the data set's folder (local, gs://, s3://).
       output_dir: where shards, rejects.jsonl and manifest.json go.
       image_size: side of the square output images, in pixels.
       image_format: "raw" or "png" record images.
-      labels_csv: the labels CSV; None finds Data_Entry_2017*.csv[.gz] in data_dir or one level down.
+      labels_csv: the labels CSV; None finds the data set's own (NIH: Data_Entry_2017*.csv[.gz])
+        in data_dir or one level down.
+      patient_regex: `folders`: a regular expression whose first matching group (or whole match)
+        of a file name is the patient; None takes the whole name without its suffix.
+      folder_splits: `folders`: take ROOT/SPLIT/CLASS folders as the published split.
       split: the split assignment.
       num_shards: shards per split; 0 sizes them to 100-200 MB.
-      max_images: convert only the first N CSV rows (0 = all).
+      max_images: convert only the first N rows of the table (0 = all).
       overwrite: replace an existing non-empty output_dir.
       chunk_size: images per work unit / part file.
       progress_interval_s: seconds between progress lines.
     """
 
-    data_dir: str = _field("data/demo", "The NIH layout: CSV, lists, images_*/images/*.png.")
+    dataset: str = _field(
+        datasets.AUTO,
+        "The data set's layout. auto: detected from the files in --data_dir when exactly one layout "
+        "matches (folders is never detected), else nih.",
+        choices=(datasets.AUTO, *datasets.NAMES),
+    )
+    data_dir: str = _field("data/demo", "The data set's folder (NIH: CSV, lists, images_*/images/*.png).")
     output_dir: str = _field("data/tfrecords", "Where shards, rejects.jsonl and manifest.json go.")
     image_size: int = _field(256, "Side of the square output images, in pixels.")
     image_format: str = _field(
         DEFAULT_IMAGE_FORMAT, "raw uint8 pixels or PNG in the records.", choices=schema.IMAGE_FORMATS
     )
     labels_csv: str | None = _field(
-        None, "Labels CSV (2017 or v2020 format, may be .gz); default: Data_Entry_2017*.csv in data_dir."
+        None,
+        "Labels CSV (NIH: 2017 or v2020 format; PadChest; RSNA's train labels; may be .gz); "
+        "default: the data set's own in data_dir.",
+    )
+    patient_regex: str | None = _field(
+        None,
+        "folders: regular expression; its first group that matched (else the whole match) in a "
+        "file's name is the patient. Default: the whole name. For the pediatric pneumonia set's "
+        r"person123_bacteria_456.jpeg and IM-0001-0001.jpeg: '^(person\d+)_|IM-(\d+)-'.",
+    )
+    folder_splits: bool = _field(
+        False,
+        "folders: take ROOT/SPLIT/CLASS folders (train, val, test) as the published split. Off by "
+        "default: such splits are often by image and leak patients; images are split by patient.",
     )
     # Its flags (--split, --val_fraction, --split_fractions) are defined by the binary.
     split: splits.SplitConfig = dataclasses.field(default=splits.SplitConfig(), metadata={"flag": False})
     num_shards: int = _field(0, "Shards per split; 0 = automatic (100-200 MB shards).")
-    max_images: int = _field(0, "Convert only the first N CSV rows (0 = all), for quick runs.")
+    max_images: int = _field(0, "Convert only the first N rows of the table (0 = all), for quick runs.")
     overwrite: bool = _field(False, "Replace the records of a non-empty output_dir.")
     chunk_size: int = _field(transforms.DEFAULT_CHUNK_SIZE, "Images per work unit at most.")
     progress_interval_s: float = _field(30.0, "Seconds between progress lines.")
 
     def __post_init__(self):
+        if self.dataset not in (datasets.AUTO, *datasets.NAMES):
+            raise ValueError(
+                f"dataset must be one of {(datasets.AUTO, *datasets.NAMES)} (--dataset), got {self.dataset!r}."
+            )
         if not self.data_dir:
             raise ValueError("data_dir must be set (--data_dir), got an empty value.")
         if not self.output_dir:
@@ -110,49 +137,51 @@ class JobConfig:
             raise ValueError(f"progress_interval_s must be > 0, got {self.progress_interval_s}.")
 
     def manifest_options(self) -> dict[str, Any]:
-        return {
-            "image_size": self.image_size,
-            "image_format": self.image_format,
-            "split": self.split.mode,
-            "val_fraction": self.split.val_fraction,
-            "split_fractions": list(self.split.fractions),
-            "num_shards": self.num_shards,
-            "max_images": self.max_images,
-            "data_dir": self.data_dir,
-            "labels_csv": self.labels_csv,
-        }
+        return (
+            {
+                "image_size": self.image_size,
+                "image_format": self.image_format,
+                "split": self.split.mode,
+                "val_fraction": self.split.val_fraction,
+                "split_fractions": list(self.split.fractions),
+                "num_shards": self.num_shards,
+                "max_images": self.max_images,
+                "data_dir": self.data_dir,
+                "labels_csv": self.labels_csv,
+            }
+            | ({"patient_regex": self.patient_regex} if self.patient_regex else {})
+            | ({"folder_splits": True} if self.folder_splits else {})
+        )
+
+    def adapter_options(self) -> base.Options:
+        return base.Options(
+            labels_csv=self.labels_csv, patient_regex=self.patient_regex, folder_splits=self.folder_splits
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
-    """What `prepare_inputs` found: resolved paths, the rows to expect and the images among them.
+    """What `prepare_inputs` found: the adapter, its source, and the split actually used.
 
-    `expected_images` (rows whose file exists) is only the progress total; the pipeline decides.
+    `split` is the config's, except that `official` on a set without a published split becomes
+    `patient`.
     """
 
-    labels_csv: str
-    train_val_list: str | None
-    test_list: str | None
-    expected_rows: int
-    expected_images: int = 0
+    adapter: base.Adapter
+    source: base.Source
+    split: splits.SplitConfig
 
+    @property
+    def expected_rows(self) -> int:
+        return self.source.expected_rows
 
-def _find(data_dir: str, patterns: Sequence[str]) -> list[str]:
-    """Files matching `patterns` in data_dir or one folder below it (NIH's metadata/ layout)."""
-    found = []
-    for pattern in patterns:
-        for glob in (FileSystems.join(data_dir, pattern), FileSystems.join(data_dir, "*", pattern)):
-            found.extend(m.path for m in FileSystems.match([glob])[0].metadata_list)
-    return sorted(set(found))
-
-
-def _find_one(data_dir: str, name: str) -> str | None:
-    found = _find(data_dir, [name])
-    return found[0] if found else None
+    @property
+    def expected_images(self) -> int:
+        return self.source.expected_images
 
 
 def prepare_inputs(config: JobConfig) -> Inputs:
-    """Checks the inputs and the output directory before the pipeline starts.
+    """Picks the adapter, checks the inputs and the output directory before the pipeline starts.
 
     Raises:
       InputError: naming the path, column or flag and the value, with a fix.
@@ -160,89 +189,29 @@ def prepare_inputs(config: JobConfig) -> Inputs:
     data_dir = config.data_dir
     if not FileSystems.exists(data_dir):
         raise InputError(
-            f"--data_dir {data_dir!r} does not exist; point it at the NIH layout (or run `make demo-data`)."
+            f"--data_dir {data_dir!r} does not exist; point it at the data set (or run `make demo-data`)."
         )
-    labels_csv = _resolve_labels_csv(config)
-    csv_names, limited_names = _read_csv_names(labels_csv, config.max_images)
-    train_val_list = _find_one(data_dir, TRAIN_VAL_LIST_NAME)
-    test_list = _find_one(data_dir, TEST_LIST_NAME)
-    if config.split.mode == "official" and not (train_val_list and test_list):
-        raise InputError(
-            f"--split=official needs {TRAIN_VAL_LIST_NAME} and {TEST_LIST_NAME} in --data_dir {data_dir!r} "
-            f"(found: {train_val_list}, {test_list}); add them or use --split=patient."
-        )
-    for list_path in (train_val_list, test_list):
-        if list_path is not None:
-            _check_list(list_path, csv_names, labels_csv)
-    on_disk = _images_on_disk(data_dir)
-    _check_output_dir(config)
-    return Inputs(
-        labels_csv=labels_csv,
-        train_val_list=train_val_list,
-        test_list=test_list,
-        expected_rows=len(limited_names),
-        expected_images=len(set(limited_names) & on_disk),
-    )
-
-
-def _resolve_labels_csv(config: JobConfig) -> str:
-    if config.labels_csv:
-        if not FileSystems.exists(config.labels_csv):
-            raise InputError(f"--labels_csv {config.labels_csv!r} does not exist.")
-        return config.labels_csv
-    found = _find(config.data_dir, CSV_PATTERNS)
-    if not found:
-        raise InputError(
-            f"No labels CSV (Data_Entry_2017*.csv or .csv.gz) in --data_dir {config.data_dir!r} or its "
-            f"subfolders; pass --labels_csv."
-        )
-    if len(found) > 1:
-        raise InputError(
-            f"Several labels CSVs in --data_dir {config.data_dir!r}: {found}; choose one with --labels_csv."
-        )
-    return found[0]
-
-
-def _read_csv_names(labels_csv: str, max_images: int) -> tuple[set[str], list[str]]:
-    """(every Image Index of the CSV, the Image Index of each row to convert), streamed."""
-    names, limited = set(), []
     try:
-        with FileSystems.open(labels_csv) as f:
-            header, records = nih.read_labels_table(f, name=labels_csv)
-            column = header.index(nih.IMAGE_INDEX)
-            for count, record in enumerate(records):
-                name = record[column].strip() if column < len(record) else ""
-                names.add(name)
-                if not max_images or count < max_images:
-                    limited.append(name)
-    except nih.CsvError as e:
+        name = config.dataset
+        if name == datasets.AUTO:
+            name = datasets.detect(data_dir)
+            _LOG.info("--dataset=auto: the files in %s are %s's layout.", data_dir, name)
+        if name != "folders" and (config.patient_regex or config.folder_splits):
+            raise InputError(
+                f"--patient_regex and --folder_splits apply to --dataset=folders, not to {name}."
+            )
+        adapter = datasets.adapter(name, config.adapter_options())
+        source = adapter.prepare(data_dir, max_images=config.max_images, split_mode=config.split.mode)
+    except base.SourceError as e:
         raise InputError(str(e)) from None
-    if not limited:
-        raise InputError(f"Labels CSV {labels_csv!r} has a header but no data rows.")
-    return names, limited
-
-
-def _check_list(list_path: str, csv_names: set[str], labels_csv: str) -> None:
-    with FileSystems.open(list_path) as f:
-        names = nih.read_name_list(f.read().decode("utf-8"))
-    unknown = sorted(set(names) - csv_names)
-    if unknown:
-        raise InputError(
-            f"List file {list_path!r} names {len(unknown)} image(s) that are not in the labels CSV "
-            f"{labels_csv!r}, e.g. {unknown[:3]}; the list and the CSV do not belong together."
-        )
-
-
-def _images_on_disk(data_dir: str) -> set[str]:
-    pattern = FileSystems.join(data_dir.rstrip("/"), "**")
-    on_disk = {
-        nih.image_name(m.path)
-        for m in FileSystems.match([pattern])[0].metadata_list
-        if m.path.lower().endswith(nih.IMAGE_SUFFIX)
-    }
-    if not on_disk:
-        raise InputError(f"No .png images anywhere under --data_dir {data_dir!r}.")
-    return on_disk
+    if not source.expected_rows:
+        raise InputError(f"{source.description!r} has no data rows.")
+    split = config.split
+    if split.mode == "official" and not source.has_published_split:
+        _LOG.warning("%s publishes no split: --split=official splits it by patient (--split=patient).", name)
+        split = dataclasses.replace(split, mode="patient")
+    _check_output_dir(config)
+    return Inputs(adapter=adapter, source=source, split=split)
 
 
 def _check_output_dir(config: JobConfig) -> None:
@@ -329,13 +298,12 @@ def build_pipeline(root: beam.Pipeline, config: JobConfig, inputs: Inputs, stagi
     """Wires the job's transforms onto `root` (a Pipeline or TestPipeline)."""
     planned = (
         root
-        | "LabelsCsv" >> beam.Create([inputs.labels_csv])
+        | "Source" >> beam.Create([inputs.source.description])
         | "PlanWork"
         >> transforms.PlanWork(
-            data_dir=config.data_dir,
-            train_val_list=inputs.train_val_list,
-            test_list=inputs.test_list,
-            split_config=config.split,
+            adapter=inputs.adapter,
+            source=inputs.source,
+            split_config=inputs.split,
             max_images=config.max_images,
             plan_args=dict(
                 image_size=config.image_size,
@@ -349,6 +317,7 @@ def build_pipeline(root: beam.Pipeline, config: JobConfig, inputs: Inputs, stagi
         "units": planned["units"],
         "plans": planned["plans"],
     } | "ConvertToShards" >> transforms.ConvertToShards(
+        adapter=inputs.adapter,
         output_dir=staging.root,
         parts_dir=staging.parts,
         image_size=config.image_size,
@@ -452,16 +421,17 @@ def run_job(config: JobConfig, beam_args: Sequence[str] = ()) -> JobResult:
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
     staging = StagingPaths.create(config.output_dir, run_id)
     _LOG.info(
-        "Converting %d rows of %s (%d of their images found under %s) to %s at %dx%d %s, split=%s.",
+        "Converting %d rows of %s (%s; %d of their images found under %s) to %s at %dx%d %s, split=%s.",
         inputs.expected_rows,
-        inputs.labels_csv,
+        inputs.source.description,
+        inputs.adapter.name,
         inputs.expected_images,
         config.data_dir,
         config.output_dir,
         config.image_size,
         config.image_size,
         config.image_format,
-        config.split.mode,
+        inputs.split.mode,
     )
     options = pipeline_options(beam_args)
     pipeline = beam.Pipeline(options=options)
@@ -505,7 +475,7 @@ def finalize(config: JobConfig, inputs: Inputs, staging: StagingPaths) -> manife
         )
     with FileSystems.open(staging.summary) as f:
         summary = json.loads(f.read())
-    label_names = schema.LABELS
+    label_names = inputs.adapter.labels
     split_infos = {}
     for split in manifest_lib.SPLITS:
         shards = [s for s in summary["shards"] if s["split"] == split]
@@ -528,22 +498,45 @@ def finalize(config: JobConfig, inputs: Inputs, staging: StagingPaths) -> manife
     input_rows = summary["input_rows"]
     if input_rows != inputs.expected_rows or input_rows != written + rejected:
         raise RuntimeError(
-            f"Records were lost: the CSV has {inputs.expected_rows} rows to convert, the pipeline read "
+            f"Records were lost: the table has {inputs.expected_rows} rows to convert, the pipeline read "
             f"{input_rows}, wrote {written} and rejected {rejected}. No manifest was written; the "
             f"output is in {staging.root}."
         )
     manifest = manifest_lib.Manifest(
-        options=config.manifest_options() | {"labels_csv": inputs.labels_csv},
+        options=config.manifest_options() | _source_options(inputs),
         splits=split_infos,
         rejects=summary["rejects"],
         input_rows=input_rows,
         unlisted_images=summary["unlisted_images"],
+        dataset=inputs.adapter.name,
+        labels=tuple(inputs.adapter.labels),
+        label_states=dict(inputs.adapter.label_states),
     )
     manifest.validate(where=f"manifest for {config.output_dir}")
-    _replace_output(config.output_dir, staging, manifest)
+    extra = _write_extra_files(inputs, staging)
+    _replace_output(config.output_dir, staging, manifest, extra)
     manifest = _write_manifest(config.output_dir, manifest)
     _delete_tree(staging.root)
     return manifest
+
+
+def _write_extra_files(inputs: Inputs, staging: StagingPaths) -> list[str]:
+    """The adapter's files beside the records (RSNA's boxes), into staging; their names."""
+    files = inputs.adapter.extra_files(inputs.source)
+    for name, text in files.items():
+        with FileSystems.create(
+            FileSystems.join(staging.root, name), compression_type=CompressionTypes.UNCOMPRESSED
+        ) as f:
+            f.write(text.encode())
+    return sorted(files)
+
+
+def _source_options(inputs: Inputs) -> dict[str, Any]:
+    """The options the adapter resolved: the split used, and NIH's labels CSV as found."""
+    options: dict[str, Any] = {"split": inputs.split.mode}
+    if "labels_csv" in inputs.source.tables:
+        options["labels_csv"] = inputs.source.tables["labels_csv"]
+    return options
 
 
 def _write_manifest(output_dir: str, manifest: manifest_lib.Manifest) -> manifest_lib.Manifest:
@@ -561,7 +554,9 @@ def _write_manifest(output_dir: str, manifest: manifest_lib.Manifest) -> manifes
     return manifest_lib.Manifest.from_json(json.loads(text), where=path)
 
 
-def _replace_output(output_dir: str, staging: StagingPaths, manifest: manifest_lib.Manifest) -> None:
+def _replace_output(
+    output_dir: str, staging: StagingPaths, manifest: manifest_lib.Manifest, extra: Sequence[str] = ()
+) -> None:
     """Removes the old records (manifest first, so no reader takes a half-replaced directory),
     then moves the new shards and rejects.jsonl in."""
     old_manifest = manifest_lib.manifest_path(output_dir)
@@ -570,7 +565,7 @@ def _replace_output(output_dir: str, staging: StagingPaths, manifest: manifest_l
     old = [
         m.path
         for m in FileSystems.match([FileSystems.join(output_dir, "*")])[0].metadata_list
-        if manifest_lib.is_output_file(nih.image_name(m.path))
+        if manifest_lib.is_output_file(base.file_name(m.path))
     ]
     if old:
         FileSystems.delete(old)
@@ -579,6 +574,7 @@ def _replace_output(output_dir: str, staging: StagingPaths, manifest: manifest_l
             _delete_tree(stale)
     names = [shard.name for split in manifest.splits.values() for shard in split.shards]
     names.append(manifest_lib.REJECTS_NAME)
+    names += [name for name in extra if FileSystems.exists(FileSystems.join(staging.root, name))]
     FileSystems.rename(
         [FileSystems.join(staging.root, name) for name in names],
         [FileSystems.join(output_dir, name) for name in names],

@@ -1,9 +1,12 @@
 """Fixed, patient-level train/val/test splits.
 
 Two modes (`SplitConfig.mode`):
-  - `official`: an image named in NIH's test_list.txt goes to test; one named in
-    train_val_list.txt goes to val when its patient's stable hash falls below `val_fraction`,
-    else to train. The official lists are patient-disjoint, so no patient spans two splits.
+  - `official`: the data set's published split. An image named in NIH's test_list.txt goes to
+    test; one named in train_val_list.txt (or another set's published train+val part, e.g.
+    CheXpert's train.csv) goes to val when its patient's stable hash falls below
+    `val_fraction`, else to train; a set that publishes train, val and test (MIMIC-CXR-JPG)
+    keeps them. The official lists are patient-disjoint, so no patient spans two splits. A set
+    without a published split is split by patient (the job says so and records `patient`).
   - `patient`: every patient goes by its stable hash to train/val/test with `fractions`
     (70/10/20 by default).
 
@@ -26,6 +29,8 @@ TRAIN, VAL, TEST = manifest.SPLITS
 MODES = ("official", "patient")
 TRAIN_VAL_LIST = "train_val"
 TEST_LIST = "test"
+# Published splits taken as they are (`official_split`).
+TRAIN_LIST, VAL_LIST = TRAIN, VAL
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 DEFAULT_VAL_FRACTION = 0.125
 
@@ -107,11 +112,12 @@ def official_split(
 
     Args:
       patient_id: the image's patient.
-      official_list: "test" or "train_val" (the list that names the image), or None.
+      official_list: "test", "train_val", "train" or "val" (the published part that names the
+        image), or None.
       val_fraction: share of train_val patients that go to val.
     """
-    if official_list == TEST_LIST:
-        return TEST
+    if official_list in (TEST_LIST, TRAIN_LIST, VAL_LIST):
+        return official_list
     if official_list == TRAIN_VAL_LIST:
         return VAL if stable_fraction(patient_id, salt="official-val") < val_fraction else TRAIN
     return None

@@ -1,13 +1,14 @@
-"""The Beam stages of the NIH -> TFRecord job: composite PTransforms and their DoFns.
+"""The Beam stages of the records job: composite PTransforms and their DoFns.
 
-    labels CSV ─ PlanWork ─► work units ─ ConvertToShards ─► shards ─┐
+    data set ─ PlanWork ─► work units ─ ConvertToShards ─► shards ─┐
                    └──────► rejects, unlisted images, row count ──────┴ WriteSummary
 
 How records reach the shards with flat memory on every runner. `WriteToTFRecord` with a fixed
 `num_shards` groups all records by shard, which the DirectRunner does in memory (about 0.3 MB
 per image at 256x256, some 30 GB for NIH). Here the records never pass through a shuffle:
-  1. `PlanWork` reads the CSV, the official lists and the names of the image files in one
-     worker and decides everything per row there (`plan_work`): rejects, split, and a shard
+  1. `PlanWork` reads the data set's table (through its adapter, `beam_pipelines.datasets`),
+     the published split and the names of the image files in one worker and decides
+     everything per row there (`plan_work`): rejects, split, and a shard
      and a chunk within that shard by a stable hash of the image name (`shard_and_chunk`).
      The number of shards per split comes from the split's row count and the known record
      size (`plan_shards`), before any image is read. It yields one element per chunk (a
@@ -46,7 +47,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from beam_pipelines import nih, splits
+from beam_pipelines import splits
+from beam_pipelines.datasets import base
 from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
 
@@ -73,7 +75,7 @@ _COPY_CHUNK = 1 << 22
 class ImageTask:
     """A row whose image was found, with its split: the unit of per-image work."""
 
-    row: nih.ParsedRow
+    row: base.Row
     path: str
     split: str
 
@@ -145,7 +147,7 @@ class WorkPlan:
     """What `plan_work` decided: the work units, the rejects of the join, the unlisted images."""
 
     units: tuple[WorkUnit, ...]
-    rejects: tuple[nih.Reject, ...]
+    rejects: tuple[base.Reject, ...]
     unlisted: tuple[str, ...]
     plans: Mapping[str, ShardPlan]
 
@@ -209,14 +211,17 @@ def part_path(parts_dir: str, split: str, shard: int, chunk: int) -> str:
 
 def resolve_image(
     image_index: str,
-    rows: Sequence[tuple[nih.ParsedRow, str | None]],
+    rows: Sequence[tuple[base.Row, str | None]],
     paths: Sequence[str],
     split_config: splits.SplitConfig,
-) -> tuple[ImageTask | None, list[nih.Reject]]:
+    *,
+    not_listed_detail: str = "official split: the image is in neither train_val_list.txt nor test_list.txt.",
+) -> tuple[ImageTask | None, list[base.Reject]]:
     """Decides what happens to the rows naming one image file.
 
     The first row (lowest line) is kept and later ones are `duplicate`; with no file the kept
-    row is `missing_image`; in official mode a row in neither list is `not_in_split_lists`.
+    row is `missing_image`; in official mode a row in no published split is
+    `not_in_split_lists`, with `not_listed_detail`.
 
     Returns:
       (the task, or None; the rejects).
@@ -224,24 +229,26 @@ def resolve_image(
     ordered = sorted(rows, key=lambda item: item[0].line)
     (row, official_list), others = ordered[0], ordered[1:]
     rejects = [
-        nih.Reject(nih.DUPLICATE, image_index, other.line, f"Image Index repeated; line {row.line} is kept.")
+        base.Reject(
+            base.DUPLICATE, image_index, other.line, f"Image Index repeated; line {row.line} is kept."
+        )
         for other, _ in others
     ]
     if not paths:
         rejects.append(
-            nih.Reject(
-                nih.MISSING_IMAGE, image_index, row.line, f"no file named {image_index} under data_dir."
+            base.Reject(
+                base.MISSING_IMAGE, image_index, row.line, f"no file named {image_index} under data_dir."
             )
         )
         return None, rejects
     split = splits.assign_split(split_config, row.patient_id, official_list)
     if split is None:
         rejects.append(
-            nih.Reject(
-                nih.NOT_IN_SPLIT_LISTS,
+            base.Reject(
+                base.NOT_IN_SPLIT_LISTS,
                 image_index,
                 row.line,
-                "official split: the image is in neither train_val_list.txt nor test_list.txt.",
+                not_listed_detail,
             )
         )
         return None, rejects
@@ -253,100 +260,45 @@ def resolve_image(
 # Planning: every row and file decided in one place (pure functions, then one DoFn).
 
 
-def read_membership(lists: Mapping[str, str | None]) -> dict[str, str]:
-    """Image name -> the official list that names it, from {list name: path or None}."""
-    membership: dict[str, str] = {}
-    for list_name, path in lists.items():
-        if path:
-            with FileSystems.open(path) as f:
-                for name in nih.read_name_list(f.read().decode("utf-8")):
-                    membership[name] = list_name
-    return membership
-
-
-class ImageFiles(Mapping[str, tuple[str, ...]]):
-    """Image name -> the paths of the PNGs of that name, holding each folder's path once.
-
-    A plain {name: [paths]} dict would repeat the folder in every path and give every name a
-    list; this one takes about half the memory for NIH's 112,120 files, which the planning
-    worker holds together with every CSV row.
-    """
-
-    def __init__(self, paths: Iterable[str] = ()):
-        self._folders: dict[str, str] = {}
-        self._first: dict[str, str] = {}  # name -> folder (with its trailing separator)
-        self._more: dict[str, list[str]] = {}  # name -> the folders of further files of that name
-        for path in paths:
-            self.add(path)
-
-    def add(self, path: str) -> None:
-        name = nih.image_name(path)
-        folder = path[: len(path) - len(name)]
-        folder = self._folders.setdefault(folder, folder)
-        if name in self._first:
-            self._more.setdefault(name, []).append(folder)
-        else:
-            self._first[name] = folder
-
-    def __getitem__(self, name: str) -> tuple[str, ...]:
-        folders = (self._first[name], *self._more.get(name, ()))
-        return tuple(folder + name for folder in folders)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._first)
-
-    def __len__(self) -> int:
-        return len(self._first)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._first
-
-
-def list_images(data_dir: str) -> ImageFiles:
-    """Image name -> the paths of the PNGs of that name anywhere below `data_dir`."""
-    matches = FileSystems.match([FileSystems.join(data_dir.rstrip("/"), "**")])[0].metadata_list
-    return ImageFiles(match.path for match in matches if match.path.lower().endswith(nih.IMAGE_SUFFIX))
-
-
 def parse_rows(
-    rows: Iterable[nih.CsvRow], membership: Mapping[str, str], *, max_images: int = 0
-) -> tuple[list[tuple[nih.ParsedRow, str | None]], list[nih.Reject], set[str], int]:
-    """Parses the CSV rows up to `max_images` (0 = all).
+    adapter: base.Adapter, rows: Iterable[base.RawRow], *, max_images: int = 0
+) -> tuple[list[tuple[base.Row, str | None]], list[base.Reject], set[str], int]:
+    """Parses an adapter's rows up to `max_images` (0 = all).
 
     Returns:
-      (valid rows with their official list, rejects of malformed rows, the names of rows that
+      (valid rows with their published split, rejects of malformed rows, the names of rows that
       do not reach the join (rejected or beyond the limit, so their files are not unlisted),
       the number of rows to convert).
     """
     parsed, rejects, accounted = [], [], set()
     input_rows = 0
-    multi_hots: dict[str, tuple[int, ...]] = {}
-    for count, row in enumerate(rows):
-        name = row.fields[nih.IMAGE_INDEX]
+    for count, raw in enumerate(rows):
         if max_images and count >= max_images:
-            accounted.add(name)
+            accounted.add(raw.name)
             continue
         input_rows += 1
         try:
-            parsed.append((nih.parse_row(row, shared=multi_hots), membership.get(name)))
+            parsed.append((adapter.parse(raw), raw.official))
         except schema.UnknownLabelError as e:
-            rejects.append(nih.Reject(nih.UNKNOWN_LABEL, name, row.line, str(e)))
-            accounted.add(name)
+            rejects.append(base.Reject(base.UNKNOWN_LABEL, raw.name, raw.line, str(e)))
+            accounted.add(raw.name)
         except ValueError as e:
-            rejects.append(nih.Reject(nih.BAD_ROW, name, row.line, f"line {row.line}: {e}"))
-            accounted.add(name)
+            rejects.append(base.Reject(base.BAD_ROW, raw.name, raw.line, f"line {raw.line}: {e}"))
+            accounted.add(raw.name)
     return parsed, rejects, accounted, input_rows
 
 
-def _image_index(item: tuple[nih.ParsedRow, str | None]) -> str:
+def _image_index(item: tuple[base.Row, str | None]) -> str:
     return item[0].image_index
 
 
 def plan_work(
-    parsed: Iterable[tuple[nih.ParsedRow, str | None]],
+    parsed: Iterable[tuple[base.Row, str | None]],
     files: Mapping[str, Sequence[str]],
     accounted: Set[str],
     split_config: splits.SplitConfig,
+    *,
+    not_listed_detail: str | None = None,
     **plan_args: Any,
 ) -> WorkPlan:
     """Joins rows and files by image name, assigns splits, shards and chunks.
@@ -355,6 +307,7 @@ def plan_work(
       parsed, accounted: from `parse_rows`.
       files: from `list_images`.
       split_config: the split assignment.
+      not_listed_detail: what `not_in_split_lists` rejects say (the adapter's).
       **plan_args: for `plan_shards` (image_size, image_format, num_shards, chunk_size).
 
     Returns:
@@ -365,7 +318,8 @@ def plan_work(
     # a dict of lists, which would take as much memory again as the rows.
     for name, rows in itertools.groupby(sorted(parsed, key=_image_index), key=_image_index):
         row_names.add(name)
-        task, found = resolve_image(name, list(rows), files.get(name, ()), split_config)
+        details = {"not_listed_detail": not_listed_detail} if not_listed_detail else {}
+        task, found = resolve_image(name, list(rows), files.get(name, ()), split_config, **details)
         rejects.extend(found)
         if task is not None:
             tasks.append(task)
@@ -387,11 +341,12 @@ def plan_work(
 
 
 class PlanWorkFn(beam.DoFn):
-    """labels CSV path -> encoded WorkUnits; tagged: rejects, unlisted names, the row count, the plans.
+    """Any element (a trigger) -> encoded WorkUnits; tagged: rejects, unlisted names, the row
+    count, the plans.
 
     The whole plan is made by this one DoFn, in one worker, which holds the rows, lists and file
-    names of all images for the few seconds it takes (in compact form: shared label tuples,
-    `ImageFiles`) and gives that memory back before it goes on to convert images. Joining them
+    names of all images for the few seconds it takes (in compact form for NIH: shared label
+    tuples, `nih.ImageFiles`) and gives that memory back before it goes on to convert images. Joining them
     with Beam's CoGroupByKey instead would hold every row and every task in the runner's
     shuffle buffers and in the workers' input queues, which grows the memory of every process
     with the rows.
@@ -404,23 +359,22 @@ class PlanWorkFn(beam.DoFn):
     def __init__(
         self,
         *,
-        data_dir: str,
-        train_val_list: str | None,
-        test_list: str | None,
+        adapter: base.Adapter,
+        source: base.Source,
         split_config: splits.SplitConfig,
         max_images: int = 0,
         plan_args: Mapping[str, Any],
     ):
-        self._data_dir = data_dir
-        self._lists = {splits.TRAIN_VAL_LIST: train_val_list, splits.TEST_LIST: test_list}
+        self._adapter = adapter
+        self._source = source
         self._split_config = split_config
         self._max_images = max_images
         self._plan_args = dict(plan_args)
         self._rows_read = Metrics.counter(NAMESPACE, "rows_read")
         self._unlisted = Metrics.counter(NAMESPACE, "unlisted_images")
 
-    def process(self, csv_path: str) -> Iterator[Any]:
-        input_rows, plan, encoded_units = self._plan(csv_path)
+    def process(self, unused_trigger: Any) -> Iterator[Any]:
+        input_rows, plan, encoded_units = self._plan()
         # The rows, file names and tasks are garbage now. A full collection also empties the
         # interpreter's free lists, whose few objects would otherwise keep most of the
         # planning memory from going back to the system while this worker converts images.
@@ -436,17 +390,21 @@ class PlanWorkFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(UNLISTED_TAG, name)
         yield from encoded_units
 
-    def _plan(self, csv_path: str) -> tuple[int, WorkPlan, list[bytes]]:
+    def _plan(self) -> tuple[int, WorkPlan, list[bytes]]:
         """(rows read, the plan without its units, the encoded units); all rejects in the plan."""
         # The file listing first: its transient peak (one metadata object per file) then falls
         # in a worker that holds nothing else.
-        files = list_images(self._data_dir)
-        membership = read_membership(self._lists)
-        with FileSystems.open(csv_path) as f:
-            rows = nih.iter_csv_rows(*nih.read_labels_table(f, name=csv_path))
-            parsed, rejects, accounted, input_rows = parse_rows(rows, membership, max_images=self._max_images)
-        del membership
-        plan = plan_work(parsed, files, accounted, self._split_config, **self._plan_args)
+        files = self._adapter.list_files(self._source)
+        rows = self._adapter.read_rows(self._source)
+        parsed, rejects, accounted, input_rows = parse_rows(self._adapter, rows, max_images=self._max_images)
+        plan = plan_work(
+            parsed,
+            files,
+            accounted,
+            self._split_config,
+            not_listed_detail=self._adapter.split_lists_detail,
+            **self._plan_args,
+        )
         encoded_units = [unit.encode() for unit in plan.units]
         plan = dataclasses.replace(plan, units=(), rejects=(*rejects, *plan.rejects))
         return input_rows, plan, encoded_units
@@ -485,6 +443,7 @@ class ConvertChunkFn(beam.DoFn):
     def __init__(
         self,
         *,
+        adapter: base.Adapter,
         image_size: int,
         image_format: str,
         output_dir: str,
@@ -492,6 +451,7 @@ class ConvertChunkFn(beam.DoFn):
         progress_dir: str | None = None,
         progress_interval_s: float = 5.0,
     ):
+        self._adapter = adapter
         self._image_size = image_size
         self._image_format = image_format
         self._output_dir = output_dir
@@ -499,13 +459,13 @@ class ConvertChunkFn(beam.DoFn):
         self._progress_dir = progress_dir
         self._progress_interval_s = progress_interval_s
         self._written = Metrics.counter(NAMESPACE, "records_written")
-        self._bad_image = Metrics.counter(NAMESPACE, f"rejected_{nih.BAD_IMAGE}")
+        self._bad_image = Metrics.counter(NAMESPACE, f"rejected_{base.BAD_IMAGE}")
         self._progress: _ProgressFile | None = None
 
     def setup(self):
         # Per worker, not per element; and not in __init__, which runs in the launcher.
         self._progress = _ProgressFile(self._progress_dir, self._progress_interval_s)
-        self._num_labels = schema.NUM_LABELS
+        self._num_labels = len(self._adapter.labels)
 
     def process(self, encoded_unit: bytes) -> Iterator[Any]:
         unit = WorkUnit.decode(encoded_unit)
@@ -524,15 +484,20 @@ class ConvertChunkFn(beam.DoFn):
                 try:
                     with FileSystems.open(task.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                         data = f.read()
-                    record = nih.image_to_record(
-                        data, task.row, image_size=self._image_size, image_format=self._image_format
+                    record = base.image_to_record(
+                        data,
+                        task.row,
+                        adapter=self._adapter,
+                        path=task.path,
+                        image_size=self._image_size,
+                        image_format=self._image_format,
                     )
                 except (ValueError, OSError) as e:  # Decoder errors, unreadable files.
                     self._bad_image.inc()
                     self._progress.add(1)
                     yield beam.pvalue.TaggedOutput(
                         REJECTS_TAG,
-                        nih.Reject(nih.BAD_IMAGE, task.row.image_index, task.row.line, f"{task.path}: {e}"),
+                        base.Reject(base.BAD_IMAGE, task.row.image_index, task.row.line, f"{task.path}: {e}"),
                     )
                     continue
                 frame = codec.tfrecord_frame(record)
@@ -563,8 +528,9 @@ class ConvertChunkFn(beam.DoFn):
 class MergeShardFn(beam.DoFn):
     """((split, shard), {plan, parts}) -> the final shard: parts concatenated in chunk order."""
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str, num_labels: int = schema.NUM_LABELS):
         self._output_dir = output_dir
+        self._num_labels = num_labels
 
     def process(self, element: tuple[tuple[str, int], Mapping[str, Iterable[Any]]]) -> Iterator[ShardResult]:
         (split, index), joined = element
@@ -578,8 +544,7 @@ class MergeShardFn(beam.DoFn):
             )
             return
         digest = hashlib.sha256()
-        num_labels = schema.NUM_LABELS
-        label_counts = [0] * num_labels
+        label_counts = [0] * self._num_labels
         patients: set[int] = set()
         with FileSystems.create(
             FileSystems.join(self._output_dir, name), compression_type=CompressionTypes.UNCOMPRESSED
@@ -633,7 +598,7 @@ class WriteRejectsFn(beam.DoFn):
     def __init__(self, path: str):
         self._path = path
 
-    def process(self, rejects: list[nih.Reject]) -> Iterator[str]:
+    def process(self, rejects: list[base.Reject]) -> Iterator[str]:
         ordered = sorted(rejects, key=lambda r: (r.line if r.line is not None else math.inf, r.image_index))
         with FileSystems.create(self._path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             for reject in ordered:
@@ -646,14 +611,14 @@ class WriteRejectsFn(beam.DoFn):
 
 
 class PlanWork(beam.PTransform):
-    """labels CSV path -> {units, rejects, unlisted, input_rows, plans}; see `PlanWorkFn`."""
+    """A trigger -> {units, rejects, unlisted, input_rows, plans}; see `PlanWorkFn`."""
 
     def __init__(self, **plan_fn_args: Any):
         super().__init__()
         self._plan = PlanWorkFn(**plan_fn_args)
 
-    def expand(self, csv_path):
-        planned = csv_path | "Plan" >> beam.ParDo(self._plan).with_outputs(
+    def expand(self, trigger):
+        planned = trigger | "Plan" >> beam.ParDo(self._plan).with_outputs(
             REJECTS_TAG, UNLISTED_TAG, INPUT_ROWS_TAG, PLANS_TAG, main="units"
         )
         return {
@@ -681,6 +646,7 @@ class ConvertToShards(beam.PTransform):
     def __init__(
         self,
         *,
+        adapter: base.Adapter,
         output_dir: str,
         parts_dir: str,
         image_size: int,
@@ -690,7 +656,9 @@ class ConvertToShards(beam.PTransform):
     ):
         super().__init__()
         self._output_dir = output_dir
+        self._num_labels = len(adapter.labels)
         self._convert = ConvertChunkFn(
+            adapter=adapter,
             image_size=image_size,
             image_format=image_format,
             output_dir=output_dir,
@@ -712,12 +680,12 @@ class ConvertToShards(beam.PTransform):
         shards = (
             {"num_shards": shard_keys, "parts": parts}
             | "GroupParts" >> beam.CoGroupByKey()
-            | "MergeShards" >> beam.ParDo(MergeShardFn(self._output_dir))
+            | "MergeShards" >> beam.ParDo(MergeShardFn(self._output_dir, self._num_labels))
         )
         return {"shards": shards, "rejects": converted[REJECTS_TAG]}
 
 
-def _reason(reject: nih.Reject) -> str:
+def _reason(reject: base.Reject) -> str:
     return reject.reason
 
 

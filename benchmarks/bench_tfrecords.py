@@ -35,7 +35,8 @@ import time
 import numpy as np
 from absl import app, flags
 
-from beam_pipelines import job, nih, splits
+from beam_pipelines import images, job, splits
+from beam_pipelines.datasets import nih
 from benchmarks.rss import run_sampled
 from tfrecords import codec
 
@@ -226,7 +227,7 @@ def run_decode_cases(data_dir: str, image_size: int) -> list[dict]:
             blobs.append(f.read())
 
     def pil(data):
-        return nih.resize_area(nih.decode_gray(data), image_size)
+        return images.resize_area(images.decode_gray(data), image_size)
 
     def tf_image(data):
         image = tf.image.resize(tf.io.decode_png(data, channels=1), (image_size, image_size), method="area")

@@ -35,7 +35,8 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from beam_pipelines import nih
+from beam_pipelines import images
+from beam_pipelines.datasets import nih
 from benchmarks.rss import run_sampled
 from tfrecords import codec, manifest, schema
 
@@ -172,7 +173,7 @@ _FLOOR_SIZE = [256]
 
 def _floor_one(path: str) -> int:
     with open(path, "rb") as f:
-        pixels = nih.resize_area(nih.decode_gray(f.read()), _FLOOR_SIZE[0])
+        pixels = images.resize_area(images.decode_gray(f.read()), _FLOOR_SIZE[0])
     return int(pixels.shape[0])
 
 

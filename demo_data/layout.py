@@ -18,8 +18,8 @@ from demo_data.canvas import Box
 from tfrecords import schema
 
 CSV_NAME = "Data_Entry_2017.csv"
-TRAIN_VAL_LIST_NAME = "train_val_list.txt"
-TEST_LIST_NAME = "test_list.txt"
+TRAIN_VAL_LIST_NAME = schema.NIH_TRAIN_VAL_LIST_NAME
+TEST_LIST_NAME = schema.NIH_TEST_LIST_NAME
 BBOX_NAME = "BBox_List_2017.csv"
 IMAGES_SUBDIR = posixpath.join("images_001", "images")
 

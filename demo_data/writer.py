@@ -24,7 +24,7 @@ from typing import Any
 from absl import logging
 
 from cxr_cli import console
-from demo_data import label_model, layout, png, render
+from demo_data import label_model, layout, layouts, png, render
 from demo_data.canvas import Box
 from demo_data.layout import DemoImage
 from tfrecords import schema
@@ -39,6 +39,14 @@ class DemoDataConfig:
     """What `write` writes; validated on construction."""
 
     output_dir: str = _field("data/demo", "Folder to write the data set into (a local path).")
+    layout: str = dataclasses.field(
+        default="nih",
+        metadata={
+            "help": "The download layout to write: NIH ChestX-ray14's, or another data set's with its "
+            "quirks (demo_data/layouts.py).",
+            "choices": layouts.LAYOUTS,
+        },
+    )
     num_images: int = _field(2000, "Images to generate.")
     image_size: int = _field(1024, "Height and width of each PNG, in pixels.")
     seed: int = _field(0, "Random seed; the same seed gives the same bytes.")
@@ -67,6 +75,8 @@ class DemoDataConfig:
         if not isinstance(self.box_share, numbers.Real) or not 0.0 <= self.box_share <= 1.0:
             raise ValueError(f"DemoDataConfig.box_share must be a number in [0, 1], got {self.box_share!r}.")
         label_model.check_counts(self.num_images, self.num_patients)
+        if self.layout not in layouts.LAYOUTS:
+            raise ValueError(f"DemoDataConfig.layout must be one of {layouts.LAYOUTS}, got {self.layout!r}.")
 
 
 def generate(output_dir: str, **options: Any) -> dict[str, Any]:
@@ -95,6 +105,8 @@ def write(config: DemoDataConfig) -> dict[str, Any]:
     """
     rows = label_model.sample_images(config.num_images, num_patients=config.num_patients, seed=config.seed)
     train_val, test = label_model.split_patients(rows, seed=config.seed)
+    if config.layout != "nih":
+        return _write_other_layout(config, rows, set(test))
     boxed = label_model.choose_boxed_images(rows, test, share=config.box_share, seed=config.seed)
     _prepare_output_dir(config.output_dir, config.overwrite)
 
@@ -112,6 +124,52 @@ def write(config: DemoDataConfig) -> dict[str, Any]:
     return _summary(config, rows, test, boxes, seconds)
 
 
+def _write_other_layout(config: DemoDataConfig, rows: Sequence[DemoImage], test: set[str]) -> dict[str, Any]:
+    """Another data set's layout (`layouts`), from the same rows and painted findings."""
+    marker = os.path.join(config.output_dir, _LAYOUT_MARKER)
+    if os.path.exists(marker) and not config.overwrite:
+        raise FileExistsError(
+            f"{config.output_dir} already holds a demo set ({marker} exists); pass overwrite=True "
+            "(--overwrite) to replace it, or choose another output_dir."
+        )
+    if os.path.exists(marker):
+        shutil.rmtree(config.output_dir)
+    start = time.monotonic()
+    pixels = _PixelSource(config, rows)
+    summary = layouts.write_layout(config.layout, config.output_dir, rows, test, pixels.get, seed=config.seed)
+    _write_text(config.output_dir, _LAYOUT_MARKER, config.layout + "\n")  # Last: the set is complete.
+    seconds = time.monotonic() - start
+    return (
+        {"output_dir": config.output_dir, "image_size": config.image_size, "seed": config.seed}
+        | summary
+        | {"seconds": round(seconds, 2)}
+    )
+
+
+# Written last into another layout's folder: its presence marks a complete demo set.
+_LAYOUT_MARKER = ".demo-layout"
+
+
+class _PixelSource:
+    """Rendered pixels in row order, from the worker pool; a second view rendered here."""
+
+    def __init__(self, config: DemoDataConfig, rows: Sequence[DemoImage]):
+        self._config = config
+        self._rows = rows
+        tasks = [_Task(i, config.seed, row.findings, config.image_size, -1) for i, row in enumerate(rows)]
+        self._results = iter(_render_all(tasks, config.num_workers or os.cpu_count() or 1))
+        self._current: tuple[int, Any, dict[str, Box]] = (-1, None, {})
+
+    def get(self, number: int, variant: int) -> tuple[Any, dict[str, Box]]:
+        if variant:
+            rng = render.image_rng(self._config.seed, number + variant * 10**7)
+            rendering = render.render(self._rows[number].findings, rng, self._config.image_size)
+            return rendering.pixels, dict(rendering.boxes)
+        while self._current[0] < number:
+            self._current = next(self._results)
+        return self._current[1], self._current[2]
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering, in worker processes.
 
@@ -125,9 +183,14 @@ class _Task:
     compress_level: int
 
 
-def _render_task(task: _Task) -> tuple[int, bytes, dict[str, Box]]:
-    """Renders and encodes one image; returns its number, PNG and the boxes of NIH's 8 findings."""
+def _render_task(task: _Task) -> tuple[int, Any, dict[str, Box]]:
+    """Renders and encodes one image; returns its number, PNG and the boxes of NIH's 8 findings.
+
+    A task with compress_level -1 returns the pixels and every box instead (other layouts).
+    """
     rendering = render.render(task.findings, render.image_rng(task.seed, task.number), task.image_size)
+    if task.compress_level < 0:
+        return task.number, rendering.pixels, dict(rendering.boxes)
     boxes = {name: box for name, box in rendering.boxes.items() if name in layout.BBOX_LABELS}
     return task.number, png.encode_png(rendering.pixels, compress_level=task.compress_level), boxes
 

@@ -22,7 +22,8 @@ RULES = (
     ("trainer.model", TRAINER_SUBPACKAGES[1:] + TRAINER_BINARIES, False),
     ("trainer.training", ("trainer.evaluation", "trainer.prediction") + TRAINER_BINARIES, False),
     ("trainer.evaluation", ("trainer.training", "trainer.prediction") + TRAINER_BINARIES, False),
-    ("trainer.prediction", ("trainer.training",) + TRAINER_BINARIES, False),
+    ("trainer.prediction", ("trainer.training", "trainer.api") + TRAINER_BINARIES, False),
+    ("trainer.api", ("trainer.training",) + TRAINER_BINARIES, False),
     ("beam_pipelines", ("trainer", "demo_data"), False),
     # demo_data reads the label vocabulary from tfrecords.schema, which never loads TensorFlow
     # (tests/demo_generate_test.py checks that the generator runs without it).

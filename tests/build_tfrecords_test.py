@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 from absl.testing import parameterized
 
-from beam_pipelines import build_tfrecords, job, nih, splits, transforms
+from beam_pipelines import build_tfrecords, images, job, splits, transforms
 from tests import fake_data
 from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
@@ -176,7 +176,7 @@ class BadInputJobTest(parameterized.TestCase, tf.test.TestCase):
         self.assertIn("no file named 00000010_000.png", details["00000010_000.png"])
 
     def test_pixels_and_metadata(self):
-        expected = nih.resize_area(_PIXELS, _SIZE)
+        expected = images.resize_area(_PIXELS, _SIZE)
         by_name = {r["image_index"]: r for records in self.records.values() for r in records}
         for name, record in by_name.items():
             self.assertAllEqual(record["image"], expected, msg=name)  # Every PNG mode, same grey.
@@ -285,7 +285,7 @@ class BeforePipelineErrorsTest(parameterized.TestCase, tf.test.TestCase):
     def test_good_layout_passes(self):
         inputs = self._prepare(self._layout("good"))
         self.assertEqual((inputs.expected_rows, inputs.expected_images), (1, 1))
-        self.assertTrue(inputs.labels_csv.endswith("Data_Entry_2017.csv"))
+        self.assertTrue(inputs.source.tables["labels_csv"].endswith("Data_Entry_2017.csv"))
 
     def test_missing_data_dir(self):
         with self.assertRaisesRegex(job.InputError, r"--data_dir '.*/nowhere' does not exist"):
@@ -558,7 +558,12 @@ class EntryPointTest(parameterized.TestCase, tf.test.TestCase):
         (tarball,) = glob.glob(dist + "/*.tar.gz")
         with tarfile.open(tarball) as tar:
             names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
-        for module in ("beam_pipelines/transforms.py", "beam_pipelines/nih.py", "tfrecords/codec.py"):
+        for module in (
+            "beam_pipelines/transforms.py",
+            "beam_pipelines/datasets/nih.py",
+            "beam_pipelines/images.py",
+            "tfrecords/codec.py",
+        ):
             self.assertIn(module, names)
         self.assertEqual(sorted(os.listdir(root)), before)
 

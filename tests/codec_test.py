@@ -26,8 +26,11 @@ _RECORDS = (
 )
 
 
-def _tf_example(pixels, metadata, labels, image_format, encoded) -> tf.train.Example:
-    """The record built with TensorFlow's own protobuf classes, field by field."""
+def _tf_example(pixels, metadata, labels, image_format, encoded, **vectors) -> tf.train.Example:
+    """The record built with TensorFlow's own protobuf classes, field by field.
+
+    `vectors`: label_mask and label_uncertain, written under their keys when given.
+    """
 
     def _bytes(value):
         value = value.encode() if isinstance(value, str) else value
@@ -50,6 +53,9 @@ def _tf_example(pixels, metadata, labels, image_format, encoded) -> tf.train.Exa
         schema.SEX_KEY: _bytes(metadata.sex),
         schema.VIEW_POSITION_KEY: _bytes(metadata.view_position),
     }
+    keys = {"label_mask": schema.LABEL_MASK_KEY, "label_uncertain": schema.LABEL_UNCERTAIN_KEY}
+    for name, values in vectors.items():
+        feature[keys[name]] = _ints(values)
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
@@ -87,6 +93,33 @@ class EncodeTest(tf.test.TestCase, parameterized.TestCase):
             view_position=metadata.view_position,
         )
         self.assertEqual(ours, codec.encode_example(pixels, metadata, labels))
+
+    @parameterized.parameters(
+        {"label_mask": [1, 0, 1, 0, 1]},
+        {"label_uncertain": [0, 1, 0, 0, 0]},
+        {"label_mask": [1, 0, 1, 0, 1], "label_uncertain": [0, 1, 0, 0, 0]},
+    )
+    def test_optional_label_vectors_equal_tensorflow_for_any_vocabulary(self, **vectors):
+        # Five labels (not NIH's 15): the vectors sort between "image_index" and "patient_id".
+        pixels = fake_data.gray_pixels(8, 8, seed=3)
+        metadata = schema.ImageMetadata("p1/s1/v1.jpg", 12, 0, -1, "", "LATERAL")
+        labels = [1, 0, 0, 0, 1]
+        ours = codec.encode_example(pixels, metadata, labels, num_labels=5, **vectors)
+        expected = _tf_example(pixels, metadata, labels, "raw", pixels.tobytes(), **vectors)
+        self.assertEqual(ours, expected.SerializeToString(deterministic=True))
+        parsed = codec.parse_example(tf.constant(ours), num_labels=5)
+        self.assertAllEqual(parsed[schema.LABEL_MASK_KEY], vectors.get("label_mask", [1] * 5))
+        self.assertAllEqual(parsed[schema.LABEL_UNCERTAIN_KEY], vectors.get("label_uncertain", [0] * 5))
+
+    def test_bad_label_mask_raises(self):
+        with self.assertRaisesRegex(ValueError, "label_mask must be a 0/1 vector of length 3"):
+            codec.encode_example(
+                fake_data.gray_pixels(4, 4),
+                fake_data.metadata_for(0),
+                [1, 0, 0],
+                num_labels=3,
+                label_mask=[2, 0, 1],
+            )
 
     def test_png_round_trip(self):
         pixels = fake_data.gray_pixels(12, 12, seed=5)

@@ -140,10 +140,24 @@ class ManifestVocabularyTest(tf.test.TestCase):
     def test_manifest_without_vocabulary_is_nih(self):
         self.data.pop("dataset", None)
         self.data.pop("labels", None)
+        self.data.pop("label_states", None)
         self._write()
         manifest = manifest_lib.read_manifest(self.records_dir)
         self.assertEqual(manifest.dataset, "nih")
         self.assertEqual(manifest.labels, schema.LABELS)
+        self.assertEqual(dict(manifest.label_states), dict(manifest_lib.NIH_LABEL_STATES))
+
+    def test_label_states_round_trip_and_are_checked(self):
+        states = {"1.0": "positive", "0.0": "negative", "-1.0": "uncertain", "": "not_mentioned"}
+        self.data["label_states"] = states
+        self._write()
+        manifest = manifest_lib.read_manifest(self.records_dir)
+        self.assertEqual(dict(manifest.label_states), states)
+        self.assertEqual(manifest.to_json()["label_states"], states)
+        self.data["label_states"] = {"-1.0": "maybe"}
+        self._write()
+        with self.assertRaisesRegex(manifest_lib.ManifestError, "unknown state.*'maybe'"):
+            manifest_lib.read_manifest(self.records_dir)
 
     def test_vocabulary_round_trips_and_bounds_label_counts(self):
         names = list(self.data["labels"])

@@ -1,4 +1,4 @@
-"""Tests of beam_pipelines/nih.py: CSV rows, ages, labels, pixels and the record bytes."""
+"""Tests of beam_pipelines/datasets/nih.py (CSV rows, ages, labels, the record bytes) and the pixels of beam_pipelines/images.py."""
 
 import gzip
 import io
@@ -12,7 +12,8 @@ from absl.testing import parameterized
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
-from beam_pipelines import nih
+from beam_pipelines import images
+from beam_pipelines.datasets import nih
 from tests import fake_data
 from tfrecords import codec, schema
 
@@ -26,7 +27,7 @@ class RecordTest(parameterized.TestCase, tf.test.TestCase):
     def test_workers_modules_do_not_import_tensorflow(self):
         # The Beam workers import these; TensorFlow would cost each worker 4.4 s and 800 MB.
         code = (
-            "import sys, numpy; from beam_pipelines import nih, splits, transforms; "
+            "import sys, numpy; from beam_pipelines import datasets, images, splits, transforms; "
             "from tfrecords import codec, manifest, schema; "
             "labels = schema.labels_to_multi_hot('Mass'); manifest.shard_name('train', 0, 1); "
             "metadata = schema.ImageMetadata('1.png', 1, 0, 1, 'M', 'PA'); "
@@ -166,14 +167,14 @@ class PixelTest(parameterized.TestCase, tf.test.TestCase):
     @parameterized.parameters("L", "LA", "RGB", "RGBA", "I;16")
     def test_decodes_every_mode_to_the_same_gray(self, mode):
         pixels = fake_data.gray_pixels(24, 20, seed=1)
-        decoded = nih.decode_gray(fake_data.png_bytes(pixels, mode=mode))
+        decoded = images.decode_gray(fake_data.png_bytes(pixels, mode=mode))
         self.assertEqual(decoded.dtype, np.uint8)
         self.assertAllEqual(decoded, pixels)
 
     def test_decodes_palette_images(self):
         # A palette of 4 grey levels: P -> L must give back the grey values, not the indices.
         pixels = (np.arange(64).reshape(8, 8) % 4 * 80).astype(np.uint8)
-        decoded = nih.decode_gray(fake_data.png_bytes(pixels, mode="P"))
+        decoded = images.decode_gray(fake_data.png_bytes(pixels, mode="P"))
         self.assertAllClose(decoded, pixels, atol=1)
 
     def test_sixteen_bit_is_scaled_not_clipped(self):
@@ -181,7 +182,7 @@ class PixelTest(parameterized.TestCase, tf.test.TestCase):
         buffer = io.BytesIO()
         Image.fromarray(wide).save(buffer, format="PNG")
         # v / 257 rounded: 0, 1, 3.89 -> 4, 127.5 -> 128, 255.
-        self.assertAllEqual(nih.decode_gray(buffer.getvalue()), [[0, 1, 4, 128, 255]])
+        self.assertAllEqual(images.decode_gray(buffer.getvalue()), [[0, 1, 4, 128, 255]])
 
     @parameterized.named_parameters(
         ("empty", b"", "empty file"),
@@ -190,21 +191,21 @@ class PixelTest(parameterized.TestCase, tf.test.TestCase):
     )
     def test_bad_images(self, data, message):
         with self.assertRaisesRegex(ValueError, message):
-            nih.decode_gray(data)
+            images.decode_gray(data)
 
     def test_truncated_image(self):
         data = fake_data.png_bytes(fake_data.gray_pixels(64, 64))
         with self.assertRaisesRegex(ValueError, "OSError|truncated|SyntaxError"):
-            nih.decode_gray(data[: len(data) // 2])
+            images.decode_gray(data[: len(data) // 2])
 
     def test_resize_is_an_area_average(self):
         # 4x4 blocks of constant value: the area filter at 1/4 scale gives exactly the block values.
         blocks = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
         pixels = np.kron(blocks, np.ones((4, 4), np.uint8))
-        self.assertAllEqual(nih.resize_area(pixels, 8), blocks)
+        self.assertAllEqual(images.resize_area(pixels, 8), blocks)
         # A 2x2 checkerboard of 0/200 averages to 100 everywhere (a nearest filter would alias).
         checker = (np.indices((32, 32)).sum(axis=0) % 2 * 200).astype(np.uint8)
-        self.assertAllClose(nih.resize_area(checker, 16), np.full((16, 16), 100), atol=1)
+        self.assertAllClose(images.resize_area(checker, 16), np.full((16, 16), 100), atol=1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Tests for trainer.prediction.predictor and trainer.model.gradcam on a tiny exported run built by the test."""
 
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -76,6 +77,44 @@ class PredictTest(parameterized.TestCase, tf.test.TestCase):
             self.assertAllClose(row, reference, atol=2e-3, msg=mode)
         self.assertIn(os.path.join(folder, "sub", "nested.png"), list(good["path"]))
         self.assertEqual([r.path for r in results], sorted(r.path for r in results))
+
+    def test_jpeg_files_are_collected_and_predicted(self):
+        folder = os.path.join(self.get_temp_dir(), "jpegs")
+        pixels = _pattern(48, 48)
+        for name, fmt in (("a.jpg", "JPEG"), ("b.JPEG", "JPEG"), ("c.png", "PNG")):
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format=fmt)
+            self._write(folder, name, buffer.getvalue())
+        self._write(folder, "notes.txt", b"not an image, not listed")
+        self.assertEqual(
+            [os.path.basename(p) for p in predict.list_images(folder)], ["a.jpg", "b.JPEG", "c.png"]
+        )
+        results, _, path = predict.predict(
+            self.run_dir, folder, output_csv=os.path.join(self.get_temp_dir(), "jpeg.csv"), gradcam=True,
+            gradcam_dir=os.path.join(self.get_temp_dir(), "jpeg_cams"), gradcam_top_k=1,
+        )  # fmt: skip
+        self.assertEqual([r.error for r in results], ["", "", ""])
+        # The JPEGs hold the PNG's pixels up to compression: nearly the same probabilities.
+        self.assertAllClose(results[0].probabilities, results[2].probabilities, atol=0.02)
+        for result in results:
+            self.assertEqual(np.asarray(Image.open(result.gradcam_paths[0])).shape, (48, 48, 3))
+
+    def test_gradcam_refuses_weights_the_run_does_not_record(self):
+        run_dir = fake_data.write_fake_run(
+            os.path.join(self.get_temp_dir(), "other_run"), "unused", image_size=32
+        )
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(config | {"weights_sha256": "f" * 64}, f)
+        image = self._write(self.get_temp_dir(), "w.png", fake_data.png_bytes(_pattern(32, 32)))
+        # Without Grad-CAM only the export is read.
+        results, _, _ = predict.predict(run_dir, image, output_csv=os.path.join(self.get_temp_dir(), "w.csv"))
+        self.assertEqual(results[0].error, "")
+        with self.assertRaisesRegex(ValueError, r"but .*config\.json records ffff"):
+            predict.predict(
+                run_dir, image, output_csv=os.path.join(self.get_temp_dir(), "w.csv"), gradcam=True
+            )
 
     def test_thresholds_from_file_and_default(self):
         image = self._write(self.get_temp_dir(), "one.png", fake_data.png_bytes(_pattern(32, 32)))
@@ -178,7 +217,7 @@ class PredictTest(parameterized.TestCase, tf.test.TestCase):
             predict.list_images(os.path.join(self.get_temp_dir(), "nowhere.png"))
         empty = os.path.join(self.get_temp_dir(), "empty_folder")
         os.makedirs(empty, exist_ok=True)
-        with self.assertRaisesRegex(ValueError, "holds no .png file"):
+        with self.assertRaisesRegex(ValueError, r"holds no \.png, \.jpg or \.jpeg file"):
             predict.list_images(empty)
         with self.assertRaisesRegex(ValueError, "matches no file"):
             predict.list_images(os.path.join(empty, "*.png"))

@@ -79,6 +79,13 @@ class OfficialModeTest(tf.test.TestCase):
     def test_unlisted_image_has_no_split(self):
         self.assertIsNone(splits.assign_split(splits.SplitConfig(mode="official"), 1, None))
 
+    def test_published_train_val_and_test_are_kept(self):
+        # MIMIC-CXR-JPG publishes all three: the patient's hash does not move an image.
+        config = splits.SplitConfig(mode="official", val_fraction=0.5)
+        for patient in range(200):
+            for published in (splits.TRAIN_LIST, splits.VAL_LIST, splits.TEST_LIST):
+                self.assertEqual(splits.assign_split(config, patient, published), published)
+
 
 class ConfigTest(parameterized.TestCase, tf.test.TestCase):
     @parameterized.parameters(

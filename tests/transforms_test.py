@@ -12,7 +12,9 @@ from absl.testing import parameterized
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
-from beam_pipelines import nih, splits, transforms
+from beam_pipelines import images as images_lib
+from beam_pipelines import splits, transforms
+from beam_pipelines.datasets import base, nih
 from tests import fake_data
 from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
@@ -126,16 +128,29 @@ class PlanWorkTest(tf.test.TestCase):
             train_val=["00000001_000.png", "00000002_000.png", "00000003_000.png"],
             test=["00000004_000.png"],
         )
-        membership = transforms.read_membership(
+        membership = nih.read_membership(
             {
                 splits.TRAIN_VAL_LIST: os.path.join(root, "train_val_list.txt"),
                 splits.TEST_LIST: os.path.join(root, "test_list.txt"),
             }
         )
         self.assertEqual(membership["00000004_000.png"], splits.TEST_LIST)
-        with open(os.path.join(root, "Data_Entry_2017.csv"), "rb") as f:
-            rows = nih.iter_csv_rows(*nih.read_labels_table(f, name="csv"))
-            parsed, rejects, accounted, input_rows = transforms.parse_rows(rows, membership, max_images=3)
+        adapter = nih.Adapter()
+        source = base.Source(
+            data_dir=root,
+            tables={
+                "labels_csv": os.path.join(root, "Data_Entry_2017.csv"),
+                "train_val_list": os.path.join(root, "train_val_list.txt"),
+                "test_list": os.path.join(root, "test_list.txt"),
+            },
+            expected_rows=4,
+            expected_images=0,
+            description="csv",
+            has_published_split=True,
+        )
+        parsed, rejects, accounted, input_rows = transforms.parse_rows(
+            adapter, adapter.read_rows(source), max_images=3
+        )
         self.assertEqual(
             [(row.image_index, row.line, official) for row, official in parsed],
             [("00000001_000.png", 2, "train_val")],
@@ -184,7 +199,7 @@ class PlanWorkTest(tf.test.TestCase):
             os.makedirs(os.path.join(root, folder), exist_ok=True)
             with open(os.path.join(root, folder, name), "wb") as f:
                 f.write(b"-")
-        files = transforms.list_images(root)
+        files = nih.list_images(root)
         self.assertCountEqual(files, ["x.png", "y.PNG"])
         self.assertLen(files, 2)
         self.assertCountEqual(
@@ -211,14 +226,15 @@ class PlanWorkTest(tf.test.TestCase):
             [fake_data.nih_row("00000001_000.png", "Mass", patient_id=1), "bad,row"],
             {"00000001_000.png": b"x", "00000007_000.png": b"y"},
         )
+        adapter = nih.Adapter()
+        source = adapter.prepare(root, max_images=0, split_mode="patient")
         with _pipeline() as p:
             planned = (
                 p
-                | beam.Create([os.path.join(root, "Data_Entry_2017.csv")])
+                | beam.Create(["trigger"])
                 | transforms.PlanWork(
-                    data_dir=root,
-                    train_val_list=None,
-                    test_list=None,
+                    adapter=adapter,
+                    source=source,
                     split_config=splits.SplitConfig(mode="patient", fractions=(1.0, 0.0, 0.0)),
                     plan_args=dict(image_size=16, image_format="raw"),
                 )
@@ -246,7 +262,7 @@ def _six_hashed_shards_of_six_records(actual):
 
 
 def _units(plan_args, rows, data_dir):
-    files = transforms.list_images(data_dir)
+    files = nih.list_images(data_dir)
     return transforms.plan_work(
         rows, files, set(), splits.SplitConfig(mode="patient", fractions=(1.0, 0.0, 0.0)), **plan_args
     )
@@ -272,7 +288,11 @@ class ConvertTest(tf.test.TestCase):
                 "units": p | "Units" >> beam.Create([unit.encode() for unit in plan.units]),
                 "plans": p | "Plans" >> beam.Create([plan.plans]),
             } | transforms.ConvertToShards(
-                output_dir=out_dir, parts_dir=parts_dir, image_size=16, image_format="raw"
+                adapter=nih.Adapter(),
+                output_dir=out_dir,
+                parts_dir=parts_dir,
+                image_size=16,
+                image_format="raw",
             )
             assert_that(
                 converted["rejects"] | "ConvertReasons" >> beam.Map(lambda r: (r.reason, r.image_index)),
@@ -290,7 +310,7 @@ class ConvertTest(tf.test.TestCase):
         # Chunks are written one after the other, each sorted by name.
         train_plan = plan.plans["train"]
         self.assertEqual(names, sorted(good, key=lambda n: (transforms.shard_and_chunk(n, train_plan)[1], n)))
-        expected = nih.resize_area(pixels, 16)
+        expected = images_lib.resize_area(pixels, 16)
         for record in records:
             image = codec.decode_image(codec.parse_example(record), image_size=16, image_format="raw")
             self.assertAllEqual(image[..., 0], expected)
@@ -313,7 +333,11 @@ class ConvertTest(tf.test.TestCase):
                 "units": p | "Units" >> beam.Create([unit.encode() for unit in plan.units]),
                 "plans": p | "Plans" >> beam.Create([plan.plans]),
             } | transforms.ConvertToShards(
-                output_dir=out_dir, parts_dir=parts_dir, image_size=16, image_format="raw"
+                adapter=nih.Adapter(),
+                output_dir=out_dir,
+                parts_dir=parts_dir,
+                image_size=16,
+                image_format="raw",
             )
             hashed = converted["shards"] | beam.Map(
                 lambda s: (s.name, s.records, _sha256(out_dir, s.name) == s.sha256)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -129,6 +129,8 @@ def serialize_example(
     age: int,
     sex: str,
     view_position: str,
+    label_mask: Sequence[int] | None = None,
+    label_uncertain: Sequence[int] | None = None,
 ) -> bytes:
     """The serialized `tf.train.Example` of one record, written without TensorFlow.
 
@@ -141,13 +143,52 @@ def serialize_example(
       encoded_image: the image as `encode_image` returns it.
       image_format: "raw" or "png", how `encoded_image` is stored.
       height, width: the image's size in pixels.
-      multi_hot: `schema.NUM_LABELS` zeros and ones in `schema.LABELS` order.
+      multi_hot: zeros and ones in the order of the data set's label vocabulary.
       image_index, patient_id, follow_up, age, sex, view_position: the image's metadata.
+      label_mask, label_uncertain: the optional vectors of `schema.LABEL_MASK_KEY` and
+        `schema.LABEL_UNCERTAIN_KEY`; None writes no such feature (as for every NIH record).
 
     Returns:
       The record bytes.
     """
-    small_features = {
+    small = _small_features(
+        image_format=image_format,
+        height=height,
+        width=width,
+        multi_hot=multi_hot,
+        image_index=image_index,
+        patient_id=patient_id,
+        follow_up=follow_up,
+        age=age,
+        sex=sex,
+        view_position=view_position,
+    )
+    if label_mask is not None:
+        small[schema.LABEL_MASK_KEY] = _int64_feature(label_mask)
+    if label_uncertain is not None:
+        small[schema.LABEL_UNCERTAIN_KEY] = _int64_feature(label_uncertain)
+    before, after = _small_entries(small)
+    image_parts = _image_entry_parts(encoded_image)
+    features_len = sum(len(e) for e in before + after) + sum(len(p) for p in image_parts)
+    # Example.features = 1.
+    return b"".join([_varint(0x0A) + _varint(features_len), *before, *image_parts, *after])
+
+
+def _small_features(
+    *,
+    image_format: str,
+    height: int,
+    width: int,
+    multi_hot: Sequence[int],
+    image_index: str,
+    patient_id: int,
+    follow_up: int,
+    age: int,
+    sex: str,
+    view_position: str,
+) -> dict[str, bytes]:
+    """Every feature but the image, as serialized `Feature` messages by key."""
+    return {
         schema.FORMAT_KEY: _bytes_feature(image_format.encode()),
         schema.HEIGHT_KEY: _int64_feature([height]),
         schema.WIDTH_KEY: _int64_feature([width]),
@@ -159,15 +200,28 @@ def serialize_example(
         schema.SEX_KEY: _bytes_feature(sex.encode()),
         schema.VIEW_POSITION_KEY: _bytes_feature(view_position.encode()),
     }
-    # Features.feature is a map<string, Feature>: each entry is a message {key = 1; value = 2},
-    # written in the order of protobuf's deterministic serialization (`_map_order`).
+
+
+def _small_entries(features: Mapping[str, bytes]) -> tuple[list[bytes], list[bytes]]:
+    """The map entries of `features` that go before and after the image's, in protobuf's order.
+
+    Features.feature is a map<string, Feature>: each entry is a message {key = 1; value = 2},
+    written in the order of protobuf's deterministic serialization (`_map_order`).
+    """
     before, after = [], []
-    for key in sorted(small_features, key=_map_order):
-        value = _length_delimited(1, key.encode()) + _length_delimited(2, small_features[key])
+    for key in sorted(features, key=_map_order):
+        value = _length_delimited(1, key.encode()) + _length_delimited(2, features[key])
         side = before if _map_order(key) < _map_order(schema.IMAGE_KEY) else after
         side.append(_length_delimited(1, value))
-    # The image entry as headers plus the image, so its bytes are copied once (by the final
-    # join) rather than once per nesting level.
+    return before, after
+
+
+def _image_entry_parts(encoded_image: bytes) -> list[bytes]:
+    """The image's map entry as headers plus the image, which joined are the whole entry.
+
+    So the image's bytes are copied once (by the caller's final join) rather than once per
+    nesting level.
+    """
     bytes_list = _varint(0x0A) + _varint(len(encoded_image))  # BytesList.value = 1.
     feature = _varint(0x0A) + _varint(len(bytes_list) + len(encoded_image))  # Feature.bytes_list = 1.
     value_len = len(feature) + len(bytes_list) + len(encoded_image)
@@ -175,19 +229,7 @@ def serialize_example(
     entry_head = key + _varint(0x12) + _varint(value_len)  # MapEntry.value = 2.
     entry_len = len(entry_head) + value_len
     image_entry_head = _varint(0x0A) + _varint(entry_len)  # Features.feature = 1.
-    features_len = sum(len(e) for e in before + after) + len(image_entry_head) + entry_len
-    return b"".join(
-        [
-            _varint(0x0A) + _varint(features_len),  # Example.features = 1.
-            *before,
-            image_entry_head,
-            entry_head,
-            feature,
-            bytes_list,
-            encoded_image,
-            *after,
-        ]
-    )
+    return [image_entry_head, entry_head, feature, bytes_list, encoded_image]
 
 
 def encode_example(
@@ -197,6 +239,9 @@ def encode_example(
     *,
     image_format: str = "raw",
     encoded: bytes | None = None,
+    num_labels: int = schema.NUM_LABELS,
+    label_mask: Sequence[int] | np.ndarray | None = None,
+    label_uncertain: Sequence[int] | np.ndarray | None = None,
 ) -> bytes:
     """Validates one image with its metadata and labels and returns its record bytes.
 
@@ -206,17 +251,22 @@ def encode_example(
       labels: multi-hot vector of length `schema.NUM_LABELS` in `schema.LABELS` order.
       image_format: "raw" or "png", how `pixels` are stored.
       encoded: the already encoded bytes of `pixels` in `image_format`, to skip encoding.
+      num_labels: the length of the data set's label vocabulary (NIH's 15 by default).
+      label_mask, label_uncertain: optional 0/1 vectors of that length (see `schema`); None
+        writes no such feature.
 
     Returns:
       The serialized `tf.train.Example`.
 
     Raises:
-      ValueError: bad pixels, labels or format.
+      ValueError: bad pixels, labels, mask or format.
     """
     pixels = as_gray_2d(pixels)
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.shape != (schema.NUM_LABELS,) or not np.isin(labels, (0, 1)).all():
-        raise ValueError(f"labels must be a 0/1 vector of length {schema.NUM_LABELS}, got {labels.tolist()}.")
+    labels = _zero_one(labels, num_labels, "labels")
+    label_mask = None if label_mask is None else _zero_one(label_mask, num_labels, "label_mask")
+    label_uncertain = (
+        None if label_uncertain is None else _zero_one(label_uncertain, num_labels, "label_uncertain")
+    )
     if image_format not in schema.IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {schema.IMAGE_FORMATS}, got {image_format!r}.")
     if encoded is None:
@@ -227,14 +277,23 @@ def encode_example(
         image_format=image_format,
         height=height,
         width=width,
-        multi_hot=labels.tolist(),
+        multi_hot=labels,
         image_index=metadata.image_index,
         patient_id=metadata.patient_id,
         follow_up=metadata.follow_up,
         age=metadata.age,
         sex=metadata.sex,
         view_position=metadata.view_position,
+        label_mask=label_mask,
+        label_uncertain=label_uncertain,
     )
+
+
+def _zero_one(values: Sequence[int] | np.ndarray, length: int, name: str) -> list[int]:
+    array = np.asarray(values, dtype=np.int64)
+    if array.shape != (length,) or not np.isin(array, (0, 1)).all():
+        raise ValueError(f"{name} must be a 0/1 vector of length {length}, got {array.tolist()}.")
+    return array.tolist()
 
 
 def make_example(
@@ -244,12 +303,16 @@ def make_example(
     *,
     image_format: str = "raw",
     encoded: bytes | None = None,
+    **vectors: Any,
 ) -> tf.train.Example:
-    """`encode_example` as a `tf.train.Example` message (imports TensorFlow); same arguments."""
+    """`encode_example` as a `tf.train.Example` message (imports TensorFlow); same arguments.
+
+    `vectors`: `encode_example`'s num_labels, label_mask and label_uncertain.
+    """
     import tensorflow as tf
 
     return tf.train.Example.FromString(
-        encode_example(pixels, metadata, labels, image_format=image_format, encoded=encoded)
+        encode_example(pixels, metadata, labels, image_format=image_format, encoded=encoded, **vectors)
     )
 
 

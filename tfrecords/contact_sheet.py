@@ -34,7 +34,7 @@ class Sample:
 
     split: str
     image: np.ndarray  # uint8 [H, W], or float [H, W] after augmentation.
-    labels: np.ndarray  # [L] 0/1, in the order of `label_names`
+    labels: np.ndarray  # [len(label_names)] 0/1
     metadata: schema.ImageMetadata
     label_names: tuple[str, ...] = schema.LABELS  # The records' vocabulary (the manifest's).
 

@@ -35,7 +35,7 @@ if __name__ == "__main__":
 import tensorflow as tf
 from absl import app, flags
 
-from tfrecords import codec, contact_sheet, schema
+from tfrecords import codec, contact_sheet
 from tfrecords import manifest as manifest_lib
 
 FORMATS = ("text", "json")
@@ -185,10 +185,10 @@ def summarize(
         splits[name] = {
             "records": split.records,
             "patients": split.patients,
-            "label_counts": dict(zip(schema.LABELS, counts)),
+            "label_counts": dict(zip(manifest.labels, counts)),
             "prevalence": {
                 label: (count / split.records if split.records else 0.0)
-                for label, count in zip(schema.LABELS, counts)
+                for label, count in zip(manifest.labels, counts)
             },
             "shards": len(split.shards),
             "shard_bytes": {
@@ -199,6 +199,8 @@ def summarize(
         }
     return {
         "records_dir": records_dir,
+        "dataset": manifest.dataset,
+        "labels": list(manifest.labels),
         "created": manifest.created,
         "options": dict(manifest.options),
         "input_rows": manifest.input_rows,
@@ -224,7 +226,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     """The summary as text for a terminal (about 20 lines plus one per reject and problem)."""
     options = summary["options"]
     lines = [
-        f"{summary['records_dir']}: {summary['records_written']:,} records of "
+        f"{summary['records_dir']}: {summary['records_written']:,} {summary.get('dataset', 'nih')} records of "
         f"{summary['input_rows']:,} input rows, built {summary['created'] or 'at an unknown time'}",
         textwrap.fill(
             ", ".join(f"{key}={value}" for key, value in options.items()),
@@ -260,13 +262,16 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 def _label_table(splits: Mapping[str, Any]) -> list[str]:
     names = list(splits)
-    lines = ["  " + f"{'label':<19}" + "".join(f"{name + ' n (%)':>17}" for name in names)]
-    for label in schema.LABELS:
+    # The records' vocabulary, in the manifest's order (every split counts every label).
+    labels = list(splits[names[0]]["label_counts"]) if names else []
+    width = max([19, *(len(label) + 1 for label in labels)])
+    lines = ["  " + f"{'label':<{width}}" + "".join(f"{name + ' n (%)':>17}" for name in names)]
+    for label in labels:
         cells = "".join(
             f"{splits[n]['label_counts'][label]:>9,} ({100 * splits[n]['prevalence'][label]:4.1f}%)"
             for n in names
         )
-        lines.append(f"  {label:<19}{cells}")
+        lines.append(f"  {label:<{width}}{cells}")
     return lines
 
 

@@ -7,6 +7,7 @@ without one (a crashed or running job) is refused by every reader. Layout:
       "format_version": 1,
       "dataset": "nih",
       "labels": ["Atelectasis", ..., "No Finding"],
+      "label_states": {"named in Finding Labels": "positive", "not named": "negative"},
       "created": "2026-11-25T17:00:00+00:00",
       "options": {"image_size": 256, "image_format": "raw", "split": "official", ...},
       "input_rows": 112120,
@@ -23,7 +24,12 @@ without one (a crashed or running job) is refused by every reader. Layout:
 
 `dataset` names the source data set and `labels` the label vocabulary, in the order of the
 records' `labels` vector; a manifest without them (written before they existed) is NIH's,
-with `schema.LABELS`.
+with `schema.LABELS`. `label_states` says how the source wrote each state of a label and what
+the records made of it (`LABEL_STATES`): e.g. CheXpert's
+`{"1.0": "positive", "0.0": "negative", "-1.0": "uncertain", "": "not_mentioned"}`, where
+positive is labels=1 and mask=1, negative labels=0 and mask=1, uncertain labels=0, mask=0 and
+label_uncertain=1, not_mentioned labels=0 and mask=0. A manifest without it is NIH's
+(`NIH_LABEL_STATES`).
 
 Records in = records written + records rejected: `input_rows` equals the sum of the
 splits' records plus the sum of `rejects`.
@@ -47,12 +53,18 @@ from tfrecords import schema
 
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.jsonl"
+# Boxes a data set publishes (RSNA Pneumonia), in NIH's box-file format, beside the records.
+BOXES_NAME = "boxes.csv"
 FORMAT_VERSION = 1
 # The splits, in this order everywhere.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SHARD_SUFFIX = ".tfrecord"
 # `shard_name`'s pattern, to recognise shards on disk.
 SHARD_NAME_RE = re.compile(rf"^({'|'.join(SPLITS)})-(\d{{5}})-of-(\d{{5}}){re.escape(SHARD_SUFFIX)}$")
+# What a record makes of a label, by the source's spelling of it (the manifest's `label_states`).
+LABEL_STATES: tuple[str, ...] = ("positive", "negative", "uncertain", "not_mentioned")
+# NIH's `Finding Labels`: a label named there is present, any other absent.
+NIH_LABEL_STATES: Mapping[str, str] = {"named in Finding Labels": "positive", "not named": "negative"}
 # Options every reader relies on.
 REQUIRED_OPTIONS = ("image_size", "image_format")
 
@@ -72,7 +84,12 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 
 def is_output_file(name: str) -> bool:
     """Whether a file name is one the records job writes into a records directory."""
-    return bool(SHARD_NAME_RE.match(name)) or name in (REJECTS_NAME, MANIFEST_NAME, MANIFEST_NAME + ".tmp")
+    return bool(SHARD_NAME_RE.match(name)) or name in (
+        REJECTS_NAME,
+        BOXES_NAME,
+        MANIFEST_NAME,
+        MANIFEST_NAME + ".tmp",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +120,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     dataset: str = "nih"
     labels: tuple[str, ...] = schema.LABELS
+    label_states: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(NIH_LABEL_STATES))
 
     @property
     def image_size(self) -> int:
@@ -130,6 +148,7 @@ class Manifest:
             "format_version": self.format_version,
             "dataset": self.dataset,
             "labels": list(self.labels),
+            "label_states": dict(self.label_states),
             "created": self.created,
             "options": dict(self.options),
             "input_rows": self.input_rows,
@@ -188,6 +207,7 @@ class Manifest:
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
                 dataset=str(data.get("dataset", "nih")),
                 labels=tuple(str(label) for label in data.get("labels", schema.LABELS)),
+                label_states={str(k): str(v) for k, v in data.get("label_states", NIH_LABEL_STATES).items()},
             )
         except KeyError as e:
             raise ManifestError(f"{where}: missing field {e.args[0]!r}.") from e
@@ -221,39 +241,46 @@ class Manifest:
             )
         if not self.dataset:
             raise ManifestError(f"{where}: dataset must be a non-empty name.")
+        bad_states = sorted(set(self.label_states.values()) - set(LABEL_STATES))
+        if bad_states:
+            raise ManifestError(
+                f"{where}: label_states has unknown state(s) {bad_states}; expected {LABEL_STATES}."
+            )
         unknown = set(self.splits) - set(SPLITS)
         if unknown:
             raise ManifestError(f"{where}: unknown split(s) {sorted(unknown)}; expected {SPLITS}.")
         for name, split in self.splits.items():
-            num_shards = len(split.shards)
-            for index, shard in enumerate(split.shards):
-                expected = shard_name(name, index, num_shards)
-                if shard.name != expected:
-                    raise ManifestError(
-                        f"{where}: split {name!r} shard {index} is named {shard.name!r}, expected {expected!r}."
-                    )
-                if shard.records < 0:
-                    raise ManifestError(f"{where}: shard {shard.name!r} has a negative record count.")
-            shard_records = sum(shard.records for shard in split.shards)
-            if shard_records != split.records:
-                raise ManifestError(
-                    f"{where}: split {name!r} lists {split.records} records but its shards hold {shard_records}."
-                )
-            unknown_labels = set(split.label_counts) - set(self.labels)
-            if unknown_labels:
-                raise ManifestError(
-                    f"{where}: split {name!r} counts unknown labels {sorted(unknown_labels)}."
-                )
-            for label, count in split.label_counts.items():
-                if not 0 <= count <= split.records:
-                    raise ManifestError(
-                        f"{where}: split {name!r} label {label!r} count {count} is outside [0, {split.records}]."
-                    )
+            self._validate_split(name, split, where)
         if self.input_rows != self.records_written + self.records_rejected:
             raise ManifestError(
                 f"{where}: input_rows {self.input_rows} != records written {self.records_written} "
                 f"+ records rejected {self.records_rejected}; records were lost."
             )
+
+    def _validate_split(self, name: str, split: SplitInfo, where: str) -> None:
+        """Checks one split's shard names and record and label counts."""
+        num_shards = len(split.shards)
+        for index, shard in enumerate(split.shards):
+            expected = shard_name(name, index, num_shards)
+            if shard.name != expected:
+                raise ManifestError(
+                    f"{where}: split {name!r} shard {index} is named {shard.name!r}, expected {expected!r}."
+                )
+            if shard.records < 0:
+                raise ManifestError(f"{where}: shard {shard.name!r} has a negative record count.")
+        shard_records = sum(shard.records for shard in split.shards)
+        if shard_records != split.records:
+            raise ManifestError(
+                f"{where}: split {name!r} lists {split.records} records but its shards hold {shard_records}."
+            )
+        unknown_labels = set(split.label_counts) - set(self.labels)
+        if unknown_labels:
+            raise ManifestError(f"{where}: split {name!r} counts unknown labels {sorted(unknown_labels)}.")
+        for label, count in split.label_counts.items():
+            if not 0 <= count <= split.records:
+                raise ManifestError(
+                    f"{where}: split {name!r} label {label!r} count {count} is outside [0, {split.records}]."
+                )
 
 
 def manifest_path(records_dir: str) -> str:

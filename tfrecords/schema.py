@@ -57,6 +57,10 @@ NUM_LABELS = len(LABELS)
 NO_FINDING = "No Finding"
 FINDINGS: tuple[str, ...] = LABELS[:-1]  # The 14 findings, without "No Finding".
 LABEL_SEPARATOR = "|"
+# NIH's official split lists, by the names of its download (read by the records job, written by
+# the demo set).
+NIH_TRAIN_VAL_LIST_NAME = "train_val_list.txt"
+NIH_TEST_LIST_NAME = "test_list.txt"
 
 # How `IMAGE_KEY` stores the pixels: row-major uint8 bytes, or a grayscale PNG.
 IMAGE_FORMATS: tuple[str, ...] = ("raw", "png")
@@ -121,9 +125,7 @@ def feature_spec(num_labels: int = NUM_LABELS) -> dict[str, tf.io.FixedLenFeatur
     }
     spec[LABELS_KEY] = tf.io.FixedLenFeature([num_labels], tf.int64)
     spec[LABEL_MASK_KEY] = tf.io.FixedLenFeature([num_labels], tf.int64, default_value=[1] * num_labels)
-    spec[LABEL_UNCERTAIN_KEY] = tf.io.FixedLenFeature(
-        [num_labels], tf.int64, default_value=[0] * num_labels
-    )
+    spec[LABEL_UNCERTAIN_KEY] = tf.io.FixedLenFeature([num_labels], tf.int64, default_value=[0] * num_labels)
     return spec
 
 

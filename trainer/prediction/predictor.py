@@ -1,10 +1,11 @@
-"""Runs a trained model on PNG files: probabilities, findings above threshold, Grad-CAM.
+"""Runs a trained model on image files: the `cxr-predict` CSV and Grad-CAM overlays.
 
     python -m trainer.predict --run_dir=runs/demo --images=data/demo/images_001/images --gradcam
 
-reads every PNG under --images (a file, a folder searched recursively, or a glob; any mode,
-8 or 16 bits, any size), predicts through the exported SavedModel's `serving_default` signature
-(encoded bytes in, decoding and resizing inside the graph) and writes
+reads every PNG and JPEG under --images (a file, a folder searched recursively, or a glob; any
+mode, 8 or 16 bits, any size), predicts them through the run's one model
+(`trainer.prediction.loaded_run.Run`, what `trainer.api.load_run` returns: the export's
+`serving_default` signature, encoded bytes in, decoding and resizing inside the graph) and writes
 `runs/demo/predictions/predictions.csv`: per image its path, error (empty if fine), the 15
 probabilities and the findings at or above each finding's threshold from
 `runs/demo/reports/thresholds.json` (0.5 where that file or a threshold is missing; the run
@@ -14,8 +15,8 @@ says so). When that file also stores a calibration (Platt scaling fitted on val 
 the mean of each image's and its mirror image's probabilities. An unreadable image gets a row
 with its error; the others are still predicted.
 With --gradcam, `runs/demo/predictions/gradcam/<image>_gradcam_<Finding>.png` shows, at the
-image's size, where the model looked for each of its top findings (Grad-CAM on the ResUNet's
-"decoder_output" layer of `checkpoints/best.keras`).
+image's size, where the model looked for each of its top findings (Grad-CAM of the Keras model
+holding the export's weights, checked against the run's recorded sha256).
 """
 
 from __future__ import annotations
@@ -23,58 +24,29 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import logging
 import os
 from collections.abc import Sequence
 
-import numpy as np
 import tensorflow as tf
 
 from tfrecords import schema
-from trainer.evaluation import calibration as calibration_lib
 from trainer.evaluation import tta as tta_lib
 from trainer.model import run_dir as run_dir_lib
+from trainer.prediction import loaded_run
 
-DEFAULT_THRESHOLD = 0.5
-PNG_SUFFIXES = (".png",)
+# The result types and readers live with the run; these names are kept for the CLI's callers.
+DEFAULT_THRESHOLD = loaded_run.DEFAULT_THRESHOLD
+ImagePrediction = loaded_run.ImagePrediction
+Thresholds = loaded_run.Thresholds
+read_thresholds = loaded_run.read_thresholds
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 _log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class ImagePrediction:
-    """One image's result: probabilities [15] and findings, or the error that stopped it."""
-
-    path: str
-    probabilities: np.ndarray | None
-    findings: tuple[str, ...]
-    error: str = ""
-    gradcam_paths: tuple[str, ...] = ()
-    calibrated: bool = False  # The probabilities went through the stored calibration.
-
-
-@dataclasses.dataclass(frozen=True)
-class Thresholds:
-    """Per-label decision thresholds, where they came from, and what was stored with them.
-
-    Attributes:
-      values: label -> threshold on the model's probabilities.
-      source: a readable account of where they came from.
-      defaulted: labels that fell back to DEFAULT_THRESHOLD.
-      calibration: the Platt scaling stored beside them, or None.
-      tta: the test-time augmentation the thresholds were chosen with.
-    """
-
-    values: dict[str, float]
-    source: str
-    defaulted: tuple[str, ...]
-    calibration: calibration_lib.Calibration | None = None
-    tta: str = "none"
-
-
 def list_images(images: str | Sequence[str]) -> list[str]:
-    """The PNG files named by `images`: files, folders (searched recursively) or globs, sorted.
+    """The PNG and JPEG files named by `images`: files, folders (searched recursively) or globs, sorted.
 
     Raises:
       ValueError: a path that does not exist, or nothing found, naming it.
@@ -90,132 +62,19 @@ def list_images(images: str | Sequence[str]) -> list[str]:
         elif tf.io.gfile.isdir(spec):
             folder = []
             for root, _, files in tf.io.gfile.walk(spec):
-                folder.extend(os.path.join(root, f) for f in files if f.lower().endswith(PNG_SUFFIXES))
+                folder.extend(os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_SUFFIXES))
             if not folder:
-                raise ValueError(f"--images folder {spec!r} holds no .png file (searched recursively).")
+                raise ValueError(
+                    f"--images folder {spec!r} holds no .png, .jpg or .jpeg file (searched recursively)."
+                )
             found.extend(sorted(folder))
         elif tf.io.gfile.exists(spec):
             found.append(spec)  # An explicit file is predicted (or reported) whatever its name.
         else:
-            raise ValueError(f"--images path {spec!r} does not exist; give PNG files, a folder or a glob.")
-    return found
-
-
-def read_thresholds(run_dir: str, path: str | None = None) -> Thresholds:
-    """Reads the thresholds written by `trainer.evaluation.pipeline`, defaulting to 0.5.
-
-    Args:
-      run_dir: the run directory (default file `reports/thresholds.json`).
-      path: another thresholds.json.
-
-    Raises:
-      ValueError: `path` given but missing, or a malformed file, naming it.
-    """
-    path_given = path is not None
-    path = path or run_dir_lib.path(run_dir, run_dir_lib.THRESHOLDS_FILE)
-    if not tf.io.gfile.exists(path):
-        if path_given:
-            raise ValueError(f"--thresholds file {path!r} does not exist.")
-        return Thresholds(
-            {label: DEFAULT_THRESHOLD for label in schema.LABELS},
-            f"default {DEFAULT_THRESHOLD} ({path} not found; run trainer.evaluation.pipeline to choose thresholds)",
-            tuple(schema.LABELS),
-        )
-    with tf.io.gfile.GFile(path) as f:
-        try:
-            data = json.load(f)
-            given = dict(data["thresholds"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: expected a JSON object with 'thresholds' ({e}).") from e
-    values, defaulted = {}, []
-    for label in schema.LABELS:
-        value = given.get(label)
-        if value is None:
-            defaulted.append(label)
-            value = DEFAULT_THRESHOLD
-        values[label] = float(value)
-    source = f"{path} (Youden J on {data.get('source_split', '?')})"
-    stored = None
-    if data.get("calibration") is not None:
-        stored = calibration_lib.Calibration.from_json(data["calibration"], where=path)
-    if defaulted:
-        source += f"; default {DEFAULT_THRESHOLD} for {', '.join(defaulted)}"
-    return Thresholds(values, source, tuple(defaulted), stored, str(data.get("tta", "none")))
-
-
-def _tf_error_text(error: Exception) -> str:
-    """The user-facing line of a TF error: "Invalid PNG. ...", without the graph context.
-
-    A signature call's message reads "Graph execution error: / Detected at node ... /
-    <stack traces unavailable> / <the reason> / [[{{node ...}}]] [Op:...]"; keep the reason.
-    """
-    message = getattr(error, "message", None) or str(error)
-    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[")
-    lines = [line.strip() for line in message.splitlines()]
-    reasons = [line.split(" [[")[0].strip() for line in lines if line and not line.startswith(noise)]
-    return reasons[-1] if reasons else message.strip()
-
-
-class _Serving:
-    """The export's `serving_default`, called on a batch, falling back to one-by-one on errors.
-
-    With a test-time augmentation, each image is decoded by the export's own decoding function
-    (`trainer.model.export.decode_to_training_pixels`, what `serving_default` runs inside the graph),
-    and the augmented batch goes through the `serve_pixels` signature (`trainer.evaluation.tta`).
-    """
-
-    def __init__(self, export_dir: str, *, tta: str = "none"):
-        if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
             raise ValueError(
-                f"{export_dir} holds no SavedModel; train and export the run first (make train)."
+                f"--images path {spec!r} does not exist; give PNG or JPEG files, a folder or a glob."
             )
-        from trainer.model import export as export_lib
-
-        self._loaded = tf.saved_model.load(export_dir)
-        self._fn = self._loaded.signatures["serving_default"]
-        self._tta = tta
-        if tta != "none":
-            self._image_size = int(export_lib.read_labels(export_dir)["image_size"])
-            self._pixels_fn = self._loaded.signatures[export_lib.SERVE_PIXELS]
-
-    def __call__(self, contents: list[bytes]) -> list[np.ndarray | str]:
-        """Probabilities [15] per image, or the decoding error's text."""
-        if self._tta != "none":
-            return self._augmented(contents)
-        try:
-            return list(self._fn(image_bytes=tf.constant(contents, tf.string))["probabilities"].numpy())
-        except tf.errors.InvalidArgumentError:
-            pass  # Some image is bad; find which by predicting one at a time.
-        results: list[np.ndarray | str] = []
-        for content in contents:
-            try:
-                results.append(
-                    self._fn(image_bytes=tf.constant([content], tf.string))["probabilities"].numpy()[0]
-                )
-            except tf.errors.InvalidArgumentError as e:
-                results.append(f"cannot decode image: {_tf_error_text(e)}")
-        return results
-
-    def _augmented(self, contents: list[bytes]) -> list[np.ndarray | str]:
-        from trainer.model import export as export_lib
-
-        pixels: dict[int, np.ndarray] = {}
-        results: dict[int, np.ndarray | str] = {}
-        for i, content in enumerate(contents):
-            try:
-                decoded = export_lib.decode_to_training_pixels(tf.constant(content), self._image_size)
-                pixels[i] = decoded.numpy().astype(np.uint8)  # Whole numbers in 0..255 already.
-            except tf.errors.InvalidArgumentError as e:
-                results[i] = f"cannot decode image: {_tf_error_text(e)}"
-        if pixels:
-            order = sorted(pixels)
-
-            def fn(batch: np.ndarray) -> np.ndarray:
-                return self._pixels_fn(images=tf.constant(batch, tf.uint8))["probabilities"].numpy()
-
-            averaged = tta_lib.predict(fn, np.stack([pixels[i] for i in order]), mode=self._tta)
-            results.update(zip(order, averaged))
-        return [results[i] for i in range(len(contents))]
+    return found
 
 
 def predict(
@@ -240,11 +99,11 @@ def predict(
 
     Args:
       run_dir: the run directory (`export/`, `reports/thresholds.json`, `checkpoints/best.keras`).
-      images: PNG file(s), folder(s) or glob(s); see `list_images`.
+      images: PNG or JPEG file(s), folder(s) or glob(s); see `list_images`.
       output_csv: default `run_dir/predictions/predictions.csv`.
       thresholds_path: default `run_dir/reports/thresholds.json`.
       batch_size: images per model call.
-      gradcam: also write Grad-CAM overlays (needs the ResUNet checkpoint).
+      gradcam: also write Grad-CAM overlays (needs the ResUNet's architecture in the checkpoint).
       gradcam_dir: default `run_dir/predictions/gradcam`.
       gradcam_top_k: findings explained per image (the most probable of the 14).
       tta: "none", or "hflip" for the mean of the image's and its mirror image's probabilities.
@@ -256,28 +115,33 @@ def predict(
     Raises:
       ValueError: bad arguments, no images, missing export or checkpoint.
     """
+    _check_arguments(batch_size, gradcam_top_k, tta)
+    paths = list_images(images)
+    run = loaded_run.Run(run_dir, thresholds_path=thresholds_path)
+    _warn_about_thresholds(run.thresholds, tta)
+    explainer = _GradCamWriter(run, gradcam_dir, top_k=gradcam_top_k) if gradcam else None
+
+    results: list[ImagePrediction] = []
+    for start in range(0, len(paths), batch_size):
+        # Read one batch at a time: the bytes are needed again for the overlays.
+        contents = [loaded_run.read_file(path) for path in paths[start : start + batch_size]]
+        batch = run.results(contents, batch_size=batch_size, tta=tta, calibrate=calibrate)
+        if explainer is not None:
+            batch = [explainer.write(result, content) for result, content in zip(batch, contents)]
+        results += batch
+
+    output_csv = output_csv or os.path.join(run_dir, run_dir_lib.PREDICTIONS_DIR, "predictions.csv")
+    write_csv(output_csv, results)
+    return results, run.thresholds, output_csv
+
+
+def _check_arguments(batch_size: int, gradcam_top_k: int, tta: str) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if gradcam_top_k < 1:
         raise ValueError(f"gradcam_top_k must be >= 1, got {gradcam_top_k}.")
     if tta not in tta_lib.TTA_MODES:
         raise ValueError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
-    paths = list_images(images)
-    thresholds = read_thresholds(run_dir, thresholds_path)
-    _warn_about_thresholds(thresholds, tta)
-    calibration = thresholds.calibration if calibrate else None
-    serving = _Serving(run_dir_lib.path(run_dir, run_dir_lib.EXPORT_DIR), tta=tta)
-    explainer = _GradCamWriter(run_dir, gradcam_dir, top_k=gradcam_top_k) if gradcam else None
-
-    results: list[ImagePrediction] = []
-    for start in range(0, len(paths), batch_size):
-        results += _predict_batch(
-            paths[start : start + batch_size], serving, thresholds, calibration, explainer
-        )
-
-    output_csv = output_csv or os.path.join(run_dir, run_dir_lib.PREDICTIONS_DIR, "predictions.csv")
-    write_csv(output_csv, results)
-    return results, thresholds, output_csv
 
 
 def _warn_about_thresholds(thresholds: Thresholds, tta: str) -> None:
@@ -291,47 +155,6 @@ def _warn_about_thresholds(thresholds: Thresholds, tta: str) -> None:
             tta,
             tta,
         )
-
-
-def _predict_batch(
-    batch_paths: Sequence[str],
-    serving: _Serving,
-    thresholds: Thresholds,
-    calibration: calibration_lib.Calibration | None,
-    explainer: _GradCamWriter | None,
-) -> list[ImagePrediction]:
-    """One model call for the readable files of a batch; unreadable ones get a row with their error."""
-    contents: dict[int, bytes] = {}
-    errors: dict[int, str] = {}
-    for i, path in enumerate(batch_paths):
-        try:
-            with tf.io.gfile.GFile(path, "rb") as f:
-                contents[i] = f.read()
-        except (tf.errors.OpError, OSError) as e:
-            errors[i] = f"cannot read file: {_tf_error_text(e)}"
-    readable = sorted(contents)
-    outputs = dict(zip(readable, serving([contents[i] for i in readable]))) if readable else {}
-    results = []
-    for i, path in enumerate(batch_paths):
-        output = outputs.get(i, errors.get(i))
-        if isinstance(output, str):
-            results.append(ImagePrediction(path, None, (), error=output))
-            continue
-        probabilities = np.asarray(output, np.float32)
-        findings = tuple(
-            label for label, p in zip(schema.LABELS, probabilities) if p >= thresholds.values[label]
-        )
-        if calibration is not None:
-            probabilities = calibration.apply(probabilities[None])[0]
-        written: tuple[str, ...] = ()
-        if explainer is not None:
-            written = explainer.write(path, contents[i], probabilities)
-        results.append(
-            ImagePrediction(
-                path, probabilities, findings, gradcam_paths=written, calibrated=calibration is not None
-            )
-        )
-    return results
 
 
 def write_csv(path: str, results: Sequence[ImagePrediction]) -> str:
@@ -356,38 +179,35 @@ def write_csv(path: str, results: Sequence[ImagePrediction]) -> str:
 
 
 class _GradCamWriter:
-    """Loads the run's Keras checkpoint once and writes overlays for each image."""
+    """Writes overlays of each image's top findings, from the run's Keras model (the export's weights)."""
 
-    def __init__(self, run_dir: str, output_dir: str | None, *, top_k: int):
+    def __init__(self, run: loaded_run.Run, output_dir: str | None, *, top_k: int):
         from trainer.model import gradcam as gradcam_lib
-        from trainer.model import models
 
-        checkpoint = run_dir_lib.path(run_dir, run_dir_lib.BEST_CHECKPOINT)
-        if not tf.io.gfile.exists(checkpoint):
-            raise ValueError(f"--gradcam needs the Keras model {checkpoint}, which does not exist.")
         self._lib = gradcam_lib
-        self._cam = gradcam_lib.GradCam(models.load_model(checkpoint))
-        self._output_dir = output_dir or os.path.join(run_dir, run_dir_lib.PREDICTIONS_DIR, "gradcam")
+        self._run = run
+        # Load the model and check its weights before predicting anything.
+        self.weights_sha256 = run.weights_sha256
+        self._output_dir = output_dir or os.path.join(run.run_dir, run_dir_lib.PREDICTIONS_DIR, "gradcam")
         self._top_k = top_k
         tf.io.gfile.makedirs(self._output_dir)
 
-    def write(self, path: str, content: bytes, probabilities: np.ndarray) -> tuple[str, ...]:
-        from trainer.model import export as export_lib  # The export's own decoding: what the model saw.
-
-        gray = self._lib.display_gray(content)
-        pixels = export_lib.decode_to_training_pixels(tf.constant(content), self._cam.image_size).numpy()
-        indices = self._lib.top_findings(probabilities, self._top_k)
-        maps = self._cam.maps(pixels, indices, output_size=gray.shape)
-        stem = os.path.splitext(os.path.basename(path))[0]
+    def write(self, result: ImagePrediction, content: loaded_run.ImageContent) -> ImagePrediction:
+        """The result with the paths of its overlays (none for an image that failed)."""
+        if result.probabilities is None or content.content is None:
+            return result
+        indices = self._lib.top_findings(result.probabilities, self._top_k)
+        gray, maps = self._run.gradcam_maps(content.content, indices, where=result.path)
+        stem = os.path.splitext(os.path.basename(result.path))[0]
         written = []
         for index, cam in zip(indices, maps):
             label = schema.LABELS[index]
-            caption = f"{label}: p={probabilities[index]:.2f} (Grad-CAM)"
+            caption = f"{label}: p={result.probabilities[index]:.2f} (Grad-CAM)"
             out = os.path.join(self._output_dir, f"{stem}_gradcam_{label}.png")
             with tf.io.gfile.GFile(out, "wb") as f:
                 f.write(self._lib.png_encode(self._lib.overlay(gray, cam, caption=caption)))
             written.append(out)
-        return tuple(written)
+        return dataclasses.replace(result, gradcam_paths=tuple(written))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +223,7 @@ class PredictConfig:
     )
     images: tuple[str, ...] = dataclasses.field(
         default=("data/demo/images_001/images",),
-        metadata={"help": "PNG files, folders (recursive) or globs, comma-separated."},
+        metadata={"help": "PNG or JPEG files, folders (recursive) or globs, comma-separated."},
     )
     output_csv: str | None = dataclasses.field(
         default=None, metadata={"help": "Default: RUN_DIR/predictions/predictions.csv."}
