@@ -97,6 +97,12 @@ class CrossDatasetEvaluateTest(tf.test.TestCase):
         for name in (files.AUC_JSON, files.AUC_CSV, files.AUC_MD, files.PREDICTIONS_CSV, files.ROC_PNG):
             self.assertTrue(os.path.exists(os.path.join(self.reports_dir, name)), msg=name)
         self.assertFalse(os.path.exists(os.path.join(self.run_dir, "reports")))
+        config = evaluate.EvaluateConfig(run_dir=self.run_dir, records_dir=self.records_dir)
+        self.assertEqual(evaluate.reports_dir(config), self.reports_dir)
+        self.assertEqual(
+            evaluate.reports_dir(evaluate.EvaluateConfig(run_dir=self.run_dir)),
+            os.path.join(self.run_dir, "reports"),
+        )
         with open(os.path.join(self.reports_dir, files.AUC_JSON)) as f:
             self.assertEqual(
                 json.load(f)["cross_dataset"]["left_out_records_labels"], ["Lung Opacity", "Fracture"]

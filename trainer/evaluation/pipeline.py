@@ -431,21 +431,49 @@ def open_run(config: EvaluateConfig) -> EvaluationRun:
             f"{run_dir_lib.path(config.run_dir, run_dir_lib.CONFIG_FILE)} names no records_dir; pass --records_dir."
         )
     manifest = manifest_lib.read_manifest(records_dir)
-    # The run's vocabulary (config.json's labels; runs that predate it trained on NIH's).
-    shared = vocabularies.shared_labels(run_config.get("labels", schema.LABELS), manifest.labels)
-    default_output = run_dir_lib.REPORTS_DIR
-    if not shared.identical:
-        # Another data set's scores must not replace the run's own reports (thresholds.json).
-        default_output = CROSS_DATASET_REPORTS_DIR.format(dataset=manifest.dataset)
+    shared = _shared_labels(run_config, manifest)
     return EvaluationRun(
         run_dir=config.run_dir,
         config=run_config,
         records_dir=records_dir,
         manifest=manifest,
-        output_dir=config.output_dir or run_dir_lib.path(config.run_dir, default_output),
+        output_dir=_output_dir(config, shared, manifest),
         predictor=load_predictor(config.run_dir, source=config.model),
         shared=shared,
     )
+
+
+def reports_dir(config: EvaluateConfig) -> str:
+    """Where `evaluate(config)` writes: --output_dir, else RUN_DIR/reports, or for another data
+    set's records RUN_DIR/reports_on_<data set>.
+
+    Raises:
+      ValueError, ManifestError: as `open_run`, for the run config and the records' manifest.
+    """
+    run_config = run_dir_lib.read_config(config.run_dir)
+    if config.output_dir:
+        return config.output_dir
+    records_dir = config.records_dir or run_config.get("records_dir")
+    manifest = manifest_lib.read_manifest(records_dir, check_shards=False)
+    return _output_dir(config, _shared_labels(run_config, manifest), manifest)
+
+
+def _shared_labels(
+    run_config: Mapping[str, Any], manifest: manifest_lib.Manifest
+) -> vocabularies.SharedLabels:
+    # The run's vocabulary (config.json's labels; runs that predate it trained on NIH's).
+    return vocabularies.shared_labels(run_config.get("labels", schema.LABELS), manifest.labels)
+
+
+def _output_dir(
+    config: EvaluateConfig, shared: vocabularies.SharedLabels, manifest: manifest_lib.Manifest
+) -> str:
+    if config.output_dir:
+        return config.output_dir
+    if shared.identical:
+        return run_dir_lib.path(config.run_dir, run_dir_lib.REPORTS_DIR)
+    # Another data set's scores must not replace the run's own reports (thresholds.json).
+    return run_dir_lib.path(config.run_dir, CROSS_DATASET_REPORTS_DIR.format(dataset=manifest.dataset))
 
 
 def splits_to_predict(config: EvaluateConfig, manifest: manifest_lib.Manifest) -> list[str]:
