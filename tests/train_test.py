@@ -17,6 +17,7 @@ from absl.testing import parameterized
 from tests import fake_data
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
+from trainer.evaluation import pipeline as evaluate
 from trainer.model import export
 from trainer.model import run_dir as run_dir_lib
 from trainer.training import config as config_lib
@@ -268,6 +269,17 @@ class TrainTest(tf.test.TestCase):
         self.assertEqual(best.output_shape, (None, 5))
         self.assertIn("val_auc_Pleural_Effusion", _history_rows(config.run_dir)[0])
         self.assertNotIn("val_auc_Hernia", _history_rows(config.run_dir)[0])
+        # The run evaluates on its own records in its own vocabulary, over the known labels.
+        report = evaluate.evaluate(
+            evaluate.EvaluateConfig(
+                run_dir=config.run_dir, split="val", bootstrap_resamples=10, localization=False
+            )
+        )
+        self.assertEqual(report["labels"], list(fake_data.CHEXPERT_LIKE_LABELS))
+        self.assertNotIn("cross_dataset", report)
+        known = [f["known"] for f in report["splits"]["val"]["findings"]]
+        _, mask, _ = fake_data.label_state(values[16:])
+        self.assertEqual(known, mask.sum(axis=0).tolist())
 
     def test_errors_before_training(self):
         strategy = train_lib.create_strategy("one_device")

@@ -217,7 +217,8 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
             raise ValueError(f"{export_dir} holds no SavedModel; export the run or use --model=checkpoint.")
         from trainer.model import export as export_lib  # The trainer's module: labels.json reader.
 
-        image_size = int(export_lib.read_labels(export_dir)["image_size"])
+        # Any vocabulary: the run's config.json names it, and `open_run` pairs it with the records'.
+        image_size = int(export_lib.read_labels(export_dir, expected=None)["image_size"])
         loaded = tf.saved_model.load(export_dir)
         signature = loaded.signatures[export_lib.SERVE_PIXELS]
 
