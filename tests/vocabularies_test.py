@@ -63,6 +63,10 @@ class VocabulariesTest(parameterized.TestCase, tf.test.TestCase):
     def test_finding_of(self, label, finding):
         self.assertEqual(vocabularies.finding_of(label), finding)
 
+    def test_is_no_finding(self):
+        self.assertTrue(all(vocabularies.is_no_finding(x) for x in ("No Finding", "NORMAL", "normal")))
+        self.assertFalse(any(vocabularies.is_no_finding(x) for x in ("PNEUMONIA", "Effusion", "Fracture")))
+
     def test_nih_against_chexpert(self):
         shared = vocabularies.shared_labels(schema.LABELS, CHEXPERT)
         self.assertEqual(
