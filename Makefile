@@ -1,10 +1,16 @@
-# Every target that needs Python runs in .venv/, created and filled from setup.py's pins
-# when missing or older than setup.py (the stamp file).
+# Every target that needs Python runs in .venv/, created and filled from pyproject.toml with the
+# exact versions of requirements.lock when missing or older than either (the stamp file).
 SHELL := /bin/bash
-PYTHON ?= python3.11
+# The first of python3.11, python3.12, python3.13 (then python3) that runs and is 3.11-3.13;
+# PYTHON=/path/to/python3.x picks another.
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+	$$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' >/dev/null 2>&1 \
+	&& { echo $$p; break; }; done)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
@@ -64,8 +70,9 @@ INSPECT_ARGS ?=
 # The demo set is a prerequisite only when DATA_DIR is the demo folder.
 DATA_DEP := $(if $(filter $(DEMO_DIR),$(DATA_DIR)),$(DEMO_DIR)/$(DEMO_MARKER),)
 
-.PHONY: help setup demo-data tfrecords train evaluate predict inspect test test-slow lint format clean \
-	measurements bench bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo bench-nih-scale
+.PHONY: help setup check-python lock demo-data tfrecords train evaluate predict inspect test test-slow lint \
+	format clean measurements bench bench-tfrecords bench-input bench-train profile-train bench-bootstrap bench-demo \
+	bench-nih-scale
 
 help:
 	@echo "make train      demo data -> TFRecords -> train -> export -> reports (runs/demo/)"
@@ -75,17 +82,28 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): setup.py
-	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+# Stops with the versions it needs when no supported Python is found (or PYTHON is another one).
+check-python:
+	@test -n "$(PYTHON)" && $(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' \
+		2>/dev/null || { echo "make: needs Python 3.11, 3.12 or 3.13: $(if $(PYTHON),PYTHON=$(PYTHON) is not one,none of" \
+		"python3.11 python3.12 python3.13 python3 is)." "Install one, or pass PYTHON=/path/to/python3.12." >&2; exit 1; }
+
+$(STAMP): pyproject.toml $(LOCK)
+	test -x $(PY) || { $(MAKE) --no-print-directory check-python && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
+# Re-pins requirements.lock to what .venv/ holds now (after changing a range in pyproject.toml).
+lock: $(STAMP)
+	{ sed -n '/^#/p' $(LOCK); $(PY) -m pip freeze --exclude-editable | grep -v '^#'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+
 # The benchmark-only environment: the product plus tf-keras, for the Keras 2 baseline.
-$(BENCH_STAMP): setup.py
-	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV) || python3 -m venv $(BENCH_VENV)
+$(BENCH_STAMP): pyproject.toml $(LOCK)
+	test -x $(BENCH_VENV)/bin/python || { $(MAKE) --no-print-directory check-python && $(PYTHON) -m venv $(BENCH_VENV); }
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[bench-baseline]'
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c $(LOCK) -e '.[bench-baseline]'
 	touch $(BENCH_STAMP)
 
 # The demo set is generated only when DATA_DIR is the demo folder and it is not there yet.

@@ -25,62 +25,60 @@ a runner: the DirectRunner in multi-processing mode on all cores.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 from collections.abc import Iterator
 
-from cxr_cli import console
+from cxr_cli import verbosity
 
 if __name__ == "__main__":
-    console.configure()  # Quiet unless --verbosity=1, Beam's workers included (cxr_cli/console.py).
+    verbosity.configure()  # Quiet unless --verbosity=1, Beam's workers included (cxr_cli/verbosity.py).
 
-from absl import app, flags
+from absl import flags
 
 from beam_pipelines import job, splits
-from cxr_cli import config_flags
+from cxr_cli import config_flags, launch
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitFlags:
+    """The split's flags: `--split_fractions` is three numbers in one flag, so not a SplitConfig field."""
+
+    split: str = config_flags.field(
+        "official", "official: NIH's lists (+ val by patient); patient: 70/10/20 by patient.", splits.MODES
+    )
+    val_fraction: float = config_flags.field(
+        splits.DEFAULT_VAL_FRACTION, "official split: share of train_val patients that go to val."
+    )
+    split_fractions: str = config_flags.field(
+        "70,10,20", "patient split: train,val,test shares in percent (or fractions)."
+    )
+
+    def split_config(self) -> splits.SplitConfig:
+        """The validated `SplitConfig`; raises ValidationError naming the flag."""
+        return splits.SplitConfig(
+            mode=self.split,
+            val_fraction=self.val_fraction,
+            fractions=splits.parse_fractions(self.split_fractions),
+        )
+
 
 # This binary's flags live in their own FlagValues, parsed by `_parse_flags`: another binary's
-# flags of the same name (the trainer's --overwrite) can be defined in the same process.
+# flags of the same name (the trainer's --overwrite) can be defined in the same process, and
+# every flag absl does not know is left for Beam. One flag per field of the job's config and of
+# `SplitFlags`.
 FLAGS = flags.FlagValues()
-# One flag per field of the job's config; the split's three flags by hand, as its fractions are
-# three numbers in one flag and its mode's flag is --split.
 _CONFIG = config_flags.define_from_dataclass(job.JobConfig, flag_values=FLAGS, module_name=__name__)
-_SPLIT = flags.DEFINE_enum(
-    "split",
-    "official",
-    list(splits.MODES),
-    "official: NIH's lists (+ val by patient); patient: 70/10/20 by patient.",
-    flag_values=FLAGS,
-)
-_VAL_FRACTION = flags.DEFINE_float(
-    "val_fraction",
-    splits.DEFAULT_VAL_FRACTION,
-    "official split: share of train_val patients that go to val.",
-    flag_values=FLAGS,
-)
-_SPLIT_FRACTIONS = flags.DEFINE_string(
-    "split_fractions",
-    "70,10,20",
-    "patient split: train,val,test shares in percent (or fractions).",
-    flag_values=FLAGS,
-)
+_SPLIT = config_flags.define_from_dataclass(SplitFlags, flag_values=FLAGS, module_name=__name__)
 
 
 def main(argv: list[str]) -> None:
-    try:
-        split = splits.SplitConfig(
-            mode=_SPLIT.value,
-            val_fraction=_VAL_FRACTION.value,
-            fractions=splits.parse_fractions(_SPLIT_FRACTIONS.value),
-        )
-        config = config_flags.build_config(job.JobConfig, _CONFIG, overrides={"split": split})
-    except ValueError as e:  # A bad flag value.
-        sys.exit(f"build_tfrecords: {e}")
-    try:
-        with _beam_logs_at(logging.WARNING):
-            job.run_job(config, beam_args=argv[1:])
-    except job.InputError as e:  # Bad input, found before the pipeline started.
-        sys.exit(f"build_tfrecords: {e}")
+    """Builds the job's config from the flags and runs it; the arguments left are Beam's options."""
+    split = config_flags.build_config(SplitFlags, _SPLIT).split_config()
+    config = config_flags.build_config(job.JobConfig, _CONFIG, overrides={"split": split})
+    with _beam_logs_at(logging.WARNING):
+        job.run_job(config, beam_args=argv[1:])
 
 
 @contextlib.contextmanager
@@ -96,15 +94,22 @@ def _beam_logs_at(level: int) -> Iterator[None]:
 
 
 def run() -> None:
-    """Console-script entry point."""
-    console.configure()
-    app.run(console.exit_on_expected_errors(main, program="build_tfrecords"), flags_parser=_parse_flags)
+    """Entry point of `python -m beam_pipelines.build_tfrecords` and `cxr-build-tfrecords`."""
+    launch.run_binary(
+        main,
+        module="beam_pipelines.build_tfrecords",
+        doc=__doc__,
+        flag_names=list(FLAGS),
+        arguments="[Beam pipeline options]",
+        flag_values=FLAGS,
+        flags_parser=_parse_flags,
+    )
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """This binary's flags, then absl's own; the flags neither defines are Beam's, left in argv."""
-    if "--help" in argv[1:] or "-h" in argv[1:]:
-        print(FLAGS.get_help())
+    if launch.wants_help(argv):
+        print((sys.modules["__main__"].__doc__ or "").replace("%%", "%") + "\nflags:\n" + FLAGS.get_help())
         sys.exit(0)
     return flags.FLAGS(FLAGS(argv, known_only=True), known_only=True)
 

@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from beam_pipelines import datasets, splits, transforms
 from beam_pipelines.datasets import base
-from cxr_cli import console
+from cxr_cli import config_flags, console
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 
@@ -43,13 +43,10 @@ STAGING_PREFIX = "_staging-"
 DEFAULT_IMAGE_FORMAT = "raw"
 
 
-def _field(default: Any, help_text: str, *, choices: Sequence[str] | None = None) -> Any:
-    """A config field with the help (and choices) of the flag derived from it."""
-    metadata = {"help": help_text} | ({"choices": tuple(choices)} if choices else {})
-    return dataclasses.field(default=default, metadata=metadata)
+_field = config_flags.field
 
 
-class InputError(ValueError):
+class InputError(console.ValidationError):
     """Bad input or flags found before the pipeline starts; the message names what and where."""
 
 
@@ -114,27 +111,27 @@ class JobConfig:
 
     def __post_init__(self):
         if self.dataset not in (datasets.AUTO, *datasets.NAMES):
-            raise ValueError(
+            raise InputError(
                 f"dataset must be one of {(datasets.AUTO, *datasets.NAMES)} (--dataset), got {self.dataset!r}."
             )
         if not self.data_dir:
-            raise ValueError("data_dir must be set (--data_dir), got an empty value.")
+            raise InputError("data_dir must be set (--data_dir), got an empty value.")
         if not self.output_dir:
-            raise ValueError("output_dir must be set (--output_dir), got an empty value.")
+            raise InputError("output_dir must be set (--output_dir), got an empty value.")
         if not 8 <= self.image_size <= 4096:
-            raise ValueError(f"image_size must be in [8, 4096] pixels (--image_size), got {self.image_size}.")
+            raise InputError(f"image_size must be in [8, 4096] pixels (--image_size), got {self.image_size}.")
         if self.image_format not in schema.IMAGE_FORMATS:
-            raise ValueError(
+            raise InputError(
                 f"image_format must be one of {schema.IMAGE_FORMATS} (--image_format), got {self.image_format!r}."
             )
         if self.num_shards < 0:
-            raise ValueError(f"num_shards must be >= 0, 0 = automatic (--num_shards), got {self.num_shards}.")
+            raise InputError(f"num_shards must be >= 0, 0 = automatic (--num_shards), got {self.num_shards}.")
         if self.max_images < 0:
-            raise ValueError(f"max_images must be >= 0, 0 = all (--max_images), got {self.max_images}.")
+            raise InputError(f"max_images must be >= 0, 0 = all (--max_images), got {self.max_images}.")
         if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1 (--chunk_size), got {self.chunk_size}.")
+            raise InputError(f"chunk_size must be >= 1 (--chunk_size), got {self.chunk_size}.")
         if self.progress_interval_s <= 0:
-            raise ValueError(f"progress_interval_s must be > 0, got {self.progress_interval_s}.")
+            raise InputError(f"progress_interval_s must be > 0, got {self.progress_interval_s}.")
 
     def manifest_options(self) -> dict[str, Any]:
         return (
@@ -387,12 +384,7 @@ class _ProgressMonitor(threading.Thread):
             self.join()
 
 
-def _format_seconds(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "unknown"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours:d}:{minutes:02d}:{secs:02d}"
+_format_seconds = console.format_duration
 
 
 @dataclasses.dataclass(frozen=True)

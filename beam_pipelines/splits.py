@@ -22,6 +22,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 
+from cxr_cli import errors
 from tfrecords import manifest
 
 TRAIN, VAL, TEST = manifest.SPLITS
@@ -51,15 +52,15 @@ class SplitConfig:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"split mode must be one of {MODES}, got {self.mode!r}.")
+            raise errors.ValidationError(f"split mode must be one of {MODES}, got {self.mode!r}.")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}.")
+            raise errors.ValidationError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}.")
         if len(self.fractions) != 3 or any(not 0.0 <= f <= 1.0 for f in self.fractions):
-            raise ValueError(
+            raise errors.ValidationError(
                 f"split_fractions must be three shares (train, val, test) in [0, 1], got {self.fractions!r}."
             )
         if not math.isclose(sum(self.fractions), 1.0, abs_tol=1e-6):
-            raise ValueError(
+            raise errors.ValidationError(
                 f"split_fractions must sum to 1, got {self.fractions!r} (sum {sum(self.fractions)})."
             )
 
@@ -73,18 +74,20 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(
+        raise errors.ValidationError(
             f"--split_fractions must be three comma-separated numbers like '70,10,20', got {text!r}."
         ) from None
     if len(values) != 3 or any(v < 0 for v in values):
-        raise ValueError(
+        raise errors.ValidationError(
             f"--split_fractions must be three non-negative numbers like '70,10,20', got {text!r}."
         )
     total = sum(values)
     if math.isclose(total, 100.0, abs_tol=1e-6):
         values = tuple(v / 100.0 for v in values)
     elif not math.isclose(total, 1.0, abs_tol=1e-6):
-        raise ValueError(f"--split_fractions must sum to 100 (or to 1), got {text!r} (sum {total:g}).")
+        raise errors.ValidationError(
+            f"--split_fractions must sum to 100 (or to 1), got {text!r} (sum {total:g})."
+        )
     return values  # type: ignore[return-value]
 
 

@@ -11,9 +11,17 @@ in `main`:
 
 Each field becomes a flag of the same name, with the field's default as the flag's default
 (or `base`'s value when a base is given). Help text and allowed values come from the field's
-metadata: `dataclasses.field(default=..., metadata={"help": "...", "choices": (...)})`.
+metadata, which every config dataclass sets with this module's one helper:
+
+    records_dir: str = config_flags.field("data/tfrecords", "Records directory.")
+    model: str = config_flags.field("resunet", "Architecture.", MODEL_NAMES)
+
 Supported field types: bool, int, float, str, `X | None` of those, and `tuple[str, ...]`
-(a comma-separated list). A field whose metadata has `"flag": False` gets no flag.
+(a comma-separated list). A field whose metadata has `"flag": False` gets no flag; one whose
+`"flag"` is a string gets a flag of that name.
+
+A configuration's values (e.g. `train_config` in a run's config.json) turn back into flags
+with `flagfile_lines`, for absl's own `--flagfile=FILE` (one flag per line).
 """
 
 from __future__ import annotations
@@ -22,12 +30,14 @@ import dataclasses
 import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from absl import flags
 
 FlagHolders = dict[str, flags.FlagHolder]
+# Lines of a flags file: absl reads one flag per line and skips lines starting with `#`.
+FLAGFILE_COMMENT = "#"
 
 _DEFINERS = {
     bool: flags.DEFINE_bool,
@@ -35,6 +45,33 @@ _DEFINERS = {
     float: flags.DEFINE_float,
     str: flags.DEFINE_string,
 }
+
+
+def field(
+    default: Any, help_text: str, choices: Sequence[str] | None = None, *, flag: bool | str = True
+) -> Any:
+    """A config dataclass field with the help (and choices) of the flag derived from it.
+
+    Args:
+      default: the field's default, shown in `--help`.
+      help_text: the flag's help.
+      choices: the allowed values of a str field (an enum flag).
+      flag: False: no flag; a string: the flag's name when it differs from the field's.
+    """
+    metadata: dict[str, Any] = {"help": help_text}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if flag is not True:
+        metadata["flag"] = flag
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag_name(field: dataclasses.Field) -> str | None:
+    """The name of the flag derived from `field`; None when it has none."""
+    flag = field.metadata.get("flag", True)
+    if flag is False:
+        return None
+    return flag if isinstance(flag, str) else field.name
 
 
 def _field_type(config_cls: type, field: dataclasses.Field) -> tuple[Any, bool]:
@@ -106,35 +143,32 @@ def define_from_dataclass(
     module_name = module_name or _calling_module_name()
     holders: FlagHolders = {}
     for field in dataclasses.fields(config_cls):
-        if field.name in exclude or field.metadata.get("flag", True) is False:
+        name = flag_name(field)
+        if field.name in exclude or name is None:
             continue
-        kind, _ = _field_type(config_cls, field)
         default = defaults.get(field.name, _default_of(field))
-        help_text = field.metadata.get("help", field.name.replace("_", " ").capitalize() + ".")
-        choices = field.metadata.get("choices")
-        if choices and kind is str:
-            holder = flags.DEFINE_enum(
-                field.name,
-                default,
-                list(choices),
-                help_text,
-                flag_values=flag_values,
-                module_name=module_name,
-            )
-        elif kind is tuple:
-            holder = flags.DEFINE_list(
-                field.name,
-                list(default) if default is not None else None,
-                help_text,
-                flag_values=flag_values,
-                module_name=module_name,
-            )
-        else:
-            holder = _DEFINERS[kind](
-                field.name, default, help_text, flag_values=flag_values, module_name=module_name
-            )
-        holders[field.name] = holder
+        holders[field.name] = _define(config_cls, field, name, default, flag_values, module_name)
     return holders
+
+
+def _define(
+    config_cls: type,
+    field: dataclasses.Field,
+    name: str,
+    default: Any,
+    flag_values: flags.FlagValues,
+    module_name: str,
+) -> flags.FlagHolder:
+    """Defines the flag `name` for one field: enum, list or a plain typed flag."""
+    kind, _ = _field_type(config_cls, field)
+    help_text = field.metadata.get("help", field.name.replace("_", " ").capitalize() + ".")
+    choices = field.metadata.get("choices")
+    where = {"flag_values": flag_values, "module_name": module_name}
+    if choices and kind is str:
+        return flags.DEFINE_enum(name, default, list(choices), help_text, **where)
+    if kind is tuple:
+        return flags.DEFINE_list(name, list(default) if default is not None else None, help_text, **where)
+    return _DEFINERS[kind](name, default, help_text, **where)
 
 
 def explicit_values(holders: FlagHolders) -> dict[str, Any]:
@@ -176,3 +210,38 @@ def build_config(
         values.update(explicit_values(holders))
     values.update(overrides or {})
     return config_cls(**values)
+
+
+def flagfile_lines(config_cls: type, values: Mapping[str, Any] | Any) -> list[str]:
+    """The flags that re-create `values` (a config or its dict, e.g. config.json's), one per line.
+
+    For absl's `--flagfile=FILE`. Fields without a flag, keys that are not fields, and None
+    values (a flag cannot carry None; every flag of an optional field defaults to None) are
+    left out.
+
+    Raises:
+      TypeError: a field of a type no flag can carry.
+    """
+    values = _as_dict(values)
+    lines = []
+    for field in dataclasses.fields(config_cls):
+        name = flag_name(field)
+        if name is None or values.get(field.name) is None:
+            continue
+        kind, _ = _field_type(config_cls, field)
+        value = values[field.name]
+        if kind is bool:
+            lines.append(f"--{name}" if value else f"--no{name}")
+        elif kind is tuple:
+            lines.append(f"--{name}={','.join(str(item) for item in value)}")
+        else:
+            lines.append(f"--{name}={value!r}" if kind is float else f"--{name}={value}")
+    return lines
+
+
+def write_flagfile(path: str, lines: Iterable[str], *, comment: str = "") -> None:
+    """Writes `lines` to `path` for `--flagfile`, under an optional comment line."""
+    with open(path, "w", encoding="utf-8") as f:
+        if comment:
+            f.write(f"{FLAGFILE_COMMENT} {comment}\n")
+        f.writelines(line + "\n" for line in lines)

@@ -20,39 +20,37 @@ installed as the `cxr-demo-data` console script.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 
-from cxr_cli import console
+from cxr_cli import verbosity
 
 if __name__ == "__main__":
-    console.configure()  # Quiet unless --verbosity=1 (cxr_cli/console.py).
+    verbosity.configure()  # Quiet unless --verbosity=1 (cxr_cli/verbosity.py).
 
-from absl import app, flags
+from absl import app
 
-from cxr_cli import config_flags
+from cxr_cli import config_flags, launch
 from demo_data import writer
 
-# One flag per field of the configuration, with its default and help.
-_CONFIG = config_flags.define_from_dataclass(writer.DemoDataConfig)
-# They are defined by config_flags; adopting them lists them in this binary's --help.
-flags.adopt_module_key_flags(config_flags)
 
-
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str], *, holders: config_flags.FlagHolders) -> None:
     """Builds the configuration from the flags, writes the set and prints its summary as JSON."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    config = config_flags.build_config(writer.DemoDataConfig, _CONFIG)
+    config = config_flags.build_config(writer.DemoDataConfig, holders)
     summary = writer.write(config)
     # JSON with one top-level key per line: machine-readable, and short enough to read.
     print("{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in summary.items()) + "\n}")
 
 
 def run() -> None:
-    """Entry point of `python -m demo_data.generate` and the `cxr-demo-data` console script."""
-    console.configure()
-    app.run(console.exit_on_expected_errors(main, program="demo_data.generate"))
+    """Entry point of `python -m demo_data.generate` and `cxr-demo-data`: one flag per config field."""
+    holders = config_flags.define_from_dataclass(writer.DemoDataConfig)
+    names = [holder.name for holder in holders.values()]
+    main_fn = functools.partial(main, holders=holders)
+    launch.run_binary(main_fn, module="demo_data.generate", doc=__doc__, flag_names=names)
 
 
 if __name__ == "__main__":

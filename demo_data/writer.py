@@ -23,15 +23,13 @@ from typing import Any
 
 from absl import logging
 
-from cxr_cli import console
+from cxr_cli import config_flags, console
 from demo_data import label_model, layout, layouts, png, render
 from demo_data.canvas import Box
 from demo_data.layout import DemoImage
 from tfrecords import schema
 
-
-def _field(default: Any, help_text: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help_text})
+_field = config_flags.field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,22 +59,32 @@ class DemoDataConfig:
 
     def __post_init__(self):
         if not isinstance(self.output_dir, str) or not self.output_dir:
-            raise ValueError(f"DemoDataConfig.output_dir must be a non-empty path, got {self.output_dir!r}.")
+            raise console.ValidationError(
+                f"DemoDataConfig.output_dir must be a non-empty path, got {self.output_dir!r}."
+            )
         minimum = {"num_images": 1, "image_size": 1, "num_patients": 1, "num_workers": 1, "seed": 0}
         for name, low in minimum.items():
             value = getattr(self, name)
             if value is None and name in ("num_patients", "num_workers"):
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"DemoDataConfig.{name} must be an integer >= {low}, got {value!r}.")
+                raise console.ValidationError(
+                    f"DemoDataConfig.{name} must be an integer >= {low}, got {value!r}."
+                )
         level = self.compress_level
         if isinstance(level, bool) or not isinstance(level, numbers.Integral) or not 0 <= level <= 9:
-            raise ValueError(f"DemoDataConfig.compress_level must be an integer in 0..9, got {level!r}.")
+            raise console.ValidationError(
+                f"DemoDataConfig.compress_level must be an integer in 0..9, got {level!r}."
+            )
         if not isinstance(self.box_share, numbers.Real) or not 0.0 <= self.box_share <= 1.0:
-            raise ValueError(f"DemoDataConfig.box_share must be a number in [0, 1], got {self.box_share!r}.")
+            raise console.ValidationError(
+                f"DemoDataConfig.box_share must be a number in [0, 1], got {self.box_share!r}."
+            )
         label_model.check_counts(self.num_images, self.num_patients)
         if self.layout not in layouts.LAYOUTS:
-            raise ValueError(f"DemoDataConfig.layout must be one of {layouts.LAYOUTS}, got {self.layout!r}.")
+            raise console.ValidationError(
+                f"DemoDataConfig.layout must be one of {layouts.LAYOUTS}, got {self.layout!r}."
+            )
 
 
 def generate(output_dir: str, **options: Any) -> dict[str, Any]:

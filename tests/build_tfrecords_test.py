@@ -6,6 +6,7 @@ assertions (setUpClass), because each DirectRunner start costs seconds.
 
 import dataclasses
 import glob
+import io
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from beam_pipelines import build_tfrecords, images, job, splits, transforms
+from cxr_cli import errors
 from tests import fake_data
 from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
@@ -469,23 +471,29 @@ class ProgressTest(tf.test.TestCase):
 
 class EntryPointTest(parameterized.TestCase, tf.test.TestCase):
     def _main(self, *args: str) -> None:
+        """Runs `main` as `run` does: expected errors end with one line naming the command."""
         self.addCleanup(build_tfrecords.FLAGS.unparse_flags)
-        build_tfrecords.main(build_tfrecords._parse_flags(["build_tfrecords", *args]))
+        main = errors.exit_on_expected_errors(build_tfrecords.main, program="cxr-build-tfrecords")
+        main(build_tfrecords._parse_flags(["build_tfrecords", *args]))
 
     @parameterized.parameters(
-        ("--image_size=0", "build_tfrecords: image_size must be in .* got 0"),
-        ("--split_fractions=60,10", "build_tfrecords: --split_fractions must be three"),
-        ("--val_fraction=2.0", "build_tfrecords: val_fraction must be in"),
-        ("--data_dir=/nonexistent/nih", "build_tfrecords: --data_dir '/nonexistent/nih' does not exist"),
+        ("--image_size=0", "image_size must be in .* got 0"),
+        ("--split_fractions=60,10", "--split_fractions must be three"),
+        ("--val_fraction=2.0", "val_fraction must be in"),
+        ("--data_dir=/nonexistent/nih", "--data_dir '/nonexistent/nih' does not exist"),
     )
     def test_bad_flags_stop_with_a_message(self, flag, message):
-        with self.assertRaisesRegex(SystemExit, message):
+        stderr = io.StringIO()
+        with mock.patch.object(sys, "stderr", stderr), self.assertRaises(SystemExit) as exit_info:
             self._main(flag)
+        self.assertEqual(exit_info.exception.code, 1)
+        self.assertRegex(stderr.getvalue(), "^cxr-build-tfrecords: error: " + message)
+        self.assertEqual(len(stderr.getvalue().splitlines()), 1)
 
     def test_main_leaves_logging_levels_as_it_found_them(self):
         root, beam_logger = logging.getLogger(), logging.getLogger("apache_beam")
         before = (root.level, beam_logger.level)
-        with self.assertRaises(SystemExit):
+        with mock.patch.object(sys, "stderr", io.StringIO()), self.assertRaises(SystemExit):
             self._main("--data_dir=/nonexistent/nih")
         self.assertEqual((root.level, beam_logger.level), before)
 

@@ -2,6 +2,8 @@
 thesis recipe; the binary's flags pick a profile and override single fields."""
 
 import dataclasses
+import os
+import tempfile
 
 import tensorflow as tf
 from absl import flags
@@ -9,6 +11,7 @@ from absl.testing import parameterized
 
 from trainer import train as train_binary
 from trainer.model import augment
+from trainer.model import run_dir as run_dir_lib
 from trainer.training import config as config_lib
 
 # Table 1 of the 2023 thesis: lr_start 2e-6, lr_max 1e-4, lr_min 0, 8 ramp-up epochs, no
@@ -164,7 +167,50 @@ class CommandLineTest(tf.test.TestCase):
     def test_every_field_is_a_flag(self):
         flag_values = flags.FlagValues()
         holders = train_binary.define_flags(flag_values)
-        self.assertCountEqual(holders, [*_FIELDS, "strategy"])
+        self.assertCountEqual(holders, [*_FIELDS, "strategy", "dump_flagfile"])
+        # Keras' per-epoch output is --epoch_lines; --verbose would read like absl's --verbosity.
+        self.assertIn("epoch_lines", flag_values)
+        self.assertNotIn("verbose", flag_values)
+
+    def test_a_runs_config_json_becomes_a_flagfile_that_re_creates_it(self):
+        run_dir = tempfile.mkdtemp(dir=self.get_temp_dir())
+        recorded = config_lib.get_profile(
+            "full",
+            records_dir="data/x",
+            run_dir=run_dir,
+            epochs=2,
+            lr_max=3.5e-5,
+            augment_horizontal_flip=False,
+            validation_batch_size_per_replica=8,
+            verbose=0,
+        )
+        run_dir_lib.write_config(run_dir, {"profile": "full", "train_config": recorded.to_dict()})
+        path = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()), "run.flags")
+
+        flag_values = flags.FlagValues()
+        holders = train_binary.define_flags(flag_values)
+        flag_values(["trainer.train", f"--run_dir={run_dir}", f"--dump_flagfile={path}"])
+        train_binary.main(["trainer.train"], holders=holders)  # Writes the file, trains nothing.
+        with open(path) as f:
+            text = f.read()
+        self.assertIn("--epoch_lines=0\n", text)
+        self.assertIn("--noaugment_horizontal_flip\n", text)
+        self.assertEqual(_parse([f"--flagfile={path}"]), recorded)
+        # A flag after the file overrides it, as on any command line.
+        self.assertEqual(
+            _parse([f"--flagfile={path}", "--epochs=3"]), dataclasses.replace(recorded, epochs=3)
+        )
+
+    def test_without_a_run_the_flagfile_holds_the_command_lines_config(self):
+        path = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()), "run.flags")
+        run_dir = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()), "new-run")
+        argv = [f"--run_dir={run_dir}", "--profile=full", "--epochs=4", "--nocache"]
+        flag_values = flags.FlagValues()
+        holders = train_binary.define_flags(flag_values)
+        flag_values(["trainer.train", *argv, f"--dump_flagfile={path}"])
+        train_binary.dump_flagfile(holders, path)
+        self.assertEqual(_parse([f"--flagfile={path}"]), _parse(argv))
+        self.assertFalse(os.path.exists(run_dir))
 
     def test_bad_flag_value_names_the_field(self):
         with self.assertRaisesRegex(ValueError, "TrainConfig.lr_min must be <= lr_max"):

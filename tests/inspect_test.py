@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests import fake_data
 from tfrecords import contact_sheet, schema
-from tfrecords import inspect as inspect_lib
+from tfrecords import inspection as inspect_lib
 from tfrecords import manifest as manifest_lib
 from trainer.model import augment
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 
 import tensorflow as tf
 
+from cxr_cli import errors
 from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
 
@@ -149,11 +150,13 @@ def _plan(
     paths = tuple(manifest_lib.shard_paths(records_dir, manifest, split))
     if training and manifest.splits[split].records == 0:
         # repeat() over nothing would spin forever instead of failing.
-        raise ValueError(f"Records directory {records_dir!r}: split {split!r} has no records to train on.")
+        raise errors.ValidationError(
+            f"Records directory {records_dir!r}: split {split!r} has no records to train on."
+        )
     if parse_after_batch is None:
         parse_after_batch = manifest.image_format in PARSE_PER_BATCH_FORMATS
     elif parse_after_batch and manifest.image_format != "raw":
-        raise ValueError(
+        raise errors.ValidationError(
             f"parse_after_batch=True needs raw records; {records_dir!r} holds {manifest.image_format!r} images."
         )
     num_pipelines = input_context.num_input_pipelines if input_context else 1

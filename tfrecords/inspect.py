@@ -1,355 +1,122 @@
 r"""Looks inside a records directory: checks it against its manifest, summarizes it, draws it.
 
-    python -m tfrecords.inspect data/tfrecords-demo-64
-    python -m tfrecords.inspect data/tfrecords-demo-64 --label=Effusion --augmented --per_split=16
-    python -m tfrecords.inspect gs://bucket/records --format=json --sheet=''
+    cxr-inspect data/tfrecords-demo-64        # or: python -m tfrecords.inspect data/tfrecords-demo-64
+    cxr-inspect data/tfrecords-demo-64 --label=Effusion --augmented --per_split=16
+    cxr-inspect gs://bucket/records --format=json --sheet=''
 
 Checks every shard listed in manifest.json (present, sha256, record count, every record's
-framing and checksums) and reports each mismatch by file; a corrupt or truncated shard is named with the
-number of the record where reading failed. Prints the options the records were built with,
-per split the records, patients, label counts and prevalences and shard sizes, the rejects by
-reason with their first examples; `--format=json` prints the same as one JSON object. Then
-writes a contact sheet PNG (default: beside the directory, `<RECORDS_DIR>-contact-sheet.png`):
-the first `--per_split` records of each split (of those with `--label`, when given) with their
-image index, labels, age, sex and view under each; `--augmented` shows the same records after
-the training augmentation (trainer/model/augment.py, loaded only then). Exit status 1 when the
-directory does not match its manifest.
+framing and checksums) and reports each mismatch by file; a corrupt or truncated shard is named
+with the number of the record where reading failed (`tfrecords.inspection`). Prints the options
+the records were built with, per split the records, patients, label counts and prevalences and
+shard sizes, the rejects by reason with their first examples; `--format=json` prints the same as
+one JSON object. Then writes a contact sheet PNG (default: beside the directory,
+`<RECORDS_DIR>-contact-sheet.png`): the first `--per_split` records of each split (of those with
+`--label`, when given) with their image index, labels, age, sex and view under each;
+`--augmented` shows the same records after the training augmentation (trainer/model/augment.py,
+loaded only then). Exit status 1 when the directory does not match its manifest.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import json
-import os
-import struct
-import textwrap
-from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cxr_cli import console
+from cxr_cli import verbosity
 
 if __name__ == "__main__":
-    console.configure()  # Before TensorFlow loads; see cxr_cli/console.py.
+    verbosity.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/verbosity.py).
 
-import tensorflow as tf
-from absl import app, flags
+from absl import app
 
-from tfrecords import codec, contact_sheet
+from cxr_cli import config_flags, errors, launch
+from tfrecords import contact_sheet, inspection
 from tfrecords import manifest as manifest_lib
-
-FORMATS = ("text", "json")
-REJECT_EXAMPLES = 3
-
-
-class RecordsMismatchError(ValueError):
-    """The shards on disk do not match the manifest (missing, changed, corrupt, unlisted)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class ShardProblem:
-    """One way a shard differs from the manifest; `detail` says how, for a person."""
+class InspectConfig:
+    """The inspector's settings besides RECORDS_DIR (each field is a flag of the same name)."""
 
-    shard: str
-    kind: str  # missing | unlisted | size | sha256 | records | corrupt
-    detail: str
+    format: str = config_flags.field(
+        "text", "Summary as text or one JSON object on stdout.", inspection.FORMATS
+    )
+    sheet: str | None = config_flags.field(
+        None, "Contact sheet PNG to write; default <RECORDS_DIR>-contact-sheet.png; '' for none."
+    )
+    per_split: int = config_flags.field(16, "Records per split on the contact sheet.")
+    columns: int = config_flags.field(8, "Tiles per row on the contact sheet.")
+    label: str | None = config_flags.field(None, "Only records with this label on the sheet, e.g. Effusion.")
+    augmented: bool = config_flags.field(False, "Show the records after the training augmentation.")
+    verify: bool = config_flags.field(True, "Check each shard's sha256 and records (reads every byte).")
 
-
-# ---------------------------------------------------------------------------------------------
-# Checking the shards.
-
-
-def scan_shard(path: str, *, chunk_size: int = 1 << 22) -> tuple[int, str, str | None]:
-    """Reads a TFRecord file once: counts its records, checks their framing and CRCs, hashes it.
-
-    Each record is an 8-byte little-endian length, the masked CRC-32C of those 8 bytes, the
-    data and the masked CRC-32C of the data (TensorFlow's `io/record_writer.cc`). A file cut
-    inside a record's 12-byte header is a truncation here; TensorFlow's reader would take it
-    for the end of the file.
-
-    Returns:
-      (records read intact, the file's sha256, None) for a sound file; for a corrupt or
-      truncated one, the third item names the first bad record, counted from 0.
-    """
-    digest = hashlib.sha256()
-    count = 0
-    with tf.io.gfile.GFile(path, "rb") as f:
-        while header := f.read(12):
-            digest.update(header)
-            failure = None
-            if len(header) < 12:
-                failure = f"record {count} is truncated (the file ends inside its header)"
-            else:
-                length, length_crc = struct.unpack("<QI", header)
-                if codec.masked_crc(header[:8]) != length_crc:
-                    failure = f"record {count} is corrupt (its length field fails its checksum)"
-            if failure is None:
-                body = f.read(length + 4)
-                digest.update(body)
-                if len(body) < length + 4:
-                    failure = (
-                        f"record {count} is truncated (the file ends {length + 4 - len(body)} bytes early)"
-                    )
-                elif codec.masked_crc(body[:-4]) != struct.unpack("<I", body[-4:])[0]:
-                    failure = f"record {count} is corrupt (its data fails its checksum)"
-            if failure is not None:
-                while chunk := f.read(chunk_size):  # The rest, for the file's sha256.
-                    digest.update(chunk)
-                return count, digest.hexdigest(), failure
-            count += 1
-    return count, digest.hexdigest(), None
-
-
-def check_shards(
-    records_dir: str, manifest: manifest_lib.Manifest, *, progress: console.Progress | None = None
-) -> list[ShardProblem]:
-    """Compares every shard with the manifest: presence, sha256, record count, readability.
-
-    Args:
-      records_dir: the directory.
-      manifest: its manifest, read without `check_shards`.
-      progress: advanced by one per shard checked.
-
-    Returns:
-      Every problem found, one or more per shard, in manifest order; empty when all match.
-    """
-    problems = []
-    on_disk = {name.rstrip("/") for name in tf.io.gfile.listdir(records_dir)}
-    listed = set()
-    for split in manifest.splits.values():
-        for shard in split.shards:
-            listed.add(shard.name)
-            problems += _check_shard(os.path.join(records_dir, shard.name), shard, shard.name in on_disk)
-            if progress is not None:
-                progress.advance()
-    for name in sorted(on_disk - listed):
-        if manifest_lib.SHARD_NAME_RE.match(name):
-            problems.append(
-                ShardProblem(name, "unlisted", "not listed in manifest.json (old output mixed in?)")
+    def __post_init__(self) -> None:
+        if self.per_split < 1 or self.columns < 1:
+            raise errors.ValidationError(
+                f"--per_split and --columns must be >= 1, got {self.per_split} and {self.columns}."
             )
-    return problems
 
 
-def _check_shard(path: str, shard: manifest_lib.ShardInfo, exists: bool) -> list[ShardProblem]:
-    if not exists:
-        return [ShardProblem(shard.name, "missing", "listed in manifest.json but not on disk")]
-    problems = []
-    records, sha256, failure = scan_shard(path)
-    if failure is not None:
-        problems.append(ShardProblem(shard.name, "corrupt", failure))
-    elif records != shard.records:
-        problems.append(ShardProblem(shard.name, "records", f"{records} records, manifest {shard.records}"))
-    if sha256 != shard.sha256:
-        problems.append(
-            ShardProblem(shard.name, "sha256", f"sha256 {sha256[:12]}..., manifest {shard.sha256[:12]}...")
-        )
-    return problems
-
-
-# ---------------------------------------------------------------------------------------------
-# The summary.
-
-
-def read_rejects(records_dir: str, *, examples: int = REJECT_EXAMPLES) -> dict[str, list[dict[str, Any]]]:
-    """The first `examples` lines of rejects.jsonl per reason; {} when there is no file."""
-    path = os.path.join(records_dir, manifest_lib.REJECTS_NAME)
-    if not tf.io.gfile.exists(path):
-        return {}
-    by_reason: dict[str, list[dict[str, Any]]] = {}
-    with tf.io.gfile.GFile(path) as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                reject = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error}).") from None
-            listed = by_reason.setdefault(str(reject.get("reason", "unknown")), [])
-            if len(listed) < examples:
-                listed.append(reject)
-    return by_reason
-
-
-def summarize(
-    records_dir: str,
-    manifest: manifest_lib.Manifest,
-    problems: Sequence[ShardProblem],
-    reject_examples: Mapping[str, list[dict[str, Any]]],
-) -> dict[str, Any]:
-    """The summary as a JSON-ready dict: options, splits, rejects, shard sizes, problems."""
-    splits = {}
-    for name, split in manifest.splits.items():
-        sizes = [_size(os.path.join(records_dir, shard.name)) for shard in split.shards]
-        known = [size for size in sizes if size is not None]
-        counts = manifest.label_counts(name)
-        splits[name] = {
-            "records": split.records,
-            "patients": split.patients,
-            "label_counts": dict(zip(manifest.labels, counts)),
-            "prevalence": {
-                label: (count / split.records if split.records else 0.0)
-                for label, count in zip(manifest.labels, counts)
-            },
-            "shards": len(split.shards),
-            "shard_bytes": {
-                "total": sum(known),
-                "min": min(known, default=0),
-                "max": max(known, default=0),
-            },
-        }
-    return {
-        "records_dir": records_dir,
-        "dataset": manifest.dataset,
-        "labels": list(manifest.labels),
-        "created": manifest.created,
-        "options": dict(manifest.options),
-        "input_rows": manifest.input_rows,
-        "records_written": manifest.records_written,
-        "unlisted_images": manifest.unlisted_images,
-        "splits": splits,
-        "rejects": {
-            reason: {"count": count, "examples": list(reject_examples.get(reason, []))}
-            for reason, count in sorted(manifest.rejects.items())
-        },
-        "problems": [dataclasses.asdict(problem) for problem in problems],
-    }
-
-
-def _size(path: str) -> int | None:
-    try:
-        return int(tf.io.gfile.stat(path).length)
-    except tf.errors.NotFoundError:
-        return None
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    """The summary as text for a terminal (about 20 lines plus one per reject and problem)."""
-    options = summary["options"]
-    lines = [
-        f"{summary['records_dir']}: {summary['records_written']:,} {summary.get('dataset', 'nih')} records of "
-        f"{summary['input_rows']:,} input rows, built {summary['created'] or 'at an unknown time'}",
-        textwrap.fill(
-            ", ".join(f"{key}={value}" for key, value in options.items()),
-            width=100,
-            initial_indent="  options: ",
-            subsequent_indent="    ",
-            break_on_hyphens=False,
-        ),
-        f"  {'split':<6}{'records':>9}{'patients':>10}{'shards':>8}{'MB':>9}",
-    ]
-    for name, split in summary["splits"].items():
-        megabytes = split["shard_bytes"]["total"] / 1e6
-        lines.append(
-            f"  {name:<6}{split['records']:>9,}{split['patients']:>10,}{split['shards']:>8}{megabytes:>9.1f}"
-        )
-    lines += _label_table(summary["splits"])
-    rejects = summary["rejects"]
-    total = sum(reject["count"] for reject in rejects.values())
-    lines.append(f"  rejects: {total:,}" + ("" if total else " (none)"))
-    for reason, reject in rejects.items():
-        lines.append(f"    {reason}: {reject['count']:,}")
-        for example in reject["examples"]:
-            where = f"line {example['line']}" if example.get("line") is not None else "no CSV line"
-            lines.append(f"      {example.get('image_index', '?')} ({where}): {example.get('detail', '')}")
-    problems = summary["problems"]
-    if problems:
-        lines.append(f"  PROBLEMS: {len(problems)} shard check(s) failed")
-        lines += [f"    {p['shard']}: {p['kind']}: {p['detail']}" for p in problems]
-    else:
-        lines.append("  shards: all match the manifest (sha256, record counts, every record intact)")
-    return "\n".join(lines)
-
-
-def _label_table(splits: Mapping[str, Any]) -> list[str]:
-    names = list(splits)
-    # The records' vocabulary, in the manifest's order (every split counts every label).
-    labels = list(splits[names[0]]["label_counts"]) if names else []
-    width = max([19, *(len(label) + 1 for label in labels)])
-    lines = ["  " + f"{'label':<{width}}" + "".join(f"{name + ' n (%)':>17}" for name in names)]
-    for label in labels:
-        cells = "".join(
-            f"{splits[n]['label_counts'][label]:>9,} ({100 * splits[n]['prevalence'][label]:4.1f}%)"
-            for n in names
-        )
-        lines.append(f"  {label:<{width}}{cells}")
-    return lines
-
-
-# ---------------------------------------------------------------------------------------------
-# The binary.
-
-_FORMAT = flags.DEFINE_enum("format", "text", list(FORMATS), "Summary as text or one JSON object on stdout.")
-_SHEET = flags.DEFINE_string(
-    "sheet", None, "Contact sheet PNG to write; default <RECORDS_DIR>-contact-sheet.png; '' for none."
-)
-_PER_SPLIT = flags.DEFINE_integer("per_split", 16, "Records per split on the contact sheet.")
-_COLUMNS = flags.DEFINE_integer("columns", 8, "Tiles per row on the contact sheet.")
-_LABEL = flags.DEFINE_string("label", None, "Only records with this label on the sheet, e.g. Effusion.")
-_AUGMENTED = flags.DEFINE_bool("augmented", False, "Show the records after the training augmentation.")
-_VERIFY = flags.DEFINE_bool("verify", True, "Check each shard's sha256 and records (reads every byte).")
-
-
-def inspect_records(records_dir: str) -> tuple[dict[str, Any], manifest_lib.Manifest]:
-    """Reads the manifest, checks the shards (with a progress line) and builds the summary."""
-    manifest = manifest_lib.read_manifest(records_dir, check_shards=False)
-    problems: list[ShardProblem] = []
-    if _VERIFY.value:
-        total = sum(len(split.shards) for split in manifest.splits.values())
-        with console.Progress(total, description="checking shards", unit="shards") as progress:
-            problems = check_shards(records_dir, manifest, progress=progress)
-    return summarize(records_dir, manifest, problems, read_rejects(records_dir)), manifest
-
-
-def main(argv: list[str]) -> None:
+def main(argv: list[str], *, holders: config_flags.FlagHolders) -> None:
+    """Inspects RECORDS_DIR (the one argument): summary on stdout, contact sheet, exit 1 on a mismatch."""
     if len(argv) != 2:
-        raise app.UsageError("Usage: python -m tfrecords.inspect RECORDS_DIR [--flags]", exitcode=2)
+        raise app.UsageError("one argument: the records directory to inspect", exitcode=2)
     records_dir = argv[1].rstrip("/")
-    if _PER_SPLIT.value < 1 or _COLUMNS.value < 1:
-        raise ValueError(
-            f"--per_split and --columns must be >= 1, got {_PER_SPLIT.value} and {_COLUMNS.value}."
-        )
-    summary, manifest = inspect_records(records_dir)
-    sheet = records_dir + "-contact-sheet.png" if _SHEET.value is None else _SHEET.value
+    config = config_flags.build_config(InspectConfig, holders)
+    summary, manifest = inspection.inspect_records(records_dir, verify=config.verify)
+    sheet = records_dir + "-contact-sheet.png" if config.sheet is None else config.sheet
     if summary["problems"]:
         sheet = ""  # Reading samples would stop at the first bad shard; the problems come first.
-    if sheet:
-        samples = {
-            split: contact_sheet.read_samples(
-                records_dir, manifest, split, _PER_SPLIT.value, label=_LABEL.value
-            )
-            for split in manifest.splits
-        }
-        if _AUGMENTED.value:
-            # The binary's shell passes the trainer's augmentation in; the contract's modules
-            # never import the trainer.
-            from trainer.model import augment
-
-            transform = augment.sheet_transform()
-            samples = {
-                split: contact_sheet.augment_samples(split_samples, transform)
-                for split, split_samples in samples.items()
-            }
-        parts = [f"label {_LABEL.value}"] if _LABEL.value else []
-        parts += ["after training augmentation"] if _AUGMENTED.value else []
-        layout = contact_sheet.write_contact_sheet(
-            sheet, samples, columns=_COLUMNS.value, title=", ".join(parts)
-        )
+    layout = _write_sheet(sheet, records_dir, manifest, config) if sheet else None
+    if layout is not None:
         summary["contact_sheet"] = {"path": sheet, **dataclasses.asdict(layout)}
-    if _FORMAT.value == "json":
+    if config.format == "json":
         print(json.dumps(summary, indent=2))
     else:
-        print(format_summary(summary))
-        if sheet:
+        print(inspection.format_summary(summary))
+        if layout is not None:
             print(
                 f"  contact sheet: {sheet} ({layout.columns}x{layout.rows} tiles, {layout.width}x{layout.height} px)"
             )
     if summary["problems"]:
         first = summary["problems"][0]
-        raise RecordsMismatchError(
+        raise inspection.RecordsMismatchError(
             f"{records_dir}: {len(summary['problems'])} shard check(s) failed, first {first['shard']}: "
             f"{first['detail']}."
         )
 
 
+def _write_sheet(sheet: str, records_dir: str, manifest: manifest_lib.Manifest, config: InspectConfig) -> Any:
+    """Draws the contact sheet of `config`'s records; returns its layout."""
+    samples = {
+        split: contact_sheet.read_samples(records_dir, manifest, split, config.per_split, label=config.label)
+        for split in manifest.splits
+    }
+    if config.augmented:
+        # The binary's shell passes the trainer's augmentation in; the contract's modules
+        # never import the trainer.
+        from trainer.model import augment
+
+        transform = augment.sheet_transform()
+        samples = {
+            split: contact_sheet.augment_samples(split_samples, transform)
+            for split, split_samples in samples.items()
+        }
+    parts = [f"label {config.label}"] if config.label else []
+    parts += ["after training augmentation"] if config.augmented else []
+    return contact_sheet.write_contact_sheet(sheet, samples, columns=config.columns, title=", ".join(parts))
+
+
+def run() -> None:
+    """Entry point of `python -m tfrecords.inspect` and `cxr-inspect`: flags from `InspectConfig`."""
+    holders = config_flags.define_from_dataclass(InspectConfig)
+    names = [holder.name for holder in holders.values()]
+    main_fn = functools.partial(main, holders=holders)
+    launch.run_binary(
+        main_fn, module="tfrecords.inspect", doc=__doc__, flag_names=names, arguments="RECORDS_DIR"
+    )
+
+
 if __name__ == "__main__":
-    app.run(console.exit_on_expected_errors(main, program="tfrecords.inspect"))
+    run()

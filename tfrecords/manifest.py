@@ -46,6 +46,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cxr_cli import errors
 from tfrecords import schema
 
 # TensorFlow (for tf.io.gfile) is imported inside the functions that touch files, so that
@@ -69,7 +70,7 @@ NIH_LABEL_STATES: Mapping[str, str] = {"named in Finding Labels": "positive", "n
 REQUIRED_OPTIONS = ("image_size", "image_format")
 
 
-class ManifestError(ValueError):
+class ManifestError(errors.ValidationError):
     """A records directory whose manifest is missing, malformed or inconsistent."""
 
 

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr_cli import errors
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -136,7 +138,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(errors.ValidationError):
     """A `Finding Labels` name that is not one of `LABELS`."""
 
 

@@ -2,8 +2,11 @@
 
     python -m trainer.evaluate --run_dir=runs/demo
 
-writes `runs/demo/reports/` (`auc.json`, `auc.md`, `auc.csv`, `thresholds.json`,
-`predictions.csv` and the figures; see `trainer.evaluation.pipeline`).
+writes `runs/demo/reports/` (`auc.json`, `auc.md`, `MODEL_CARD.md`, `auc.csv`, `thresholds.json`,
+`predictions.csv` and the figures; see `trainer.evaluation.pipeline`), each naming the sha256 of
+the weights it describes, and writes the thresholds and calibration chosen on val into
+`runs/demo/export/`, whose `serving_default` then also returns `calibrated_probabilities` and
+`findings`.
 
     python -m trainer.evaluate --run_dir=runs/demo --records_dir=data/tfrecords-chexpert
 
@@ -13,10 +16,10 @@ writes `runs/demo/reports_on_chexpert/`.
 
 from __future__ import annotations
 
-from cxr_cli import console
+from cxr_cli import verbosity
 
 if __name__ == "__main__":
-    console.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/console.py).
+    verbosity.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/verbosity.py).
 
 from trainer.evaluation import pipeline, vocabularies
 from trainer.evaluation.report import files, formatting
@@ -46,18 +49,15 @@ def main(argv: list[str], *, holders: dict) -> None:
 
 
 def run() -> None:
-    """Console-script entry point: defines the flags from EvaluateConfig, then runs `main`."""
+    """Entry point of `python -m trainer.evaluate` and `cxr-evaluate`: flags from `EvaluateConfig`, then `main`."""
     import functools
 
-    from absl import app
+    from cxr_cli import config_flags, launch
 
-    from cxr_cli import config_flags
-
-    console.configure()  # As a console script TensorFlow is loaded by now; this sets the rest.
     holders = config_flags.define_from_dataclass(pipeline.EvaluateConfig)
-    app.run(
-        console.exit_on_expected_errors(functools.partial(main, holders=holders), program="trainer.evaluate")
-    )
+    main_fn = functools.partial(main, holders=holders)
+    names = [holder.name for holder in holders.values()]
+    launch.run_binary(main_fn, module="trainer.evaluate", doc=__doc__, flag_names=names)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ writes `runs/demo/predictions/predictions.csv` (and Grad-CAM overlays with --gra
 
 from __future__ import annotations
 
-from cxr_cli import console
+from cxr_cli import verbosity
 
 if __name__ == "__main__":
-    console.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/console.py).
+    verbosity.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/verbosity.py).
 
 from trainer.prediction import predictor
 
@@ -48,18 +48,15 @@ def main(argv: list[str], *, holders: dict) -> None:
 
 
 def run() -> None:
-    """Console-script entry point: defines the flags from PredictConfig, then runs `main`."""
+    """Entry point of `python -m trainer.predict` and `cxr-predict`: flags from `PredictConfig`, then `main`."""
     import functools
 
-    from absl import app
+    from cxr_cli import config_flags, launch
 
-    from cxr_cli import config_flags
-
-    console.configure()  # As a console script TensorFlow is loaded by now; this sets the rest.
     holders = config_flags.define_from_dataclass(predictor.PredictConfig)
-    app.run(
-        console.exit_on_expected_errors(functools.partial(main, holders=holders), program="trainer.predict")
-    )
+    main_fn = functools.partial(main, holders=holders)
+    names = [holder.name for holder in holders.values()]
+    launch.run_binary(main_fn, module="trainer.predict", doc=__doc__, flag_names=names)
 
 
 if __name__ == "__main__":

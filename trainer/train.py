@@ -14,6 +14,13 @@ overrides that one field of the profile:
 
     python -m trainer.train --profile=full --records_dir=data/tfrecords-256 --run_dir=runs/full --epochs=2
 
+To keep a run's flags in a file, use absl's `--flagfile`; `--dump_flagfile` writes one: the
+configuration of `--run_dir`'s config.json when the run exists (flags given here override it),
+else the one the flags describe, and exits without training:
+
+    cxr-train --run_dir=runs/demo --dump_flagfile=demo.flags
+    cxr-train --flagfile=demo.flags --run_dir=runs/demo-again
+
 Multi-worker: set TF_CONFIG on every worker and pass `--strategy=multi_worker`; only the chief
 writes the run directory. `--data_service=grpc://host:port` reads the training input through
 a tf.data service dispatcher.
@@ -23,20 +30,24 @@ from __future__ import annotations
 
 import functools
 
-from cxr_cli import console
+from cxr_cli import verbosity
 
 if __name__ == "__main__":
-    console.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/console.py).
+    verbosity.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/verbosity.py).
 
+import tensorflow as tf
 from absl import app, flags, logging
 
-from cxr_cli import config_flags
+from cxr_cli import config_flags, launch
+from trainer.model import run_dir as run_dir_lib
 from trainer.training import config as config_lib
 from trainer.training import runner as train_lib
 
+_BINARY_FLAGS = ("strategy", "dump_flagfile")
+
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_flags.FlagHolders:
-    """Defines one flag per `TrainConfig` field, plus `--strategy`; returns their holders."""
+    """Defines one flag per `TrainConfig` field, `--strategy` and `--dump_flagfile`; returns their holders."""
     holders = config_flags.define_from_dataclass(config_lib.TrainConfig, flag_values=flag_values)
     holders["strategy"] = flags.DEFINE_enum(
         "strategy",
@@ -45,24 +56,55 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_flags.Fl
         "auto: all local GPUs (Mirrored) or one device; multi_worker: from TF_CONFIG.",
         flag_values=flag_values,
     )
+    holders["dump_flagfile"] = flags.DEFINE_string(
+        "dump_flagfile",
+        None,
+        "Write the flags of this configuration to this file (for --flagfile) and exit without "
+        "training: --run_dir's config.json when it has one, overridden by the flags given here.",
+        flag_values=flag_values,
+    )
     return holders
 
 
-def config_from_flags(holders: config_flags.FlagHolders) -> config_lib.TrainConfig:
-    """The profile named by `--profile`, with the explicitly given flags overriding it.
+def config_from_flags(
+    holders: config_flags.FlagHolders, *, base: config_lib.TrainConfig | dict | None = None
+) -> config_lib.TrainConfig:
+    """The profile named by `--profile` (or `base`), with the explicitly given flags overriding it.
 
     Raises:
-      ValueError: an invalid value, naming the field.
+      ValidationError: an invalid value, naming the field.
     """
-    fields = {name: holder for name, holder in holders.items() if name != "strategy"}
-    base = config_lib.PROFILES[fields["profile"].value]
+    fields = {name: holder for name, holder in holders.items() if name not in _BINARY_FLAGS}
+    if base is None:
+        base = config_lib.PROFILES[fields["profile"].value]
     return config_flags.build_config(config_lib.TrainConfig, fields, base=base)
+
+
+def _run_config(run_dir: str) -> dict | None:
+    """The `TrainConfig` fields recorded in `run_dir/config.json`; None when there is no run."""
+    if not tf.io.gfile.exists(run_dir_lib.path(run_dir, run_dir_lib.CONFIG_FILE)):
+        return None
+    return run_dir_lib.read_config(run_dir).get("train_config")
+
+
+def dump_flagfile(holders: config_flags.FlagHolders, path: str) -> config_lib.TrainConfig:
+    """Writes the flags that re-create the configuration (see `--dump_flagfile`) to `path`."""
+    recorded = _run_config(holders["run_dir"].value)
+    config = config_from_flags(holders, base=recorded)
+    source = f"{config.run_dir}/config.json" if recorded is not None else "the command line"
+    lines = config_flags.flagfile_lines(config_lib.TrainConfig, config)
+    config_flags.write_flagfile(path, lines, comment=f"cxr-train flags of {source}")
+    return config
 
 
 def main(argv: list[str], *, holders: config_flags.FlagHolders) -> None:
     """Trains the configuration given by the flags; `run` turns bad input into a one-line error."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if holders["dump_flagfile"].value:
+        dump_flagfile(holders, holders["dump_flagfile"].value)
+        print(f"Wrote {holders['dump_flagfile'].value}")
+        return
     config = config_from_flags(holders)  # Validates every field before TensorFlow starts.
     strategy = train_lib.create_strategy(holders["strategy"].value)
     result = train_lib.train(config, strategy)
@@ -80,10 +122,11 @@ def main(argv: list[str], *, holders: config_flags.FlagHolders) -> None:
 
 
 def run() -> None:
-    """Console-script entry point (`cxr-train`): defines the flags, then runs `main`."""
-    console.configure()  # As a console script TensorFlow is loaded by now; this sets the rest.
-    main_fn = functools.partial(main, holders=define_flags())
-    app.run(console.exit_on_expected_errors(main_fn, program="trainer.train"))
+    """Entry point of `python -m trainer.train` and `cxr-train`: defines the flags, runs `main`."""
+    holders = define_flags()
+    main_fn = functools.partial(main, holders=holders)
+    names = [holder.name for holder in holders.values()]
+    launch.run_binary(main_fn, module="trainer.train", doc=__doc__, flag_names=names)
 
 
 if __name__ == "__main__":

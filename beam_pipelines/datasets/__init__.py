@@ -18,6 +18,7 @@ from __future__ import annotations
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines.datasets import base, chexpert, folders, mimic_cxr_jpg, nih, padchest, rsna_pneumonia
+from cxr_cli import errors
 
 AUTO = "auto"
 ADAPTERS: dict[str, type[base.Adapter]] = {
@@ -34,7 +35,7 @@ def adapter(name: str, options: base.Options | None = None) -> base.Adapter:
       ValueError: an unknown name, listing the known ones.
     """
     if name not in ADAPTERS:
-        raise ValueError(f"Unknown data set {name!r}; known: {', '.join(NAMES)}.")
+        raise errors.ValidationError(f"Unknown data set {name!r}; known: {', '.join(NAMES)}.")
     return ADAPTERS[name](options)
 
 

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines import images
+from cxr_cli import errors
 from tfrecords import codec
 
 # Reject reasons (the keys of the manifest's "rejects").
@@ -46,7 +47,7 @@ UNKNOWN_AGE = -1
 _SEXES = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
 
 
-class SourceError(ValueError):
+class SourceError(errors.ValidationError):
     """The data set's files cannot be used at all (missing, empty, lacking columns, unparsable)."""
 
 

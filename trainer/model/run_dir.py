@@ -26,6 +26,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from cxr_cli import errors
+
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 CHECKPOINTS_DIR = "checkpoints"
@@ -66,7 +68,7 @@ def read_config(run_dir: str) -> dict[str, Any]:
     """
     config_path = path(run_dir, CONFIG_FILE)
     if not tf.io.gfile.exists(config_path):
-        raise ValueError(
+        raise errors.ValidationError(
             f"{config_path} does not exist: is {run_dir!r} a run directory written by "
             "`python -m trainer.train`?"
         )
@@ -74,7 +76,7 @@ def read_config(run_dir: str) -> dict[str, Any]:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path}: not valid JSON ({e}).") from e
+            raise errors.ValidationError(f"{config_path}: not valid JSON ({e}).") from e
 
 
 def write_config(run_dir: str, config: dict[str, Any]) -> str:
@@ -101,7 +103,7 @@ def read_history(history_path: str) -> dict[str, list[float]]:
     with tf.io.gfile.GFile(history_path) as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise ValueError(f"{history_path}: no epochs recorded (empty history).")
+        raise errors.ValidationError(f"{history_path}: no epochs recorded (empty history).")
     return {key: [_to_float(row.get(key)) for row in rows] for key in rows[0]}
 
 
@@ -193,7 +195,7 @@ def prepare(
     if not diff:
         return tf.io.gfile.exists(path(run_dir, BACKUP_DIR))
     if not overwrite:
-        raise ValueError(
+        raise errors.ValidationError(
             f"run_dir {run_dir!r} holds a different run ({config_path} differs in {'; '.join(diff)}). "
             "Pass --overwrite to replace it, or choose another --run_dir."
         )

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tensorflow as tf
 
+from cxr_cli import errors
 from tfrecords import schema
 from trainer.evaluation import calibration as calibration_lib
 from trainer.evaluation import tta as tta_lib
@@ -47,7 +48,7 @@ WEIGHTS_SHA256 = "weights_sha256"
 # Where a run may record the sha256 of its weights (key `weights_sha256`), relative to run_dir.
 DIGEST_FILES = (
     run_dir_lib.CONFIG_FILE,
-    os.path.join(run_dir_lib.EXPORT_DIR, export_lib.LABELS_FILE),
+    os.path.join(run_dir_lib.EXPORT_DIR, export_lib.ASSETS_DIR, export_lib.LABELS_FILE),
     os.path.join(run_dir_lib.REPORTS_DIR, "auc.json"),
 )
 
@@ -121,7 +122,7 @@ def read_thresholds(run_dir: str, path: str | None = None) -> Thresholds:
     path = path or run_dir_lib.path(run_dir, run_dir_lib.THRESHOLDS_FILE)
     if not tf.io.gfile.exists(path):
         if path_given:
-            raise ValueError(f"--thresholds file {path!r} does not exist.")
+            raise errors.ValidationError(f"--thresholds file {path!r} does not exist.")
         return Thresholds(
             {label: DEFAULT_THRESHOLD for label in schema.LABELS},
             f"default {DEFAULT_THRESHOLD} ({path} not found; run trainer.evaluation.pipeline to choose thresholds)",
@@ -132,7 +133,7 @@ def read_thresholds(run_dir: str, path: str | None = None) -> Thresholds:
             data = json.load(f)
             given = dict(data["thresholds"])
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: expected a JSON object with 'thresholds' ({e}).") from e
+            raise errors.ValidationError(f"{path}: expected a JSON object with 'thresholds' ({e}).") from e
     values, defaulted = {}, []
     for label in schema.LABELS:
         value = given.get(label)
@@ -174,11 +175,11 @@ def encode_array(pixels: np.ndarray, *, where: str = "image") -> bytes:
     """
     pixels = np.asarray(pixels)
     if pixels.dtype != np.uint8:
-        raise ValueError(f"{where}: arrays must be uint8 (0..255), got dtype {pixels.dtype}.")
+        raise errors.ValidationError(f"{where}: arrays must be uint8 (0..255), got dtype {pixels.dtype}.")
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
     if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] == 3)) or 0 in pixels.shape:
-        raise ValueError(
+        raise errors.ValidationError(
             f"{where}: arrays must be gray [H, W] or RGB [H, W, 3], got shape {pixels.shape}; "
             "pass a list of arrays for several images."
         )
@@ -208,7 +209,7 @@ def read_inputs(images: ImageInput | Sequence[ImageInput]) -> list[ImageContent]
         elif isinstance(item, (str, os.PathLike)):
             contents.append(read_file(os.fspath(item)))
         else:
-            raise ValueError(
+            raise errors.ValidationError(
                 f"images[{i}]: expected a file path, encoded image bytes or a uint8 array, "
                 f"got {type(item).__name__}."
             )
@@ -307,7 +308,7 @@ def recorded_digests(run_dir: str) -> dict[str, str]:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e}).") from e
+                raise errors.ValidationError(f"{path}: not valid JSON ({e}).") from e
         if isinstance(data, dict) and data.get(WEIGHTS_SHA256):
             found[path] = str(data[WEIGHTS_SHA256])
     return found
@@ -329,14 +330,14 @@ def keras_model_with_export_weights(run_dir: str, loaded: Any) -> tuple[keras.Mo
     checkpoint = run_dir_lib.path(run_dir, run_dir_lib.BEST_CHECKPOINT)
     export_dir = run_dir_lib.path(run_dir, run_dir_lib.EXPORT_DIR)
     if not tf.io.gfile.exists(checkpoint):
-        raise ValueError(f"Grad-CAM needs the Keras model {checkpoint}, which does not exist.")
+        raise errors.ValidationError(f"Grad-CAM needs the Keras model {checkpoint}, which does not exist.")
     model = models.load_model(checkpoint)
     exported = {variable.name.rsplit(":", 1)[0]: variable for variable in loaded.variables}
     values = []
     for weight in model.weights:
         variable = exported.get(weight.path)
         if variable is None or tuple(variable.shape) != tuple(weight.shape):
-            raise ValueError(
+            raise errors.ValidationError(
                 f"{checkpoint} and {export_dir} hold different models: the export has no weight "
                 f"{weight.path!r} of shape {tuple(weight.shape)}. Re-export the run (make train)."
             )
@@ -347,7 +348,7 @@ def keras_model_with_export_weights(run_dir: str, loaded: Any) -> tuple[keras.Mo
     digest = weights_digest(values)
     for path, recorded in recorded_digests(run_dir).items():
         if recorded != digest:
-            raise ValueError(
+            raise errors.ValidationError(
                 f"{export_dir} holds weights with sha256 {digest}, but {path} records {recorded}: "
                 "the run's files describe different weights. Re-export or re-evaluate the run."
             )
@@ -374,7 +375,7 @@ class Run:
         self.run_dir = run_dir
         self.export_dir = run_dir_lib.path(run_dir, run_dir_lib.EXPORT_DIR)
         if not tf.io.gfile.exists(os.path.join(self.export_dir, "saved_model.pb")):
-            raise ValueError(
+            raise errors.ValidationError(
                 f"{self.export_dir} holds no SavedModel; train and export the run first (make train)."
             )
         config_path = run_dir_lib.path(run_dir, run_dir_lib.CONFIG_FILE)
@@ -421,9 +422,9 @@ class Run:
           ValueError: a bad batch size or test-time augmentation.
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+            raise errors.ValidationError(f"batch_size must be >= 1, got {batch_size}.")
         if tta not in tta_lib.TTA_MODES:
-            raise ValueError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
+            raise errors.ValidationError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
         calibration = self.thresholds.calibration if calibrate else None
         results: list[ImagePrediction] = []
         for start in range(0, len(contents), batch_size):
@@ -499,7 +500,7 @@ class Run:
         index = label_index(label)
         (content,) = read_inputs([image])
         if content.content is None:
-            raise ValueError(f"{content.source}: {content.error}")
+            raise errors.ValidationError(f"{content.source}: {content.error}")
         return self.gradcam_maps(content.content, [index], where=content.source)[1][0]
 
     def gradcam_maps(
@@ -516,7 +517,7 @@ class Run:
             gray = gradcam_lib.display_gray(content)
             pixels = decode_pixels(content, self.image_size)
         except tf.errors.InvalidArgumentError as e:
-            raise ValueError(f"{where}: cannot decode image: {tf_error_text(e)}") from e
+            raise errors.ValidationError(f"{where}: cannot decode image: {tf_error_text(e)}") from e
         model, _ = self._keras
         maps = gradcam_lib.GradCam(model).maps(pixels, list(indices), output_size=gray.shape)
         return gray, np.asarray(maps, np.float32)
@@ -540,7 +541,7 @@ class Run:
 
         records_dir = self._records_dir or self.config.get("records_dir")
         if not records_dir:
-            raise ValueError(
+            raise errors.ValidationError(
                 f"{run_dir_lib.path(self.run_dir, run_dir_lib.CONFIG_FILE)} names no records_dir; "
                 "pass records_dir= to load_run."
             )
@@ -560,7 +561,7 @@ def label_index(label: str | int) -> int:
             return int(label)
     elif label in schema.LABELS:
         return schema.LABELS.index(label)
-    raise ValueError(
+    raise errors.ValidationError(
         f"label must be one of {list(schema.LABELS)} or an index 0..{schema.NUM_LABELS - 1}, got {label!r}."
     )
 

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from cxr_cli import config_flags, errors
 from tfrecords import schema
 from trainer.evaluation import tta as tta_lib
 from trainer.model import run_dir as run_dir_lib
@@ -57,21 +58,21 @@ def list_images(images: str | Sequence[str]) -> list[str]:
         if any(c in spec for c in "*?["):
             matches = sorted(tf.io.gfile.glob(spec))
             if not matches:
-                raise ValueError(f"--images pattern {spec!r} matches no file.")
+                raise errors.ValidationError(f"--images pattern {spec!r} matches no file.")
             found.extend(matches)
         elif tf.io.gfile.isdir(spec):
             folder = []
             for root, _, files in tf.io.gfile.walk(spec):
                 folder.extend(os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_SUFFIXES))
             if not folder:
-                raise ValueError(
+                raise errors.ValidationError(
                     f"--images folder {spec!r} holds no .png, .jpg or .jpeg file (searched recursively)."
                 )
             found.extend(sorted(folder))
         elif tf.io.gfile.exists(spec):
             found.append(spec)  # An explicit file is predicted (or reported) whatever its name.
         else:
-            raise ValueError(
+            raise errors.ValidationError(
                 f"--images path {spec!r} does not exist; give PNG or JPEG files, a folder or a glob."
             )
     return found
@@ -137,11 +138,11 @@ def predict(
 
 def _check_arguments(batch_size: int, gradcam_top_k: int, tta: str) -> None:
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise errors.ValidationError(f"batch_size must be >= 1, got {batch_size}.")
     if gradcam_top_k < 1:
-        raise ValueError(f"gradcam_top_k must be >= 1, got {gradcam_top_k}.")
+        raise errors.ValidationError(f"gradcam_top_k must be >= 1, got {gradcam_top_k}.")
     if tta not in tta_lib.TTA_MODES:
-        raise ValueError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
+        raise errors.ValidationError(f"tta must be one of {tta_lib.TTA_MODES}, got {tta!r}.")
 
 
 def _warn_about_thresholds(thresholds: Thresholds, tta: str) -> None:
@@ -218,45 +219,35 @@ class _GradCamWriter:
 class PredictConfig:
     """The prediction binary's settings (each field is a flag of the same name)."""
 
-    run_dir: str = dataclasses.field(
-        default="runs/demo", metadata={"help": "Run directory written by trainer.train."}
+    run_dir: str = config_flags.field("runs/demo", "Run directory written by trainer.train.")
+    images: tuple[str, ...] = config_flags.field(
+        ("data/demo/images_001/images",), "PNG or JPEG files, folders (recursive) or globs, comma-separated."
     )
-    images: tuple[str, ...] = dataclasses.field(
-        default=("data/demo/images_001/images",),
-        metadata={"help": "PNG or JPEG files, folders (recursive) or globs, comma-separated."},
+    output_csv: str | None = config_flags.field(None, "Default: RUN_DIR/predictions/predictions.csv.")
+    thresholds: str | None = config_flags.field(None, "Default: RUN_DIR/reports/thresholds.json.")
+    batch_size: int = config_flags.field(16, "Images per model call.")
+    gradcam: bool = config_flags.field(False, "Also write Grad-CAM overlays of the top findings.")
+    gradcam_dir: str | None = config_flags.field(None, "Default: RUN_DIR/predictions/gradcam.")
+    gradcam_top_k: int = config_flags.field(3, "Findings explained per image.")
+    tta: str = config_flags.field(
+        "none", "hflip: mean of the image's and its mirror image's probabilities.", tta_lib.TTA_MODES
     )
-    output_csv: str | None = dataclasses.field(
-        default=None, metadata={"help": "Default: RUN_DIR/predictions/predictions.csv."}
-    )
-    thresholds: str | None = dataclasses.field(
-        default=None, metadata={"help": "Default: RUN_DIR/reports/thresholds.json."}
-    )
-    batch_size: int = dataclasses.field(default=16, metadata={"help": "Images per model call."})
-    gradcam: bool = dataclasses.field(
-        default=False, metadata={"help": "Also write Grad-CAM overlays of the top findings."}
-    )
-    gradcam_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "Default: RUN_DIR/predictions/gradcam."}
-    )
-    gradcam_top_k: int = dataclasses.field(default=3, metadata={"help": "Findings explained per image."})
-    tta: str = dataclasses.field(
-        default="none",
-        metadata={
-            "help": "hflip: mean of the image's and its mirror image's probabilities.",
-            "choices": tta_lib.TTA_MODES,
-        },
-    )
-    calibrate: bool = dataclasses.field(
-        default=True,
-        metadata={"help": "Report calibrated probabilities when the thresholds file stores a calibration."},
+    calibrate: bool = config_flags.field(
+        True, "Report calibrated probabilities when the thresholds file stores a calibration."
     )
 
     def __post_init__(self) -> None:
         if self.tta not in tta_lib.TTA_MODES:
-            raise ValueError(f"PredictConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}.")
+            raise errors.ValidationError(
+                f"PredictConfig.tta must be one of {tta_lib.TTA_MODES}, got {self.tta!r}."
+            )
         if not self.images:
-            raise ValueError("PredictConfig.images must name at least one file, folder or glob, got ().")
+            raise errors.ValidationError(
+                "PredictConfig.images must name at least one file, folder or glob, got ()."
+            )
         if self.batch_size < 1:
-            raise ValueError(f"PredictConfig.batch_size must be >= 1, got {self.batch_size}.")
+            raise errors.ValidationError(f"PredictConfig.batch_size must be >= 1, got {self.batch_size}.")
         if self.gradcam_top_k < 1:
-            raise ValueError(f"PredictConfig.gradcam_top_k must be >= 1, got {self.gradcam_top_k}.")
+            raise errors.ValidationError(
+                f"PredictConfig.gradcam_top_k must be >= 1, got {self.gradcam_top_k}."
+            )

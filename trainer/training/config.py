@@ -38,6 +38,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from cxr_cli import config_flags, errors
 from trainer.model import augment as augment_lib
 from trainer.model import models
 from trainer.training import schedule as lr_schedule
@@ -58,11 +59,7 @@ EXPORT_WEIGHTS = ("best", "final")
 NON_IDENTITY_FIELDS = ("overwrite", "verbose")
 
 
-def _field(default: Any, help_text: str, choices: tuple[str, ...] | None = None) -> Any:
-    metadata = {"help": help_text}
-    if choices is not None:
-        metadata["choices"] = choices
-    return dataclasses.field(default=default, metadata=metadata)
+_field = config_flags.field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +148,8 @@ class TrainConfig:
     cache: bool = _field(False, "Cache the records in memory after the first epoch.")
     data_service: str | None = _field(None, "tf.data service dispatcher, e.g. grpc://host:5050.")
     overwrite: bool = _field(False, "Replace a run dir that holds a different run.")
-    verbose: int = _field(2, "Keras fit verbosity (2: one line per epoch).")
+    # Flag --epoch_lines: absl's --verbosity is another thing.
+    verbose: int = _field(2, "2: one line per epoch on the console; 0 or 1: none.", flag="epoch_lines")
 
     def __post_init__(self) -> None:
         _validate_paths_and_model(self)
@@ -201,12 +199,14 @@ class TrainConfig:
         try:
             config = augment_lib.AugmentConfig(**values)
         except ValueError as error:
-            raise ValueError(f"TrainConfig: {str(error).replace('AugmentConfig.', 'augment_')}") from None
+            raise errors.ValidationError(
+                f"TrainConfig: {str(error).replace('AugmentConfig.', 'augment_')}"
+            ) from None
         return config if self.augment else None
 
 
 def _fail(config: TrainConfig, field: str, rule: str) -> None:
-    raise ValueError(f"TrainConfig.{field} {rule}, got {getattr(config, field)!r}.")
+    raise errors.ValidationError(f"TrainConfig.{field} {rule}, got {getattr(config, field)!r}.")
 
 
 def _validate_paths_and_model(config: TrainConfig) -> None:
@@ -406,9 +406,9 @@ def get_profile(name: str, **overrides: Any) -> TrainConfig:
       ValueError: an unknown profile or field, or an invalid value (named).
     """
     if name not in PROFILES:
-        raise ValueError(f"profile must be one of {tuple(PROFILES)}, got {name!r}.")
+        raise errors.ValidationError(f"profile must be one of {tuple(PROFILES)}, got {name!r}.")
     known = {field.name for field in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"TrainConfig has no field(s) {unknown}.")
+        raise errors.ValidationError(f"TrainConfig has no field(s) {unknown}.")
     return TrainConfig(**{**PROFILES[name], **overrides})
