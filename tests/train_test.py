@@ -186,7 +186,7 @@ def _validation_passes(records_dir, run_dir, *, batch_size_per_replica, epochs=3
         steps_per_execution=1,  # One logged step per batch.
     )
     with mock.patch.object(
-        task, "build_metrics", lambda: [*build_metrics(), _RecordCount(), _LabelFingerprint()]
+        task, "build_metrics", lambda *labels: [*build_metrics(*labels), _RecordCount(), _LabelFingerprint()]
     ):
         train_lib.train(config, train_lib.create_strategy("mirrored"), extra_callbacks=[recorder])
     return recorder.passes
