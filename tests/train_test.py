@@ -23,6 +23,7 @@ from tests import fake_data
 from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
+from trainer.evaluation import pipeline as evaluate
 from trainer.model import export
 from trainer.model import run_dir as run_dir_lib
 from trainer.training import callbacks as callbacks_lib
@@ -185,7 +186,7 @@ def _validation_passes(records_dir, run_dir, *, batch_size_per_replica, epochs=3
         steps_per_execution=1,  # One logged step per batch.
     )
     with mock.patch.object(
-        task, "build_metrics", lambda: [*build_metrics(), _RecordCount(), _LabelFingerprint()]
+        task, "build_metrics", lambda *labels: [*build_metrics(*labels), _RecordCount(), _LabelFingerprint()]
     ):
         train_lib.train(config, train_lib.create_strategy("mirrored"), extra_callbacks=[recorder])
     return recorder.passes
@@ -440,6 +441,42 @@ class TrainTest(tf.test.TestCase):
     @pytest.mark.slow
     def test_resample_with_xla(self):
         self._train_variant(class_imbalance="resample", xla="on")
+
+    def test_another_vocabulary_sizes_the_head_and_masks_unknown_labels(self):
+        # CheXpert-style records: 5 labels, each row with a positive, an uncertain (-1) and an
+        # unmentioned (NaN) label; plain (masked) binary cross-entropy, uncertain as ones.
+        rng = np.random.default_rng(0)
+        values = rng.choice([0.0, 1.0, -1.0, np.nan], size=(24, 5), p=[0.4, 0.3, 0.15, 0.15])
+        records = os.path.join(self.get_temp_dir(), "chexpert_records")
+        fake_data.write_vocabulary_records(records, {"train": values[:16], "val": values[16:]}, image_size=32)
+        config = self._config(
+            "chexpert", records_dir=records, epochs=1, class_imbalance="none", uncertain="ones"
+        )
+        result = train_lib.train(config, _STRATEGY())
+        self.assertTrue(np.isfinite(result.history["loss"][0]))
+        saved = json.load(open(os.path.join(config.run_dir, run_dir_lib.CONFIG_FILE)))
+        self.assertEqual(saved["labels"], list(fake_data.CHEXPERT_LIKE_LABELS))
+        self.assertEqual(saved["dataset"], "chexpert")
+        self.assertEqual(saved["train_config"]["uncertain"], "ones")
+        self.assertEqual(
+            export.read_labels(result.export_dir, expected=None)["labels"],
+            list(fake_data.CHEXPERT_LIKE_LABELS),
+        )
+        best = keras.models.load_model(os.path.join(config.run_dir, run_dir_lib.BEST_CHECKPOINT))
+        self.assertEqual(best.output_shape, (None, 5))
+        self.assertIn("val_auc_Pleural_Effusion", _history_rows(config.run_dir)[0])
+        self.assertNotIn("val_auc_Hernia", _history_rows(config.run_dir)[0])
+        # The run evaluates on its own records in its own vocabulary, over the known labels.
+        report = evaluate.evaluate(
+            evaluate.EvaluateConfig(
+                run_dir=config.run_dir, split="val", bootstrap_resamples=10, localization=False
+            )
+        )
+        self.assertEqual(report["labels"], list(fake_data.CHEXPERT_LIKE_LABELS))
+        self.assertNotIn("cross_dataset", report)
+        known = [f["known"] for f in report["splits"]["val"]["findings"]]
+        _, mask, _ = fake_data.label_state(values[16:])
+        self.assertEqual(known, mask.sum(axis=0).tolist())
 
     def test_errors_before_training(self):
         strategy = train_lib.create_strategy("one_device")

@@ -7,6 +7,11 @@ writes `runs/demo/reports/` (`auc.json`, `auc.md`, `MODEL_CARD.md`, `auc.csv`, `
 the weights it describes, and writes the thresholds and calibration chosen on val into
 `runs/demo/export/`, whose `serving_default` then also returns `calibrated_probabilities` and
 `findings`.
+
+    python -m trainer.evaluate --run_dir=runs/demo --records_dir=data/tfrecords-chexpert
+
+scores the same run on another data set's records, over the labels both vocabularies share, and
+writes `runs/demo/reports_on_chexpert/`.
 """
 
 from __future__ import annotations
@@ -16,9 +21,8 @@ from cxr_cli import verbosity
 if __name__ == "__main__":
     verbosity.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/verbosity.py).
 
-from trainer.evaluation import pipeline
+from trainer.evaluation import pipeline, vocabularies
 from trainer.evaluation.report import files, formatting
-from trainer.model import run_dir as run_dir_lib
 
 
 def main(argv: list[str], *, holders: dict) -> None:
@@ -32,10 +36,11 @@ def main(argv: list[str], *, holders: dict) -> None:
     config = config_flags.build_config(pipeline.EvaluateConfig, holders)
     report = pipeline.evaluate(config)
     headline = report["splits"][report["split"]]
-    output_dir = config.output_dir or run_dir_lib.path(config.run_dir, run_dir_lib.REPORTS_DIR)
+    output_dir = pipeline.reports_dir(config)
     logging.info(
-        "%s split: mean AUC of 14 findings %s (95%% CI %s); reports in %s",
+        "%s split: mean AUC of %d findings %s (95%% CI %s); reports in %s",
         report["split"],
+        sum(not vocabularies.is_no_finding(label) for label in report["labels"]),
         formatting.fmt(headline["mean_auc_14"]),
         formatting.fmt_ci(*headline["mean_auc_14_ci"]),
         output_dir,

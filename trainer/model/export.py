@@ -149,25 +149,32 @@ def _from_jsonable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def export_model(model: keras.Model, export_dir: str, *, image_size: int) -> str:
+def export_model(
+    model: keras.Model, export_dir: str, *, image_size: int, labels: Sequence[str] = schema.LABELS
+) -> str:
     """Writes `model` as a SavedModel with the two signatures above and `labels.json` in its assets.
 
     Args:
       model: a model from `trainer.model.models.build_model` (0..255 pixels in, probabilities out).
       export_dir: destination folder (local or gs://); replaced if it exists.
       image_size: the training image size N.
+      labels: the names of the model's outputs, in order: the training records' vocabulary
+        (NIH's 15 for NIH records).
 
     Returns:
       export_dir.
 
     Raises:
-      ValueError: the model's input is not [None, N, N, 1] or its output not [None, 15].
+      ValueError: the model's input is not [None, N, N, 1] or its output not [None, len(labels)].
     """
     expected_in = (None, image_size, image_size, 1)
     if tuple(model.input_shape) != expected_in:
         raise ValueError(f"model input shape must be {expected_in}, got {model.input_shape}.")
-    if tuple(model.output_shape) != (None, schema.NUM_LABELS):
-        raise ValueError(f"model output shape must be (None, {schema.NUM_LABELS}), got {model.output_shape}.")
+    if tuple(model.output_shape) != (None, len(labels)):
+        raise ValueError(
+            f"model output shape must be (None, {len(labels)}) for the labels {list(labels)}, "
+            f"got {model.output_shape}."
+        )
 
     def serve_pixels(images: tf.Tensor) -> dict[str, tf.Tensor]:
         # Signatures do not enforce static shapes on their own; a wrong size fails here, clearly.
@@ -183,7 +190,7 @@ def export_model(model: keras.Model, export_dir: str, *, image_size: int) -> str
         input_signature=[tf.TensorSpec([None, image_size, image_size, 1], tf.uint8, name="images")],
     )
     setattr(model_object, WEIGHTS_COLLECTION, list(model.weights))
-    _write_serving(model_object, export_dir, image_size=image_size, operating_point=None)
+    _write_serving(model_object, export_dir, image_size=image_size, operating_point=None, labels=labels)
     return export_dir
 
 
@@ -195,12 +202,13 @@ def write_operating_point(export_dir: str, operating_point: OperatingPoint | Non
     Raises:
       ValueError: `export_dir` holds no export written by this module.
     """
-    image_size = int(read_labels(export_dir)["image_size"])
+    info = read_labels(export_dir)  # The operating point is NIH's 15 labels'.
     _write_serving(
         _model_of(tf.saved_model.load(export_dir)),
         export_dir,
-        image_size=image_size,
+        image_size=int(info["image_size"]),
         operating_point=operating_point,
+        labels=info["labels"],
     )
     return export_dir
 
@@ -266,11 +274,16 @@ def apply_operating_point(pixels_fn: Any, pixels: tf.Tensor, point: OperatingPoi
 
 
 def _write_serving(
-    model: Any, export_dir: str, *, image_size: int, operating_point: OperatingPoint | None
+    model: Any,
+    export_dir: str,
+    *,
+    image_size: int,
+    operating_point: OperatingPoint | None,
+    labels: Sequence[str] = schema.LABELS,
 ) -> None:
     """Saves `model`'s pixel function with both signatures and the assets into `export_dir`."""
     asset_dir = tempfile.mkdtemp(prefix="export_assets_")
-    assets = {"labels": _write_json(os.path.join(asset_dir, LABELS_FILE), _labels_info(image_size))}
+    assets = {"labels": _write_json(os.path.join(asset_dir, LABELS_FILE), _labels_info(image_size, labels))}
     if operating_point is not None:
         assets["operating_point"] = _write_json(
             os.path.join(asset_dir, OPERATING_POINT_FILE), operating_point.to_json()
@@ -299,8 +312,8 @@ def _model_of(loaded: Any) -> Any:
     return loaded.model if hasattr(loaded, "model") else loaded
 
 
-def _labels_info(image_size: int) -> dict[str, Any]:
-    return {"labels": list(schema.LABELS), "image_size": int(image_size)}
+def _labels_info(image_size: int, labels: Sequence[str] = schema.LABELS) -> dict[str, Any]:
+    return {"labels": list(labels), "image_size": int(image_size)}
 
 
 def _write_json(path: str, data: Mapping[str, Any]) -> str:
@@ -335,11 +348,16 @@ def write_labels(export_dir: str, *, image_size: int) -> str:
     return _write_json(os.path.join(export_dir, LABELS_FILE), _labels_info(image_size))
 
 
-def read_labels(export_dir: str) -> dict:
+def read_labels(export_dir: str, *, expected: Sequence[str] | None = schema.LABELS) -> dict:
     """Reads and checks `labels.json` of an export (in its assets, or beside the SavedModel).
 
+    Args:
+      export_dir: the export.
+      expected: the labels the caller needs, in order (NIH's by default); None accepts any
+        vocabulary (a non-empty list of distinct names).
+
     Raises:
-      ValueError: missing file, or labels that differ from `schema.LABELS`.
+      ValueError: missing file, no labels, or labels that differ from `expected`.
     """
     candidates = [os.path.join(export_dir, ASSETS_DIR, LABELS_FILE), os.path.join(export_dir, LABELS_FILE)]
     path = next((p for p in candidates if tf.io.gfile.exists(p)), None)
@@ -349,8 +367,11 @@ def read_labels(export_dir: str) -> dict:
         )
     with tf.io.gfile.GFile(path) as f:
         info = json.load(f)
-    if list(info.get("labels", [])) != list(schema.LABELS):
-        raise ValueError(f"{path} lists labels {info.get('labels')}, expected {list(schema.LABELS)}.")
+    labels = info.get("labels")
+    if not isinstance(labels, list) or not labels or len(set(labels)) != len(labels):
+        raise ValueError(f"{path} must list the model's labels as distinct names, got {labels!r}.")
+    if expected is not None and labels != list(expected):
+        raise ValueError(f"{path} lists labels {labels}, expected {list(expected)}.")
     return info
 
 

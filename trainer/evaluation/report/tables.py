@@ -65,9 +65,10 @@ def write_thresholds_json(
     run_dir: str = "",
     calibration: Mapping[str, Any] | None = None,
     tta: str = "none",
+    labels: Sequence[str] = schema.LABELS,
     weights_sha256: str | None = None,
 ) -> str:
-    """Writes `thresholds.json`, which `trainer.prediction.predictor` reads.
+    """Writes `thresholds.json`, which `trainer.prediction.predictor` reads (for `labels`).
 
     {"method": "youden_j", "source_split": "val", "default": 0.5, "labels": [...],
      "thresholds": {label: float | None}, "tta": "none", "weights_sha256": the weights they were
@@ -84,8 +85,8 @@ def write_thresholds_json(
         "source_split": source_split,
         "run_dir": run_dir,
         "default": DEFAULT_THRESHOLD,
-        "labels": list(schema.LABELS),
-        "thresholds": {label: thresholds.get(label) for label in schema.LABELS},
+        "labels": list(labels),
+        "thresholds": {label: thresholds.get(label) for label in labels},
         "tta": tta,
         "weights_sha256": weights_sha256,
     }
@@ -100,26 +101,28 @@ def write_predictions_csv(
     labels: np.ndarray,
     metadata: Mapping[str, Sequence[Any]],
     *,
+    label_names: Sequence[str] = schema.LABELS,
     calibrated: np.ndarray | None = None,
 ) -> str:
-    """One row per image: its metadata, true `finding_labels`, the 15 probabilities (and calibrated).
+    """One row per image: its metadata, true `finding_labels`, the L probabilities (and calibrated).
 
     Args:
       path: output file.
-      probabilities: float [N, 15] in `schema.LABELS` order.
-      labels: 0/1 [N, 15].
+      probabilities: float [N, L] in `label_names` order.
+      labels: 0/1 [N, L].
       metadata: column -> N values: "split" (optional, first) and `schema.METADATA_KEYS`.
-      calibrated: float [N, 15], the probabilities after the calibration; written as the
-        columns `calibrated_<label>` after the 15 probabilities.
+      label_names: the L labels (NIH's by default).
+      calibrated: float [N, L], the probabilities after the calibration; written as the
+        columns `calibrated_<label>` after the L probabilities.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     keys = [key for key in ("split", *schema.METADATA_KEYS) if key in metadata]
-    extra = [] if calibrated is None else [calibrated_column(label) for label in schema.LABELS]
-    writer.writerow([*keys, "finding_labels", *schema.LABELS, *extra])
+    extra = [] if calibrated is None else [calibrated_column(label) for label in label_names]
+    writer.writerow([*keys, "finding_labels", *label_names, *extra])
     for i in range(probabilities.shape[0]):
         row = [metadata[key][i] for key in keys]
-        row.append(schema.multi_hot_to_labels(labels[i]))
+        row.append(schema.LABEL_SEPARATOR.join(name for name, on in zip(label_names, labels[i]) if on))
         row.extend(f"{p:.6f}" for p in probabilities[i])
         if calibrated is not None:
             row.extend(f"{p:.6f}" for p in calibrated[i])
