@@ -14,6 +14,7 @@ import tempfile
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests import fake_data
@@ -22,6 +23,8 @@ from trainer.evaluation import pipeline as evaluate
 from trainer.model import export, gradcam
 from trainer.prediction import loaded_run
 from trainer.prediction import predictor as predict
+from trainer.training import config as config_lib
+from trainer.training import runner as train_lib
 
 _LABELS = ("NORMAL", "Widget", "Gadget Opacity")
 _SIZE = 32
@@ -201,6 +204,44 @@ class PredictVocabularyTest(tf.test.TestCase):
             json.dump({**config, "labels": ["Widget", "NORMAL", "Gadget Opacity"]}, f)
         with self.assertRaisesRegex(ValueError, "describe different models"):
             api.load_run(run_dir)
+
+
+@pytest.mark.slow
+class TrainedVocabularyRunTest(tf.test.TestCase):
+    def test_a_trained_run_of_another_vocabulary_predicts_its_labels(self):
+        # trainer.train on 3-label records (a tiny ResUNet, one step), evaluated, then predicted.
+        rng = np.random.default_rng(7)
+        records = os.path.join(self.get_temp_dir(), "records")
+        fake_data.write_vocabulary_records(
+            records,
+            {"train": _values(rng, 16), "val": _values(rng, 16), "test": _values(rng, 16)},
+            labels=_LABELS,
+            dataset="made_up",
+            image_size=_SIZE,
+        )
+        config = config_lib.TrainConfig(
+            records_dir=records,
+            run_dir=os.path.join(self.get_temp_dir(), "run"),
+            epochs=1,
+            class_imbalance="none",
+            depth=2,
+            base_filters=4,
+            batch_size_per_replica=8,
+            steps_per_epoch=1,
+            verbose=0,
+            early_stopping_patience=0,
+        )
+        train_lib.train(config, train_lib.create_strategy("auto"))
+        evaluate.evaluate(
+            evaluate.EvaluateConfig(run_dir=config.run_dir, bootstrap_resamples=5, localization=False)
+        )
+        run = api.load_run(config.run_dir)
+        self.assertEqual(run.labels, _LABELS)
+        image = fake_data.gray_pixels(40, 40, seed=1)
+        frame = run.predict([image])
+        self.assertEqual(list(frame.columns[2:5]), list(_LABELS))
+        self.assertEqual(export.read_operating_point(run.export_dir).labels, _LABELS)
+        self.assertEqual(run.gradcam(image, "Widget").shape, (40, 40))
 
 
 if __name__ == "__main__":
