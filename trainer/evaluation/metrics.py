@@ -288,9 +288,7 @@ def summarize(
     reference_thresholds: Mapping[str, float | None] | None = None,
     known: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """All metrics of one split, as a JSON-ready dict (undefined values are None).
-
-    Steps: `_point_aucs`, `_bootstrap_samples`, `finding_summary`, `_mean_interval`, `subgroup_aucs`.
+    """All metrics of one split, as a JSON-ready dict (undefined values are None); in steps.
 
     Args:
       y_true: [N, L] 0/1 labels, columns in `labels` order.
