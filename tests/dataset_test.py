@@ -259,5 +259,81 @@ class DatasetTest(tf.test.TestCase, parameterized.TestCase):
         self.assertLen(set(seen[0]) | set(seen[1]), 16)
 
 
+class VocabularyTest(tf.test.TestCase, parameterized.TestCase):
+    """Records of another vocabulary: the labels sized by the manifest, with their states."""
+
+    # Rows of CheXpert-style values over fake_data.CHEXPERT_LIKE_LABELS: 1 positive, 0 negative,
+    # -1 uncertain, NaN not mentioned.
+    VALUES = [
+        [0.0, 1.0, -1.0, np.nan, 0.0],
+        [1.0, np.nan, np.nan, 0.0, 0.0],
+        [0.0, 0.0, 1.0, -1.0, 1.0],
+    ]
+
+    def _records(self, name, **kwargs):
+        records_dir = os.path.join(self.get_temp_dir(), name)
+        fake_data.write_vocabulary_records(records_dir, {"val": self.VALUES, "train": self.VALUES}, **kwargs)
+        return records_dir
+
+    @parameterized.named_parameters(("batch_parse", None), ("record_parse", False))
+    def test_labels_mask_and_uncertain_follow_the_manifest(self, parse_after_batch):
+        records_dir = self._records(f"chexpert_{parse_after_batch}")
+        dataset = dataset_lib.build_dataset(
+            records_dir,
+            "val",
+            batch_size=3,
+            training=False,
+            label_state=True,
+            parse_after_batch=parse_after_batch,
+        )
+        self.assertEqual(dataset.element_spec[1][schema.LABELS_KEY].shape.as_list(), [None, 5])
+        _, state = next(iter(dataset))
+        self.assertAllEqual(state[schema.LABELS_KEY], [[0, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 1, 0, 1]])
+        self.assertAllEqual(state[schema.LABEL_MASK_KEY], [[1, 1, 0, 0, 1], [1, 0, 0, 1, 1], [1, 1, 1, 0, 1]])
+        self.assertAllEqual(
+            state[schema.LABEL_UNCERTAIN_KEY], [[0, 0, 1, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 1, 0]]
+        )
+        for value in state.values():
+            self.assertEqual(value.dtype, tf.float32)
+
+    def test_plain_labels_by_default(self):
+        records_dir = self._records("plain")
+        _, labels = next(iter(dataset_lib.build_dataset(records_dir, "val", batch_size=3, training=False)))
+        self.assertAllEqual(labels, [[0, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 1, 0, 1]])
+
+    def test_records_without_state_read_as_all_known(self):
+        records_dir = self._records("no_state", with_state=False)
+        _, state = next(
+            iter(
+                dataset_lib.build_dataset(records_dir, "val", batch_size=3, training=False, label_state=True)
+            )
+        )
+        self.assertAllEqual(state[schema.LABEL_MASK_KEY], np.ones([3, 5]))
+        self.assertAllEqual(state[schema.LABEL_UNCERTAIN_KEY], np.zeros([3, 5]))
+
+    def test_nih_records_read_as_all_known_with_the_same_labels(self):
+        records_dir = os.path.join(self.get_temp_dir(), "nih")
+        fake_data.write_records(records_dir, split_sizes={"val": 6})
+        plain = next(iter(dataset_lib.build_dataset(records_dir, "val", batch_size=6, training=False)))
+        images, state = next(
+            iter(
+                dataset_lib.build_dataset(records_dir, "val", batch_size=6, training=False, label_state=True)
+            )
+        )
+        self.assertAllEqual(images, plain[0])
+        self.assertAllEqual(state[schema.LABELS_KEY], plain[1])
+        self.assertAllEqual(state[schema.LABEL_MASK_KEY], np.ones([6, schema.NUM_LABELS]))
+        self.assertAllEqual(state[schema.LABEL_UNCERTAIN_KEY], np.zeros([6, schema.NUM_LABELS]))
+
+    def test_record_labels_reads_serialized_records_of_the_vocabulary(self):
+        records_dir = self._records("serialized")
+        path = manifest_lib.shard_paths(records_dir, manifest_lib.read_manifest(records_dir), "val")[0]
+        first = next(iter(tf.data.TFRecordDataset(path)))
+        self.assertAllEqual(dataset_lib.record_labels(first, num_labels=5), [0, 1, 0, 0, 0])
+
+    def test_raw_records_parse_per_batch_by_default(self):
+        self.assertEqual(dataset_lib.PARSE_PER_BATCH_FORMATS, ("raw",))
+
+
 if __name__ == "__main__":
     tf.test.main()

@@ -232,6 +232,96 @@ def write_labeled_records(
     return manifest_lib.read_manifest(records_dir)
 
 
+# CheXpert-style labels for records of a vocabulary other than NIH's (the first five of the
+# CheXpert observations, in its order).
+CHEXPERT_LIKE_LABELS = ("No Finding", "Cardiomegaly", "Edema", "Pneumothorax", "Pleural Effusion")
+
+
+def label_state(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CheXpert-style values (1.0 positive, 0.0 negative, -1.0 uncertain, NaN not mentioned) to
+    the records' (labels, label_mask, label_uncertain) int64 arrays of the same shape."""
+    values = np.asarray(values, np.float64)
+    labels = (values == 1.0).astype(np.int64)
+    mask = ((values == 1.0) | (values == 0.0)).astype(np.int64)
+    uncertain = (values == -1.0).astype(np.int64)
+    return labels, mask, uncertain
+
+
+def write_vocabulary_records(
+    records_dir: str,
+    split_values: dict[str, list[list[float]] | np.ndarray],
+    *,
+    labels: tuple[str, ...] = CHEXPERT_LIKE_LABELS,
+    dataset: str = "chexpert",
+    image_size: int = 8,
+    num_shards: int = 1,
+    seed: int = 0,
+    with_state: bool = True,
+    split_pixels: dict[str, np.ndarray] | None = None,
+) -> manifest_lib.Manifest:
+    """Writes a records directory of another vocabulary, with each label's state.
+
+    Args:
+      records_dir: output directory.
+      split_values: per split, one row of CheXpert-style values per record (see `label_state`),
+        as long as `labels`.
+      labels, dataset: the manifest's vocabulary and data set name.
+      image_size, num_shards, seed, split_pixels: as in `write_labeled_records` (raw records).
+      with_state: write the `label_mask` and `label_uncertain` features (without them, records
+        read as all known).
+
+    Returns:
+      The manifest read back.
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(records_dir, exist_ok=True)
+    splits = {}
+    counter = 0
+    for split, values in split_values.items():
+        positives, mask, uncertain = label_state(np.asarray(values, np.float64).reshape(-1, len(labels)))
+        shards, patients = [], set()
+        for shard_index, indices in enumerate(np.array_split(np.arange(len(positives)), num_shards)):
+            name = manifest_lib.shard_name(split, shard_index, num_shards)
+            path = os.path.join(records_dir, name)
+            with tf.io.TFRecordWriter(path) as writer:
+                for index in indices:
+                    pixels = rng.integers(0, 256, size=(image_size, image_size), dtype=np.uint8)
+                    if split_pixels is not None and split in split_pixels:
+                        pixels = np.asarray(split_pixels[split][index], np.uint8)
+                    metadata = metadata_for(counter)
+                    counter += 1
+                    patients.add(metadata.patient_id)
+                    # An NIH record whose label features are then replaced by this vocabulary's.
+                    example = codec.make_example(pixels, metadata, multi_hot("No Finding"))
+                    features = example.features.feature
+                    features[schema.LABELS_KEY].int64_list.value[:] = positives[index].tolist()
+                    if with_state:
+                        features[schema.LABEL_MASK_KEY].int64_list.value[:] = mask[index].tolist()
+                        features[schema.LABEL_UNCERTAIN_KEY].int64_list.value[:] = uncertain[index].tolist()
+                    writer.write(example.SerializeToString())
+            shards.append(
+                manifest_lib.ShardInfo(name=name, records=len(indices), sha256=manifest_lib.sha256_file(path))
+            )
+        splits[split] = manifest_lib.SplitInfo(
+            records=len(positives),
+            patients=len(patients),
+            label_counts=dict(zip(labels, positives.sum(axis=0).tolist())),
+            shards=tuple(shards),
+        )
+    manifest = manifest_lib.Manifest(
+        options={"image_size": image_size, "image_format": "raw", "split": "patient"},
+        splits=splits,
+        rejects={},
+        input_rows=sum(split.records for split in splits.values()),
+        dataset=dataset,
+        labels=tuple(labels),
+    )
+    manifest_lib.write_manifest(records_dir, manifest)
+    return manifest_lib.read_manifest(records_dir)
+
+
 def tiny_keras_model(image_size: int = 32, *, seed: int = 0):
     """A tiny stand-in for the trainer's model with the same outer contract.
 

@@ -13,6 +13,7 @@ from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 from trainer.model import augment
+from trainer.training import config as config_lib
 from trainer.training import inputs
 
 _FINDING = {name: index for index, name in enumerate(schema.LABELS)}
@@ -171,6 +172,57 @@ class InputsTest(tf.test.TestCase, parameterized.TestCase):
             ]
         )
         self.assertAllClose(inputs.resample_weights(labels), [1.04, 2.04, 14.04])
+
+
+class TargetsTest(tf.test.TestCase, parameterized.TestCase):
+    """The uncertainty policies and the unknown-label targets."""
+
+    # One image, CheXpert-style over 4 labels: positive, uncertain, not mentioned, negative.
+    STATE = {
+        schema.LABELS_KEY: [[1.0, 0.0, 0.0, 0.0]],
+        schema.LABEL_MASK_KEY: [[1.0, 0.0, 0.0, 1.0]],
+        schema.LABEL_UNCERTAIN_KEY: [[0.0, 1.0, 0.0, 0.0]],
+    }
+
+    @parameterized.named_parameters(
+        ("ignore", "ignore", [[1.0, -1.0, -1.0, 0.0]]),
+        ("ones", "ones", [[1.0, 1.0, -1.0, 0.0]]),
+        ("zeros", "zeros", [[1.0, 0.0, -1.0, 0.0]]),
+    )
+    def test_policy_eagerly_and_in_dataset_map(self, policy, expected):
+        state = {key: tf.constant(value) for key, value in self.STATE.items()}
+        self.assertAllEqual(inputs.targets(state, policy), expected)
+        mapped = tf.data.Dataset.from_tensors((tf.zeros([1, 2, 2, 1], tf.uint8), state))
+        (_, got), *_ = list(inputs.with_targets(mapped, policy))
+        self.assertAllEqual(got, expected)
+
+    def test_unknown_policy_is_refused(self):
+        with self.assertRaisesRegex(ValueError, "uncertain must be one of"):
+            inputs.targets({}, "maybe")
+
+    def test_training_input_of_another_vocabulary(self):
+        records_dir = os.path.join(self.get_temp_dir(), "chexpert")
+        values = [[0.0, 1.0, -1.0, np.nan, 0.0]] * 4
+        fake_data.write_vocabulary_records(records_dir, {"train": values, "val": values})
+        for policy, uncertain_target in (("ignore", -1.0), ("ones", 1.0), ("zeros", 0.0)):
+            config = config_lib.get_profile("demo", records_dir=records_dir, uncertain=policy)
+            _, y = next(iter(inputs.training_dataset(config, global_batch_size=2)))
+            self.assertAllEqual(y, [[0.0, 1.0, uncertain_target, -1.0, 0.0]] * 2)
+        # Resampling reads the records' labels in their own vocabulary's length.
+        config = config_lib.get_profile("demo", records_dir=records_dir, class_imbalance="resample")
+        _, y = next(iter(inputs.training_dataset(config, global_batch_size=2)))
+        self.assertAllEqual(y, [[0.0, 1.0, -1.0, -1.0, 0.0]] * 2)
+
+    def test_nih_targets_are_the_labels(self):
+        records_dir = os.path.join(self.get_temp_dir(), "nih")
+        fake_data.write_records(records_dir, split_sizes={"train": 8, "val": 8})
+        config = config_lib.get_profile("demo", records_dir=records_dir, uncertain="ones")
+        strategy = tf.distribute.get_strategy()
+        val = inputs.distributed_dataset(config, strategy, "val", training=False, batch_size_per_replica=8)
+        plain = dataset_lib.build_dataset(records_dir, "val", batch_size=8, training=False)
+        (_, targets), (_, labels) = next(iter(val)), next(iter(plain))
+        self.assertAllEqual(targets, labels)
+        self.assertEqual(targets.dtype, labels.dtype)
 
 
 if __name__ == "__main__":

@@ -286,5 +286,93 @@ class SummarizeTest(tf.test.TestCase):
             metrics.BootstrapConfig(confidence=1.5)
 
 
+class KnownLabelsTest(parameterized.TestCase, tf.test.TestCase):
+    """Labels unknown for some images (uncertain or not mentioned) are left out of their metrics."""
+
+    def test_hand_worked_auc_over_known_images(self):
+        # Label A on 5 images; image 4 (scoring 0.9) is unknown. Known: positives 0.35 and 0.8,
+        # negatives 0.1 and 0.4: 3 of the 4 pairs ordered, AUC 3/4. Counted as a negative, image
+        # 4 adds two pairs that no positive wins: 3 of 6, AUC 1/2.
+        y_true = np.array([[0], [0], [1], [1], [0]])
+        y_score = np.array([[0.1], [0.4], [0.35], [0.8], [0.9]])
+        known = np.array([[True], [True], [True], [True], [False]])
+        summary = metrics.summarize(
+            y_true,
+            y_score,
+            patient_ids=np.arange(5),
+            labels=("A",),
+            known=known,
+            bootstrap=metrics.BootstrapConfig(resamples=0),
+        )
+        finding = summary["findings"][0]
+        self.assertAllClose(finding["auc"], 0.75)
+        self.assertEqual((finding["known"], finding["positives"], finding["negatives"]), (4, 2, 2))
+        self.assertAllClose(finding["prevalence"], 0.5)
+        unmasked = metrics.summarize(
+            y_true,
+            y_score,
+            patient_ids=np.arange(5),
+            labels=("A",),
+            bootstrap=metrics.BootstrapConfig(resamples=0),
+        )
+        self.assertAllClose(unmasked["findings"][0]["auc"], 0.5)
+        self.assertNotIn("known", unmasked["findings"][0])
+
+    def test_unknown_entries_change_nothing(self):
+        y_true, y_score, patient_ids = _random_split(40, num_labels=3, seed=5)
+        rng = np.random.default_rng(6)
+        known = rng.random(y_true.shape) > 0.3
+        sex = np.where(np.arange(len(patient_ids)) % 2, "F", "M")
+        kwargs = dict(
+            patient_ids=patient_ids,
+            labels=("A", "B", "No Finding"),
+            known=known,
+            subgroups={"sex": sex},
+            bootstrap=metrics.BootstrapConfig(resamples=50, seed=1),
+        )
+        first = metrics.summarize(y_true, y_score, **kwargs)
+        # Flip the labels and redraw the scores where unknown: every figure stays the same.
+        other_true = np.where(known, y_true, 1 - y_true)
+        other_score = np.where(known, y_score, rng.random(y_score.shape))
+        self.assertEqual(json.dumps(first), json.dumps(metrics.summarize(other_true, other_score, **kwargs)))
+
+    def test_all_known_mask_gives_the_unmasked_figures(self):
+        y_true, y_score, patient_ids = _random_split(30, num_labels=4, seed=7)
+        kwargs = dict(
+            patient_ids=patient_ids,
+            labels=("A", "B", "C", "No Finding"),
+            bootstrap=metrics.BootstrapConfig(resamples=40, seed=2),
+        )
+        plain = metrics.summarize(y_true, y_score, **kwargs)
+        masked = metrics.summarize(y_true, y_score, known=np.ones(y_true.shape, bool), **kwargs)
+        for finding in masked["findings"]:
+            self.assertEqual(finding.pop("known"), len(y_true))
+        self.assertEqual(json.dumps(plain), json.dumps(masked))
+
+    def test_bootstrap_weighs_unknown_images_zero(self):
+        # The bootstrap AUC of a label over its known images equals the weighted AUC of that label's
+        # known images alone under the same draws.
+        y_true, y_score, patient_ids = _random_split(25, num_labels=2, seed=8)
+        known = np.ones(y_true.shape, bool)
+        known[::3, 1] = False
+        samples = metrics.bootstrap_aucs(y_true, y_score, patient_ids, resamples=30, seed=3, known=known)
+        draws = metrics.patient_bootstrap_draws(patient_ids, resamples=30, seed=3)
+        weights = metrics.image_weights(patient_ids, draws)
+        rows = known[:, 1]
+        expected = metrics.weighted_roc_auc(y_true[rows, 1], y_score[rows, 1], weights[:, rows])
+        self.assertAllClose(samples[:, 1], expected)
+        self.assertAllClose(samples[:, 0], metrics.weighted_roc_auc(y_true[:, 0], y_score[:, 0], weights))
+
+    def test_known_of_the_wrong_shape(self):
+        with self.assertRaisesRegex(ValueError, r"known must have the labels' shape \[3, 1\]"):
+            metrics.summarize(
+                np.zeros((3, 1)),
+                np.zeros((3, 1)),
+                patient_ids=np.arange(3),
+                labels=("A",),
+                known=np.ones((3, 2)),
+            )
+
+
 if __name__ == "__main__":
     tf.test.main()

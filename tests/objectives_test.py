@@ -92,5 +92,108 @@ class ObjectivesTest(tf.test.TestCase):
         self.assertEqual((restored.class_index, restored.name), (3, metric.name))
 
 
+def _old_weighted_bce(weights, y_true, y_pred):
+    """The weighted loss as it was before labels could be unknown (its exact operations)."""
+    y_true = keras.ops.cast(y_true, "float32")
+    y_pred = keras.ops.clip(keras.ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
+    weights = keras.ops.convert_to_tensor(weights, dtype="float32")
+    per_label = -(weights * y_true * keras.ops.log(y_pred) + (1.0 - y_true) * keras.ops.log(1.0 - y_pred))
+    return keras.ops.mean(per_label, axis=-1)
+
+
+class UnknownLabelsTest(tf.test.TestCase):
+    """y_true = -1 marks an unknown label: left out of the losses, the AUCs and the accuracy."""
+
+    def _random(self, rows=16, labels=5, seed=0):
+        rng = np.random.default_rng(seed)
+        y_true = (rng.random((rows, labels)) < 0.4).astype(np.float32)
+        y_pred = rng.random((rows, labels)).astype(np.float32)
+        return y_true, y_pred
+
+    def test_all_known_losses_are_bit_identical_to_before(self):
+        y_true, y_pred = self._random(rows=32, labels=schema.NUM_LABELS)
+        weights = np.linspace(0.5, 9.0, schema.NUM_LABELS).astype(np.float32)
+        self.assertAllEqual(
+            objectives.WeightedBinaryCrossentropy(weights)(y_true, y_pred),
+            keras.ops.mean(_old_weighted_bce(weights, y_true, y_pred)),
+        )
+        self.assertAllEqual(
+            objectives.MaskedBinaryCrossentropy()(y_true, y_pred),
+            keras.losses.BinaryCrossentropy()(y_true, y_pred),
+        )
+
+    def test_all_known_gradients_are_bit_identical_to_before(self):
+        y_true, y_pred = self._random(rows=8, labels=schema.NUM_LABELS, seed=1)
+        weights = np.linspace(0.5, 9.0, schema.NUM_LABELS).astype(np.float32)
+        logits = tf.Variable(np.log(y_pred / (1 - y_pred)))
+        with tf.GradientTape(persistent=True) as tape:
+            new = objectives.WeightedBinaryCrossentropy(weights)(y_true, tf.sigmoid(logits))
+            old = tf.reduce_mean(_old_weighted_bce(weights, y_true, tf.sigmoid(logits)))
+        self.assertAllEqual(tape.gradient(new, logits), tape.gradient(old, logits))
+
+    def test_loss_averages_each_image_over_its_known_labels(self):
+        # Image 0 knows labels 0 and 2 (p = 0.25 and 0.5, both positive); image 1 knows none.
+        # Per image: (-log 0.25 - log 0.5) / 2, and 0; the batch mean halves it.
+        y_true = np.array([[1, -1, 1], [-1, -1, -1]], np.float32)
+        y_pred = np.array([[0.25, 0.9, 0.5], [0.3, 0.3, 0.3]], np.float32)
+        expected = (-np.log(0.25) - np.log(0.5)) / 2 / 2
+        self.assertAllClose(objectives.MaskedBinaryCrossentropy()(y_true, y_pred), expected, rtol=1e-5)
+        weighted = objectives.WeightedBinaryCrossentropy([2.0, 5.0, 1.0])
+        # Positive weight 2 on label 0 and 1 on label 2: (-2 log 0.25 - log 0.5) / 2, halved.
+        self.assertAllClose(weighted(y_true, y_pred), (-2 * np.log(0.25) - np.log(0.5)) / 2 / 2, rtol=1e-5)
+
+    def test_unknown_labels_do_not_move_the_loss(self):
+        y_true, y_pred = self._random()
+        y_true[0, 1] = -1
+        loss = objectives.MaskedBinaryCrossentropy()
+        changed = y_pred.copy()
+        changed[0, 1] = 0.999
+        self.assertAllEqual(loss(y_true, y_pred), loss(y_true, changed))
+
+    def test_auc_counts_known_labels_only(self):
+        # Label 0 known on all rows; label 1 unknown on the rows that would spoil its AUC.
+        y_true, y_pred = self._random(rows=40, labels=2, seed=2)
+        unknown = y_pred[:, 1] > 0.7
+        masked = y_true.copy()
+        masked[unknown, 1] = -1
+        metric = objectives.MeanAUC(num_labels=2)
+        metric.update_state(masked, y_pred)
+        per_label = [objectives.ClassAUC(k) for k in range(2)]
+        for m in per_label:
+            m.update_state(masked, y_pred)
+        # The same as each label's AUC over its known rows alone.
+        reference = [keras.metrics.AUC(), keras.metrics.AUC()]
+        reference[0].update_state(y_true[:, 0], y_pred[:, 0])
+        reference[1].update_state(y_true[~unknown, 1], y_pred[~unknown, 1])
+        self.assertAllClose(per_label[0].result(), reference[0].result())
+        self.assertAllClose(per_label[1].result(), reference[1].result())
+        self.assertAllClose(metric.result(), (reference[0].result() + reference[1].result()) / 2)
+
+    def test_all_known_auc_counts_are_identical_to_unweighted(self):
+        y_true, y_pred = self._random(rows=64, labels=schema.NUM_LABELS, seed=3)
+        ours = objectives.MeanAUC()
+        ours.update_state(y_true, y_pred)
+        keras_auc = keras.metrics.AUC(multi_label=True, num_labels=schema.NUM_LABELS)
+        keras_auc.update_state(y_true, y_pred)
+        for name in ("true_positives", "false_positives", "true_negatives", "false_negatives"):
+            self.assertAllEqual(getattr(ours, name), getattr(keras_auc, name))
+
+    def test_binary_accuracy_over_known_labels(self):
+        # Known entries: row 0: (1, 0.9) right, (0, 0.8) wrong; row 1: (0, 0.1) right. 2 of 3.
+        y_true = np.array([[1, 0, -1], [-1, -1, 0]], np.float32)
+        y_pred = np.array([[0.9, 0.8, 0.9], [0.9, 0.9, 0.1]], np.float32)
+        metric = objectives.MaskedBinaryAccuracy()
+        metric.update_state(y_true, y_pred)
+        self.assertAllClose(metric.result(), 2 / 3)
+        self.assertEqual(metric.name, "binary_accuracy")
+
+    def test_all_known_binary_accuracy_equals_keras(self):
+        y_true, y_pred = self._random(rows=33, labels=schema.NUM_LABELS, seed=4)
+        ours, theirs = objectives.MaskedBinaryAccuracy(), keras.metrics.BinaryAccuracy()
+        ours.update_state(y_true, y_pred)
+        theirs.update_state(y_true, y_pred)
+        self.assertAllEqual(ours.result(), theirs.result())
+
+
 if __name__ == "__main__":
     tf.test.main()

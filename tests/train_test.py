@@ -244,6 +244,31 @@ class TrainTest(tf.test.TestCase):
     def test_resample_with_xla(self):
         self._train_variant(class_imbalance="resample", xla="on")
 
+    def test_another_vocabulary_sizes_the_head_and_masks_unknown_labels(self):
+        # CheXpert-style records: 5 labels, each row with a positive, an uncertain (-1) and an
+        # unmentioned (NaN) label; plain (masked) binary cross-entropy, uncertain as ones.
+        rng = np.random.default_rng(0)
+        values = rng.choice([0.0, 1.0, -1.0, np.nan], size=(24, 5), p=[0.4, 0.3, 0.15, 0.15])
+        records = os.path.join(self.get_temp_dir(), "chexpert_records")
+        fake_data.write_vocabulary_records(records, {"train": values[:16], "val": values[16:]}, image_size=32)
+        config = self._config(
+            "chexpert", records_dir=records, epochs=1, class_imbalance="none", uncertain="ones"
+        )
+        result = train_lib.train(config, _STRATEGY())
+        self.assertTrue(np.isfinite(result.history["loss"][0]))
+        saved = json.load(open(os.path.join(config.run_dir, run_dir_lib.CONFIG_FILE)))
+        self.assertEqual(saved["labels"], list(fake_data.CHEXPERT_LIKE_LABELS))
+        self.assertEqual(saved["dataset"], "chexpert")
+        self.assertEqual(saved["train_config"]["uncertain"], "ones")
+        self.assertEqual(
+            export.read_labels(result.export_dir, expected=None)["labels"],
+            list(fake_data.CHEXPERT_LIKE_LABELS),
+        )
+        best = keras.models.load_model(os.path.join(config.run_dir, run_dir_lib.BEST_CHECKPOINT))
+        self.assertEqual(best.output_shape, (None, 5))
+        self.assertIn("val_auc_Pleural_Effusion", _history_rows(config.run_dir)[0])
+        self.assertNotIn("val_auc_Hernia", _history_rows(config.run_dir)[0])
+
     def test_errors_before_training(self):
         strategy = train_lib.create_strategy("one_device")
         with self.assertRaisesRegex(manifest_lib.ManifestError, "does not exist"):

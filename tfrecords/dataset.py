@@ -2,12 +2,18 @@
 
     import tfrecords.dataset as dataset_lib
     train = dataset_lib.build_dataset("data/tfrecords", "train", batch_size=32, training=True, seed=0)
-    images, labels = next(iter(train))  # uint8 [32, 256, 256, 1], float32 [32, 15]
+    images, labels = next(iter(train))  # uint8 [32, 256, 256, 1], float32 [32, L]
+
+L is the length of the manifest's label vocabulary (NIH's 15 for NIH records). With
+`label_state=True` the labels come as a dict that also holds each label's state, the record's
+`label_mask` (1 known, 0 uncertain or not mentioned) and `label_uncertain` (1 where the source
+wrote "uncertain"); records written without them read as all known, none uncertain.
 
 The records are ready-made (decoded, gray, resized by the Beam job), so this pipeline only
 reads, parses and batches. Training policy (resampling, loss weights, augmentation, the
-tf.data service) is the consumer's: `trainer/training/inputs.py` composes it on top of this module,
-through `record_fn` (per-record stream) and the returned batches.
+uncertainty policy, the tf.data service) is the consumer's: `trainer/training/inputs.py`
+composes it on top of this module, through `record_fn` (per-record stream) and the returned
+batches.
 """
 
 from __future__ import annotations
@@ -26,6 +32,13 @@ from tfrecords import manifest as manifest_lib
 # (gs://); the AUTOTUNEd parallelism decides how many are actually busy.
 _MAX_CYCLE_LENGTH = 16
 _READ_BUFFER_BYTES = 8 << 20
+# The image formats parsed and decoded a whole batch at a time when `parse_after_batch` is None
+# (the default). Decided by `make bench-input` (python -m benchmarks.bench_input), which times
+# both on raw records side by side: one vectorized parse per batch was faster than one parse per
+# record (the ratio is in README.md, "Measured figures"). PNG can only be decoded per image.
+PARSE_PER_BATCH_FORMATS: tuple[str, ...] = ("raw",)
+# The keys of the labels dict yielded with `label_state=True`.
+LABEL_STATE_KEYS = (schema.LABELS_KEY, schema.LABEL_MASK_KEY, schema.LABEL_UNCERTAIN_KEY)
 
 Element = tuple[tf.Tensor, ...]
 
@@ -40,15 +53,17 @@ def build_dataset(
     shuffle_buffer: int = 2048,
     cache: bool = False,
     with_metadata: bool = False,
+    label_state: bool = False,
     input_context: tf.distribute.InputContext | None = None,
     record_fn: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None,
     parse_after_batch: bool | None = None,
 ) -> tf.data.Dataset:
     """Builds the batched dataset of one split of a records directory.
 
-    Training: files shuffled (with `seed`) every epoch, records shuffled in a buffer, repeated
-    forever, full batches only. Evaluation: fixed order (the same on every run), one pass,
-    every record exactly once, the last partial batch kept.
+    Steps: `_read_records`, `_parse_per_record`, `_record_stream` (cache, `record_fn`, shuffle,
+    repeat), `_batch`, prefetch. Training: files and records shuffled (with `seed`) every epoch,
+    repeated forever, full batches only. Evaluation: fixed order (the same on every run), one
+    pass, every record exactly once, the last partial batch kept.
 
     Args:
       records_dir: a directory written by `beam_pipelines.build_tfrecords` (local or gs://).
@@ -59,70 +74,47 @@ def build_dataset(
       seed: seeds file order and record shuffle; None draws fresh randomness each run.
       shuffle_buffer: records in the shuffle buffer (training only).
       cache: keep the split's records in memory after the first pass (when it fits).
-      with_metadata: also yield a dict of [B] metadata tensors keyed by
-        `schema.METADATA_KEYS` (image index, patient, follow-up, age, sex, view), for reports.
-      input_context: from `tf.distribute.Strategy.distribute_datasets_from_function`. With
-        at least as many shards as input pipelines, each pipeline reads its own files;
-        otherwise each reads everything in one fixed order and keeps every n-th record.
-      record_fn: training only: a transformation of the per-record stream, applied after the
-        cache and before the shuffle (e.g. resampling). Its elements are serialized records
-        when `parse_after_batch`, else parsed feature dicts; `record_labels` reads the labels
-        of either.
-      parse_after_batch: parse whole batches with `tf.io.parse_example` (raw records only;
-        measured faster) instead of one record at a time. None picks the faster one.
+      with_metadata: also yield a dict of [B] tensors keyed by `schema.METADATA_KEYS`.
+      label_state: yield the labels as a dict keyed by `LABEL_STATE_KEYS` (labels, label_mask,
+        label_uncertain; each float32 [B, L]) instead of the labels alone.
+      input_context: from `distribute_datasets_from_function`. With at least as many shards
+        as input pipelines, each reads its own files; else each reads every file and keeps
+        every n-th record.
+      record_fn: training only: a transformation of the per-record stream (e.g. resampling),
+        of serialized records when `parse_after_batch`, else of feature dicts (`record_labels`
+        reads the labels of either).
+      parse_after_batch: parse whole batches (raw records only) instead of one record at a
+        time. None follows `PARSE_PER_BATCH_FORMATS`.
 
     Returns:
-      A dataset of `(images, labels)` or `(images, labels, metadata)`: images uint8
-      [B, H, W, 1], labels float32 [B, 15].
+      `(images, labels)` or `(images, labels, metadata)` batches: images uint8 [B, H, W, 1],
+      labels float32 [B, L] in the manifest's `labels` order (or their dict).
 
     Raises:
       ManifestError: no valid manifest, shards missing or unlisted, or no such split.
       ValueError: an argument out of range (named), or an empty training split.
     """
     _check_arguments(batch_size, shuffle_buffer, training, record_fn)
-    # A directory without a valid manifest is a crashed or running job, or not ours; shards
-    # not matching it mean old and new output are mixed. Either way, refuse before reading.
-    manifest = manifest_lib.read_manifest(records_dir)
-    plan = _plan(records_dir, manifest, split, batch_size, training, seed, input_context, parse_after_batch)
-    dataset = _read_records(plan, training=training, seed=seed)
-    if not plan.parse_after_batch:
-        # One record at a time: PNG can only be decoded per image. Decoded before the cache
-        # so a cached epoch skips decoding too.
-        dataset = dataset.map(
-            lambda serialized: _parse_record(serialized, plan.image_size, plan.image_format),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=plan.deterministic,
-        )
-    if cache:
-        # After reading (and per-record decoding), before anything random, so later epochs
-        # replay the bytes from memory and still get a fresh resampling and shuffle.
-        dataset = dataset.cache()
-    if record_fn is not None:
-        dataset = record_fn(dataset)
-    if training:
-        # Shuffle before repeat: epochs stay whole (every record once per epoch) and the
-        # buffer reshuffles on each pass.
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.repeat()
-    # Training drops the last partial batch so every step has one static shape (XLA, and
-    # equal per-replica batches); evaluation keeps it so every record is scored once.
-    dataset = dataset.batch(plan.batch_size, drop_remainder=training)
-    if plan.parse_after_batch:
-        # One vectorized parse and decode per batch (raw records): measured 1.56x the
-        # per-record parse (`python -m benchmarks.bench_input`).
-        outputs = functools.partial(_batch_outputs, image_size=plan.image_size, with_metadata=with_metadata)
-    else:
-        outputs = functools.partial(_to_outputs, with_metadata=with_metadata)
-    dataset = dataset.map(outputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=plan.deterministic)
+    plan = _plan(records_dir, split, batch_size, training, seed, input_context, parse_after_batch)
+    dataset = _parse_per_record(_read_records(plan, training=training, seed=seed), plan)
+    dataset = _record_stream(
+        dataset, training, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache, record_fn=record_fn
+    )
+    dataset = _batch(dataset, plan, training=training, with_metadata=with_metadata, label_state=label_state)
     # Overlap producing the next batches with the training step consuming this one.
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def record_labels(element: tf.Tensor | Mapping[str, tf.Tensor]) -> tf.Tensor:
-    """The int64 [15] labels of one element of the per-record stream seen by `record_fn`."""
+def record_labels(
+    element: tf.Tensor | Mapping[str, tf.Tensor], num_labels: int = schema.NUM_LABELS
+) -> tf.Tensor:
+    """The int64 [L] labels of one element of the per-record stream seen by `record_fn`.
+
+    `num_labels` is the length of the manifest's `labels` (used for serialized records).
+    """
     if isinstance(element, Mapping):
         return element[schema.LABELS_KEY]
-    spec = {schema.LABELS_KEY: schema.FEATURE_SPEC[schema.LABELS_KEY]}
+    spec = {schema.LABELS_KEY: schema.feature_spec(num_labels)[schema.LABELS_KEY]}
     return tf.io.parse_single_example(element, spec)[schema.LABELS_KEY]
 
 
@@ -133,6 +125,7 @@ class _Plan:
     paths: tuple[str, ...]
     image_size: int
     image_format: str
+    num_labels: int
     parse_after_batch: bool
     batch_size: int  # Per input pipeline.
     num_pipelines: int
@@ -144,7 +137,6 @@ class _Plan:
 
 def _plan(
     records_dir: str,
-    manifest: manifest_lib.Manifest,
     split: str,
     batch_size: int,
     training: bool,
@@ -152,6 +144,9 @@ def _plan(
     input_context: tf.distribute.InputContext | None,
     parse_after_batch: bool | None,
 ) -> _Plan:
+    # A directory without a valid manifest is a crashed or running job, or not ours; shards
+    # not matching it mean old and new output are mixed. Either way, refuse before reading.
+    manifest = manifest_lib.read_manifest(records_dir)
     paths = tuple(manifest_lib.shard_paths(records_dir, manifest, split))
     if training and manifest.splits[split].records == 0:
         # repeat() over nothing would spin forever instead of failing.
@@ -159,7 +154,7 @@ def _plan(
             f"Records directory {records_dir!r}: split {split!r} has no records to train on."
         )
     if parse_after_batch is None:
-        parse_after_batch = manifest.image_format == "raw"
+        parse_after_batch = manifest.image_format in PARSE_PER_BATCH_FORMATS
     elif parse_after_batch and manifest.image_format != "raw":
         raise errors.ValidationError(
             f"parse_after_batch=True needs raw records; {records_dir!r} holds {manifest.image_format!r} images."
@@ -171,6 +166,8 @@ def _plan(
         paths=paths,
         image_size=manifest.image_size,
         image_format=manifest.image_format,
+        # The records' labels vector is as long as the manifest's vocabulary.
+        num_labels=len(manifest.labels),
         parse_after_batch=parse_after_batch,
         batch_size=input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size,
         num_pipelines=num_pipelines,
@@ -216,17 +213,69 @@ def _check_arguments(
         raise ValueError("record_fn is for training only; evaluation must see every record once, unchanged.")
 
 
-def _parse_record(serialized: tf.Tensor, image_size: int, image_format: str) -> dict[str, tf.Tensor]:
-    features = codec.parse_example(serialized)
-    with tf.control_dependencies([_check_size(features, image_size)]):
+def _parse_per_record(dataset: tf.data.Dataset, plan: _Plan) -> tf.data.Dataset:
+    """Parses and decodes one record at a time, unless whole batches are parsed later."""
+    if plan.parse_after_batch:
+        return dataset
+    # PNG can only be decoded per image. Decoded before the cache so a cached epoch skips
+    # decoding too.
+    return dataset.map(
+        lambda serialized: _parse_record(serialized, plan),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=plan.deterministic,
+    )
+
+
+def _record_stream(
+    dataset: tf.data.Dataset,
+    training: bool,
+    *,
+    seed: int | None,
+    shuffle_buffer: int,
+    cache: bool,
+    record_fn: Callable[[tf.data.Dataset], tf.data.Dataset] | None,
+) -> tf.data.Dataset:
+    """The per-record stream: cached, passed through `record_fn`, shuffled and repeated (training)."""
+    if cache:
+        # After reading (and per-record decoding), before anything random, so later epochs
+        # replay the bytes from memory and still get a fresh resampling and shuffle.
+        dataset = dataset.cache()
+    if record_fn is not None:
+        dataset = record_fn(dataset)
+    if training:
+        # Shuffle before repeat: epochs stay whole (every record once per epoch) and the
+        # buffer reshuffles on each pass.
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.repeat()
+    return dataset
+
+
+def _batch(
+    dataset: tf.data.Dataset, plan: _Plan, *, training: bool, with_metadata: bool, label_state: bool
+) -> tf.data.Dataset:
+    """Batches the stream and maps each batch to the yielded tuple (parsing it first if needed)."""
+    # Training drops the last partial batch so every step has one static shape (XLA, and
+    # equal per-replica batches); evaluation keeps it so every record is scored once.
+    dataset = dataset.batch(plan.batch_size, drop_remainder=training)
+    outputs = functools.partial(_to_outputs, with_metadata=with_metadata, label_state=label_state)
+    if plan.parse_after_batch:
+        # One vectorized parse and decode per batch (raw records; see PARSE_PER_BATCH_FORMATS).
+        outputs = functools.partial(_batch_outputs, plan=plan, outputs=outputs)
+    return dataset.map(outputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=plan.deterministic)
+
+
+def _parse_record(serialized: tf.Tensor, plan: _Plan) -> dict[str, tf.Tensor]:
+    features = codec.parse_example(serialized, plan.num_labels)
+    with tf.control_dependencies([_check_size(features, plan.image_size)]):
         features[schema.IMAGE_KEY] = codec.decode_image(
-            features, image_size=image_size, image_format=image_format
+            features, image_size=plan.image_size, image_format=plan.image_format
         )
     return features
 
 
-def _parse_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
-    features = codec.parse_examples(serialized)
+def _parse_batch(serialized: tf.Tensor, plan: _Plan) -> dict[str, tf.Tensor]:
+    features = codec.parse_examples(serialized, plan.num_labels)
+    image_size = plan.image_size
     with tf.control_dependencies([_check_size(features, image_size)]):
         pixels = tf.io.decode_raw(features[schema.IMAGE_KEY], tf.uint8)
     # Restore the static shape (batching and XLA need it); the batch dimension is static
@@ -255,13 +304,18 @@ def _check_size(features: Mapping[str, tf.Tensor], image_size: int) -> tf.Operat
     )
 
 
-def _batch_outputs(serialized: tf.Tensor, *, image_size: int, with_metadata: bool) -> Element:
-    return _to_outputs(_parse_batch(serialized, image_size), with_metadata=with_metadata)
+def _batch_outputs(
+    serialized: tf.Tensor, *, plan: _Plan, outputs: Callable[[Mapping[str, tf.Tensor]], Element]
+) -> Element:
+    return outputs(_parse_batch(serialized, plan))
 
 
-def _to_outputs(features: Mapping[str, tf.Tensor], with_metadata: bool) -> Element:
+def _to_outputs(features: Mapping[str, tf.Tensor], *, with_metadata: bool, label_state: bool) -> Element:
     images = features[schema.IMAGE_KEY]
-    labels = tf.cast(features[schema.LABELS_KEY], tf.float32)
+    if label_state:
+        labels = {key: tf.cast(features[key], tf.float32) for key in LABEL_STATE_KEYS}
+    else:
+        labels = tf.cast(features[schema.LABELS_KEY], tf.float32)
     if not with_metadata:
         return images, labels
     return images, labels, {key: features[key] for key in schema.METADATA_KEYS}

@@ -4,6 +4,11 @@
 
 writes `runs/demo/reports/` (`auc.json`, `auc.md`, `auc.csv`, `thresholds.json`,
 `predictions.csv` and the figures; see `trainer.evaluation.pipeline`).
+
+    python -m trainer.evaluate --run_dir=runs/demo --records_dir=data/tfrecords-chexpert
+
+scores the same run on another data set's records, over the labels both vocabularies share, and
+writes `runs/demo/reports_on_chexpert/`.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ from cxr_cli import verbosity
 if __name__ == "__main__":
     verbosity.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/verbosity.py).
 
+from tfrecords import schema
 from trainer.evaluation import pipeline
 from trainer.evaluation.report import files, formatting
-from trainer.model import run_dir as run_dir_lib
 
 
 def main(argv: list[str], *, holders: dict) -> None:
@@ -29,10 +34,11 @@ def main(argv: list[str], *, holders: dict) -> None:
     config = config_flags.build_config(pipeline.EvaluateConfig, holders)
     report = pipeline.evaluate(config)
     headline = report["splits"][report["split"]]
-    output_dir = config.output_dir or run_dir_lib.path(config.run_dir, run_dir_lib.REPORTS_DIR)
+    output_dir = pipeline.reports_dir(config)
     logging.info(
-        "%s split: mean AUC of 14 findings %s (95%% CI %s); reports in %s",
+        "%s split: mean AUC of %d findings %s (95%% CI %s); reports in %s",
         report["split"],
+        sum(label != schema.NO_FINDING for label in report["labels"]),
         formatting.fmt(headline["mean_auc_14"]),
         formatting.fmt_ci(*headline["mean_auc_14_ci"]),
         output_dir,

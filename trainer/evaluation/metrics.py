@@ -212,7 +212,13 @@ def weighted_roc_auc(y_true: np.ndarray, y_score: np.ndarray, weights: np.ndarra
 
 
 def bootstrap_aucs(
-    y_true: np.ndarray, y_score: np.ndarray, patient_ids: np.ndarray, *, resamples: int, seed: int
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    patient_ids: np.ndarray,
+    *,
+    resamples: int,
+    seed: int,
+    known: np.ndarray | None = None,
 ) -> np.ndarray:
     """ROC AUC of every finding in every patient-level bootstrap resample.
 
@@ -222,15 +228,23 @@ def bootstrap_aucs(
       patient_ids: [N] the patient of each image.
       resamples: number of resamples R.
       seed: RNG seed.
+      known: optional bool [N, L], True where the label is known; a finding's AUC counts its
+        known images only (the others weigh 0 in every resample). None: all known.
 
     Returns:
       float64 [R, L]; NaN where a resample lacks positives or negatives of a finding.
     """
     y_true, y_score = _check_arrays(y_true, y_score)
+    known = _check_known(known, y_true.shape)
     draws = patient_bootstrap_draws(patient_ids, resamples=resamples, seed=seed)
     weights = image_weights(patient_ids, draws)
+
+    def label_weights(k: int) -> np.ndarray:
+        return weights if known[:, k].all() else weights * known[:, k]
+
     return np.stack(
-        [weighted_roc_auc(y_true[:, k], y_score[:, k], weights) for k in range(y_true.shape[1])], axis=1
+        [weighted_roc_auc(y_true[:, k], y_score[:, k], label_weights(k)) for k in range(y_true.shape[1])],
+        axis=1,
     )
 
 
@@ -271,102 +285,167 @@ def summarize(
     labels: Sequence[str] = schema.LABELS,
     bootstrap: BootstrapConfig = BootstrapConfig(),
     reference_thresholds: Mapping[str, float | None] | None = None,
+    known: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """All metrics of one split, as a JSON-ready dict (undefined values are None).
+
+    Steps: `_point_aucs`, `_bootstrap_samples`, `finding_summary`, `_mean_interval`, `subgroup_aucs`.
 
     Args:
       y_true: [N, L] 0/1 labels, columns in `labels` order.
       y_score: [N, L] predicted probabilities.
       patient_ids: [N] the patient of each image (the bootstrap's resampling unit).
-      subgroups: optional attribute name -> [N] group value per image, e.g.
-        {"sex": [...], "age_band": [...], "view_position": [...]}; AUCs are reported per value.
-      labels: the L label names; the last one may be "No Finding" (excluded from the 14-mean).
+      subgroups: optional attribute name (e.g. "sex") -> [N] values; AUCs are reported per value.
+      labels: the L label names; "No Finding" (when present) is excluded from the findings' mean.
       bootstrap: confidence interval settings.
       reference_thresholds: optional label -> threshold chosen elsewhere (on val); the
         sensitivity and specificity at it are reported as `*_at_reference`.
+      known: optional bool [N, L], True where the label is known; each label's metrics count
+        its known images only, and report their number as `known`. None: all known.
 
     Returns:
-      {"images", "patients", "positives", "findings": [per-label dicts], "mean_auc_14",
-       "mean_auc_15", "mean_auc_14_ci", "findings_defined", "subgroups", "bootstrap"}.
+      {"images", "patients", "findings": [per-label dicts], "mean_auc_14", "mean_auc_15",
+       "mean_auc_14_ci", "findings_defined", "labels_defined", "subgroups", "bootstrap"}; the
+       means are over the findings (labels but "No Finding") and over all labels.
 
     Raises:
       ValueError: arrays of mismatched shapes, or labels outside {0, 1}.
     """
+    report_known = known is not None
+    y_true, y_score, patient_ids, known = _check_split(y_true, y_score, patient_ids, labels, known)
+    findings_mask = np.array([label != schema.NO_FINDING for label in labels])
+    aucs = _point_aucs(y_true, y_score, known)
+    samples = _bootstrap_samples(y_true, y_score, patient_ids, known, bootstrap)
+    findings = [
+        finding_summary(label, *_known_column(y_true, y_score, known, k), auc=aucs[k], samples=samples[:, k],
+                        confidence=bootstrap.confidence, reference_thresholds=reference_thresholds,
+                        report_known=report_known)
+        for k, label in enumerate(labels)
+    ]  # fmt: skip
+    defined_findings = findings_mask & np.isfinite(aucs)
+    summary = {
+        "images": int(y_true.shape[0]),
+        "patients": int(len(np.unique(patient_ids))),
+        "findings": findings,
+        "mean_auc_14": nan_mean(aucs[findings_mask]),
+        "mean_auc_14_ci": list(_mean_interval(samples, defined_findings, bootstrap.confidence)),
+        "mean_auc_15": nan_mean(aucs),
+        "findings_defined": int(defined_findings.sum()),
+        "labels_defined": int(np.isfinite(aucs).sum()),
+        "subgroups": subgroup_aucs(y_true, y_score, patient_ids, subgroups or {}, labels=labels, known=known),
+        "bootstrap": {"unit": "patient", **dataclasses.asdict(bootstrap), "method": "percentile"},
+    }
+    return to_json_ready(summary)
+
+
+def _check_split(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    patient_ids: np.ndarray,
+    labels: Sequence[str],
+    known: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The arrays of `summarize`, checked: (bool y_true, y_score, patient_ids, bool known)."""
     y_true, y_score = _check_arrays(y_true, y_score)
     patient_ids = np.asarray(patient_ids)
     if patient_ids.shape != (y_true.shape[0],):
         raise ValueError(f"patient_ids must have shape [{y_true.shape[0]}], got {patient_ids.shape}.")
     if len(labels) != y_true.shape[1]:
         raise ValueError(f"labels has {len(labels)} names but the arrays have {y_true.shape[1]} columns.")
-    findings_mask = np.array([label != schema.NO_FINDING for label in labels])
+    return y_true, y_score, patient_ids, _check_known(known, y_true.shape)
 
-    aucs = np.array([roc_auc(y_true[:, k], y_score[:, k]) for k in range(len(labels))])
-    if bootstrap.resamples > 0 and y_true.shape[0] > 0:
-        samples = bootstrap_aucs(
-            y_true, y_score, patient_ids, resamples=bootstrap.resamples, seed=bootstrap.seed
-        )
-    else:
-        samples = np.full((0, len(labels)), math.nan)
 
-    findings = []
-    for k, label in enumerate(labels):
-        defined = np.isfinite(aucs[k])
-        low, high = percentile_interval(samples[:, k], bootstrap.confidence) if defined else (math.nan,) * 2
-        point = youden_threshold(y_true[:, k], y_score[:, k])
-        entry = {
-            "label": label,
-            "auc": aucs[k],
-            "auc_ci_low": low,
-            "auc_ci_high": high,
-            "bootstrap_defined": int(np.isfinite(samples[:, k]).sum()) if defined else 0,
-            "pr_auc": average_precision(y_true[:, k], y_score[:, k]),
-            "prevalence": float(y_true[:, k].mean()) if y_true.shape[0] else math.nan,
-            "positives": int(y_true[:, k].sum()),
-            "negatives": int((~y_true[:, k]).sum()),
-            "threshold": point.threshold,
-            "sensitivity": point.sensitivity,
-            "specificity": point.specificity,
-        }
-        if reference_thresholds is not None:
-            reference = reference_thresholds.get(label)
-            at = rates_at(y_true[:, k], y_score[:, k], math.nan if reference is None else reference)
-            entry.update(
-                reference_threshold=reference,
-                sensitivity_at_reference=at.sensitivity,
-                specificity_at_reference=at.specificity,
-            )
-        findings.append(entry)
+def finding_summary(
+    label: str,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    auc: float,
+    samples: np.ndarray,
+    confidence: float,
+    reference_thresholds: Mapping[str, float | None] | None = None,
+    report_known: bool = False,
+) -> dict[str, Any]:
+    """The metrics of one label over the images where it is known.
 
-    # Interval of the 14-finding mean from the same resamples, over the findings the full split defines.
-    defined_findings = findings_mask & np.isfinite(aucs)
-    if samples.shape[0] and defined_findings.any():
-        with warnings.catch_warnings():
-            # A resample may lack every finding's positives: "Mean of empty slice" gives NaN, dropped below.
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean_samples = np.nanmean(samples[:, defined_findings], axis=1)
-        mean_ci = percentile_interval(mean_samples, bootstrap.confidence)
-    else:
-        mean_ci = (math.nan, math.nan)
-
-    summary = {
-        "images": int(y_true.shape[0]),
-        "patients": int(len(np.unique(patient_ids))),
-        "findings": findings,
-        "mean_auc_14": nan_mean(aucs[findings_mask]),
-        "mean_auc_14_ci": list(mean_ci),
-        "mean_auc_15": nan_mean(aucs),
-        "findings_defined": int(defined_findings.sum()),
-        "labels_defined": int(np.isfinite(aucs).sum()),
-        "subgroups": subgroup_aucs(y_true, y_score, patient_ids, subgroups or {}, labels=labels),
-        "bootstrap": {
-            "unit": "patient",
-            "resamples": bootstrap.resamples,
-            "seed": bootstrap.seed,
-            "confidence": bootstrap.confidence,
-            "method": "percentile",
-        },
+    Args:
+      label: its name.
+      y_true: bool [n] labels of the images where it is known.
+      y_score: [n] their scores.
+      auc: its ROC AUC over them (NaN when undefined), from `_point_aucs`.
+      samples: [R] its bootstrap AUCs.
+      confidence: the interval's coverage.
+      reference_thresholds: as in `summarize`.
+      report_known: also report `known`, the image count n.
+    """
+    defined = np.isfinite(auc)
+    low, high = percentile_interval(samples, confidence) if defined else (math.nan,) * 2
+    point = youden_threshold(y_true, y_score)
+    entry = {
+        "label": label,
+        "auc": auc,
+        "auc_ci_low": low,
+        "auc_ci_high": high,
+        "bootstrap_defined": int(np.isfinite(samples).sum()) if defined else 0,
+        "pr_auc": average_precision(y_true, y_score),
+        "prevalence": float(y_true.mean()) if y_true.shape[0] else math.nan,
+        "positives": int(y_true.sum()),
+        "negatives": int((~y_true).sum()),
+        "threshold": point.threshold,
+        "sensitivity": point.sensitivity,
+        "specificity": point.specificity,
     }
-    return to_json_ready(summary)
+    if report_known:
+        entry["known"] = int(y_true.shape[0])
+    if reference_thresholds is not None:
+        reference = reference_thresholds.get(label)
+        at = rates_at(y_true, y_score, math.nan if reference is None else reference)
+        entry.update(
+            reference_threshold=reference,
+            sensitivity_at_reference=at.sensitivity,
+            specificity_at_reference=at.specificity,
+        )
+    return entry
+
+
+def _known_column(
+    y_true: np.ndarray, y_score: np.ndarray, known: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) of label k over the images where it is known."""
+    return y_true[known[:, k], k], y_score[known[:, k], k]
+
+
+def _point_aucs(y_true: np.ndarray, y_score: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Each label's ROC AUC over its known images; NaN where undefined."""
+    return np.array([roc_auc(*_known_column(y_true, y_score, known, k)) for k in range(y_true.shape[1])])
+
+
+def _bootstrap_samples(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    patient_ids: np.ndarray,
+    known: np.ndarray,
+    bootstrap: BootstrapConfig,
+) -> np.ndarray:
+    """[R, L] bootstrap AUCs, or [0, L] when the bootstrap is off or the split is empty."""
+    if bootstrap.resamples > 0 and y_true.shape[0] > 0:
+        return bootstrap_aucs(
+            y_true, y_score, patient_ids, resamples=bootstrap.resamples, seed=bootstrap.seed, known=known
+        )
+    return np.full((0, y_true.shape[1]), math.nan)
+
+
+def _mean_interval(
+    samples: np.ndarray, defined_findings: np.ndarray, confidence: float
+) -> tuple[float, float]:
+    """Interval of the findings' mean AUC from the same resamples, over the findings the split defines."""
+    if not (samples.shape[0] and defined_findings.any()):
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        # A resample may lack every finding's positives: "Mean of empty slice" gives NaN, dropped below.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_samples = np.nanmean(samples[:, defined_findings], axis=1)
+    return percentile_interval(mean_samples, confidence)
 
 
 def subgroup_aucs(
@@ -376,14 +455,19 @@ def subgroup_aucs(
     subgroups: Mapping[str, Sequence[str]],
     *,
     labels: Sequence[str] = schema.LABELS,
+    known: np.ndarray | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Per attribute and value: image and patient counts, positives and AUC per label, 14-mean.
+
+    `known` (bool [N, L], None: all known) limits each label's positives and AUC to its known
+    images.
 
     Returns:
       {attribute: {value: {"images", "patients", "positives": {label: n}, "auc": {label: x},
       "mean_auc_14", "findings_defined"}}}, values sorted; AUCs NaN where undefined.
     """
     y_true, y_score = _check_arrays(y_true, y_score)
+    known = _check_known(known, y_true.shape)
     patient_ids = np.asarray(patient_ids)
     findings_mask = np.array([label != schema.NO_FINDING for label in labels])
     result: dict[str, dict[str, dict[str, Any]]] = {}
@@ -396,11 +480,12 @@ def subgroup_aucs(
         groups = {}
         for value in sorted(set(values.tolist()), key=_natural_key):
             mask = values == value
-            aucs = np.array([roc_auc(y_true[mask, k], y_score[mask, k]) for k in range(len(labels))])
+            rows = known & mask[:, None]
+            aucs = _point_aucs(y_true, y_score, rows)
             groups[value] = {
                 "images": int(mask.sum()),
                 "patients": int(len(np.unique(patient_ids[mask]))),
-                "positives": {label: int(y_true[mask, k].sum()) for k, label in enumerate(labels)},
+                "positives": {label: int(y_true[rows[:, k], k].sum()) for k, label in enumerate(labels)},
                 "auc": {label: float(aucs[k]) for k, label in enumerate(labels)},
                 "mean_auc_14": nan_mean(aucs[findings_mask]),
                 "findings_defined": int((np.isfinite(aucs) & findings_mask).sum()),
@@ -428,6 +513,16 @@ def _natural_key(value: str) -> tuple:
     # "0-17" < "18-39" < "80+" by their leading number; other strings alphabetically.
     head = value.split("-")[0].rstrip("+")
     return (0, int(head), value) if head.isdigit() else (1, 0, value)
+
+
+def _check_known(known: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """`known` as bool [N, L] (all True when None)."""
+    if known is None:
+        return np.ones(shape, bool)
+    known = np.asarray(known)
+    if known.shape != shape:
+        raise ValueError(f"known must have the labels' shape {list(shape)}, got {list(known.shape)}.")
+    return known.astype(bool)
 
 
 def _check_arrays(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,17 @@ and writes to `runs/demo/reports/`:
 localization against NIH's `BBox_List_2017.csv` when the records' data directory (or
 --boxes_csv) has one, and with --tta=hflip the AUCs with and without the flip.
 
+Cross-dataset evaluation: with `--records_dir` naming another data set's records (a manifest
+whose label vocabulary differs from the run's), the model is scored on the labels both
+vocabularies share (`trainer.evaluation.vocabularies`), the reports go to
+`runs/demo/reports_on_<data set>/` unless --output_dir says otherwise, and `auc.json` ("cross_dataset")
+and `auc.md` name the labels compared and those left out:
+
+    python -m trainer.evaluate --run_dir=runs/demo --records_dir=data/tfrecords-chexpert
+
+Every label's metrics count only the images where the records know it (`label_mask`: uncertain
+and unmentioned labels are left out).
+
 Same run, flags and records give byte-identical files.
 """
 
@@ -40,7 +51,7 @@ from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
 from trainer.evaluation import calibration as calibration_lib
-from trainer.evaluation import metrics
+from trainer.evaluation import metrics, vocabularies
 from trainer.evaluation import tta as tta_lib
 from trainer.evaluation.localization import boxes as boxes_lib
 from trainer.evaluation.report import figures as plots
@@ -49,6 +60,8 @@ from trainer.model import run_dir as run_dir_lib
 
 MODEL_SOURCES = ("auto", "export", "checkpoint")
 CALIBRATION_METHODS = ("platt", "none")
+# Where a cross-dataset evaluation writes by default, inside the run directory.
+CROSS_DATASET_REPORTS_DIR = "reports_on_{dataset}"
 # Records per Grad-CAM call (each brings its labelled findings' maps along): bounds the memory
 # of the backward pass at large image sizes.
 GRADCAM_BATCH_SIZE = 16
@@ -71,7 +84,11 @@ class EvaluateConfig:
     seed: int = config_flags.field(0, "Bootstrap RNG seed.")
     batch_size: int = config_flags.field(64, "Images per model call.")
     model: str = config_flags.field("auto", "export, checkpoint, or auto.", MODEL_SOURCES)
-    records_dir: str | None = config_flags.field(None, "Records to evaluate; default: the run's.")
+    records_dir: str | None = config_flags.field(
+        None,
+        "Records to evaluate; default: the run's. Another data set's records are scored on "
+        "the labels both vocabularies share (reports in RUN_DIR/reports_on_<data set>).",
+    )
     output_dir: str | None = config_flags.field(None, "Where to write; default: RUN_DIR/reports.")
     tta: str = config_flags.field(
         "none",
@@ -132,11 +149,13 @@ class SplitPredictions:
 
     Attributes:
       split: split name.
-      probabilities: float32 [N, 15].
-      labels: int64 [N, 15].
+      probabilities: float32 [N, L], the columns of the compared labels.
+      labels: int64 [N, L], the same columns.
       metadata: `schema.METADATA_KEYS` -> numpy [N] (strings decoded).
-      plain_probabilities: float32 [N, 15] of the images as they are, when `probabilities`
+      plain_probabilities: float32 [N, L] of the images as they are, when `probabilities`
         come from a test-time augmentation (else None).
+      known: bool [N, L], True where the records know the label; None when every label of
+        every image is known (every NIH record).
     """
 
     split: str
@@ -144,6 +163,7 @@ class SplitPredictions:
     labels: np.ndarray
     metadata: dict[str, np.ndarray]
     plain_probabilities: np.ndarray | None = None
+    known: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,11 +237,14 @@ def predict_split(
     *,
     batch_size: int = 64,
     tta: str = "none",
+    shared: vocabularies.SharedLabels | None = None,
 ) -> SplitPredictions:
     """Runs the model over every record of `split`, in record order.
 
     With `tta` other than "none", `probabilities` are the augmented ones and
     `plain_probabilities` those of the same call without augmentation (`trainer.evaluation.tta`).
+    With `shared`, the columns are the compared labels (`shared.compared`): the model's outputs
+    `shared.model_indices` against the records' labels `shared.records_indices`.
 
     Raises:
       ValueError: the split is missing or empty, its image size is not the model's, or an
@@ -239,34 +262,54 @@ def predict_split(
             f"{predictor.path!r} takes {predictor.image_size}x{predictor.image_size}; evaluate on the records "
             f"the run was trained on (--records_dir)."
         )
-    probabilities, plain, labels, metadata = [], [], [], {key: [] for key in schema.METADATA_KEYS}
     # Evaluation mode: fixed order, one pass, the last partial batch kept.
     batches = dataset_lib.build_dataset(
-        records_dir, split, batch_size=batch_size, training=False, with_metadata=True
+        records_dir, split, batch_size=batch_size, training=False, with_metadata=True, label_state=True
     )
     progress = console.Progress(
         manifest.splits[split].records, description=f"evaluate {split}", unit="images"
     )
-    for images, batch_labels, batch_metadata in batches:
-        without, augmented = tta_lib.predict_both(predictor.fn, images.numpy(), mode=tta)
-        probabilities.append(augmented)
-        plain.append(without)
-        labels.append(batch_labels.numpy())
-        for key, value in batch_metadata.items():
-            metadata[key].append(value.numpy())
-        progress.advance(len(batch_labels))
+    chunks = _predict_batches(predictor, batches, tta=tta, progress=progress)
     progress.close()
+    model_columns = list(shared.model_indices) if shared is not None else slice(None)
+    records_columns = list(shared.records_indices) if shared is not None else slice(None)
+    known = np.concatenate(chunks["known"])[:, records_columns] > 0.5
+    return SplitPredictions(
+        split=split,
+        probabilities=np.concatenate(chunks["augmented"]).astype(np.float32)[:, model_columns],
+        labels=np.rint(np.concatenate(chunks["labels"])).astype(np.int64)[:, records_columns],
+        metadata=_decoded_metadata(chunks["metadata"]),
+        plain_probabilities=None
+        if tta == "none"
+        else np.concatenate(chunks["plain"]).astype(np.float32)[:, model_columns],
+        known=None if known.all() else known,
+    )
+
+
+def _predict_batches(
+    predictor: Predictor, batches: tf.data.Dataset, *, tta: str, progress: console.Progress
+) -> dict[str, Any]:
+    """The model's outputs and the records' labels, label mask and metadata, batch by batch."""
+    chunks: dict[str, Any] = {"augmented": [], "plain": [], "labels": [], "known": []}
+    chunks["metadata"] = {key: [] for key in schema.METADATA_KEYS}
+    for images, state, batch_metadata in batches:
+        without, augmented = tta_lib.predict_both(predictor.fn, images.numpy(), mode=tta)
+        chunks["augmented"].append(augmented)
+        chunks["plain"].append(without)
+        chunks["labels"].append(state[schema.LABELS_KEY].numpy())
+        chunks["known"].append(state[schema.LABEL_MASK_KEY].numpy())
+        for key, value in batch_metadata.items():
+            chunks["metadata"][key].append(value.numpy())
+        progress.advance(len(images))
+    return chunks
+
+
+def _decoded_metadata(metadata: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
     meta = {}
     for key, chunks in metadata.items():
         values = np.concatenate(chunks)
         meta[key] = np.array([v.decode("utf-8") for v in values]) if values.dtype == object else values
-    return SplitPredictions(
-        split=split,
-        probabilities=np.concatenate(probabilities).astype(np.float32),
-        labels=np.rint(np.concatenate(labels)).astype(np.int64),
-        metadata=meta,
-        plain_probabilities=None if tta == "none" else np.concatenate(plain).astype(np.float32),
-    )
+    return meta
 
 
 def summarize_split(
@@ -274,8 +317,10 @@ def summarize_split(
     *,
     bootstrap: metrics.BootstrapConfig,
     reference_thresholds: dict[str, float | None] | None = None,
+    labels: tuple[str, ...] = schema.LABELS,
 ) -> dict[str, Any]:
-    """`metrics.summarize` of one split, with subgroups by sex, age band and view position."""
+    """`metrics.summarize` of one split (its `labels`, over the known ones), with subgroups by
+    sex, age band and view position."""
     meta = predictions.metadata
     subgroups = {
         "sex": meta[schema.SEX_KEY],
@@ -287,8 +332,10 @@ def summarize_split(
         predictions.probabilities,
         patient_ids=meta[schema.PATIENT_ID_KEY],
         subgroups=subgroups,
+        labels=labels,
         bootstrap=bootstrap,
         reference_thresholds=reference_thresholds,
+        known=predictions.known,
     )
 
 
@@ -302,6 +349,14 @@ class EvaluationRun:
     manifest: manifest_lib.Manifest
     output_dir: str
     predictor: Predictor
+    # The labels the model's and the records' vocabularies share (all of them, same order,
+    # when the records are the run's own kind).
+    shared: vocabularies.SharedLabels
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The compared labels, by the model's names: the columns of every summary."""
+        return self.shared.compared
 
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
@@ -322,8 +377,10 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """
     run = open_run(config)
     predictions = predict_splits(run, splits_to_predict(config, run.manifest), config)
-    summaries, threshold_split = summarize_splits(predictions, config.split, bootstrap=config.bootstrap)
-    fitted, calibration_report = calibrate(predictions, method=config.calibration)
+    summaries, threshold_split = summarize_splits(
+        predictions, config.split, bootstrap=config.bootstrap, labels=run.labels
+    )
+    fitted, calibration_report = calibrate(predictions, method=config.calibration, labels=run.labels)
     located = localize_headline(run, predictions[config.split], config) if config.localization else None
     report = build_report(
         run,
@@ -331,7 +388,11 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         summaries,
         threshold_split=threshold_split,
         tta=tta_summary(
-            predictions[config.split], summaries[config.split], bootstrap=config.bootstrap, mode=config.tta
+            predictions[config.split],
+            summaries[config.split],
+            bootstrap=config.bootstrap,
+            mode=config.tta,
+            labels=run.labels,
         ),
         calibration=calibration_report,
         localization=located,
@@ -360,14 +421,50 @@ def open_run(config: EvaluateConfig) -> EvaluationRun:
         raise console.ValidationError(
             f"{run_dir_lib.path(config.run_dir, run_dir_lib.CONFIG_FILE)} names no records_dir; pass --records_dir."
         )
+    manifest = manifest_lib.read_manifest(records_dir)
+    shared = _shared_labels(run_config, manifest)
     return EvaluationRun(
         run_dir=config.run_dir,
         config=run_config,
         records_dir=records_dir,
-        manifest=manifest_lib.read_manifest(records_dir),
-        output_dir=config.output_dir or run_dir_lib.path(config.run_dir, run_dir_lib.REPORTS_DIR),
+        manifest=manifest,
+        output_dir=_output_dir(config, shared, manifest),
         predictor=load_predictor(config.run_dir, source=config.model),
+        shared=shared,
     )
+
+
+def reports_dir(config: EvaluateConfig) -> str:
+    """Where `evaluate(config)` writes: --output_dir, else RUN_DIR/reports, or for another data
+    set's records RUN_DIR/reports_on_<data set>.
+
+    Raises:
+      ValueError, ManifestError: as `open_run`, for the run config and the records' manifest.
+    """
+    run_config = run_dir_lib.read_config(config.run_dir)
+    if config.output_dir:
+        return config.output_dir
+    records_dir = config.records_dir or run_config.get("records_dir")
+    manifest = manifest_lib.read_manifest(records_dir, check_shards=False)
+    return _output_dir(config, _shared_labels(run_config, manifest), manifest)
+
+
+def _shared_labels(
+    run_config: Mapping[str, Any], manifest: manifest_lib.Manifest
+) -> vocabularies.SharedLabels:
+    # The run's vocabulary (config.json's labels; runs that predate it trained on NIH's).
+    return vocabularies.shared_labels(run_config.get("labels", schema.LABELS), manifest.labels)
+
+
+def _output_dir(
+    config: EvaluateConfig, shared: vocabularies.SharedLabels, manifest: manifest_lib.Manifest
+) -> str:
+    if config.output_dir:
+        return config.output_dir
+    if shared.identical:
+        return run_dir_lib.path(config.run_dir, run_dir_lib.REPORTS_DIR)
+    # Another data set's scores must not replace the run's own reports (thresholds.json).
+    return run_dir_lib.path(config.run_dir, CROSS_DATASET_REPORTS_DIR.format(dataset=manifest.dataset))
 
 
 def splits_to_predict(config: EvaluateConfig, manifest: manifest_lib.Manifest) -> list[str]:
@@ -384,7 +481,13 @@ def predict_splits(
     """`predict_split` of each split, in the order given."""
     return {
         name: predict_split(
-            run.predictor, run.records_dir, run.manifest, name, batch_size=config.batch_size, tta=config.tta
+            run.predictor,
+            run.records_dir,
+            run.manifest,
+            name,
+            batch_size=config.batch_size,
+            tta=config.tta,
+            shared=run.shared,
         )
         for name in splits
     }
@@ -393,7 +496,16 @@ def predict_splits(
 def localize_headline(
     run: EvaluationRun, predictions: SplitPredictions, config: EvaluateConfig
 ) -> Localization:
-    """`localize` of the headline split with the config's box file and settings."""
+    """`localize` of the headline split with the config's box file and settings.
+
+    The box file and the Grad-CAM classes are NIH's: another vocabulary is reported as not scored.
+    """
+    if run.labels != schema.LABELS:
+        message = (
+            f"Grad-CAM boxes are scored on NIH's 15 labels; this evaluation compares {len(run.labels)} labels "
+            "of another vocabulary. AUCs and calibration above are unaffected."
+        )
+        return Localization({"split": predictions.split, "status": "other_vocabulary", "message": message})
     return localize(
         run.run_dir,
         run.records_dir,
@@ -429,7 +541,8 @@ def build_report(
         "manifest_sha256": manifest_lib.manifest_sha256(run.records_dir),
         "split_mode": run.manifest.options.get("split"),
         "split": split,
-        "labels": list(schema.LABELS),
+        "labels": list(run.labels),
+        **cross_dataset_report(run),
         "splits": {name: summaries[name] for name in [split, *[s for s in summaries if s != split]]},
         "thresholds": {
             "source_split": threshold_split,
@@ -445,8 +558,29 @@ def build_report(
     }
 
 
+def cross_dataset_report(run: EvaluationRun) -> dict[str, Any]:
+    """{"cross_dataset": both vocabularies, the labels compared and those left out}, or {} when
+    the records' vocabulary is the run's."""
+    if run.shared.identical:
+        return {}
+    return {
+        "cross_dataset": {
+            "model": {
+                "dataset": run.config.get("dataset", "nih"),
+                "labels": list(run.shared.model_labels),
+            },
+            "records": {"dataset": run.manifest.dataset, "labels": list(run.shared.records_labels)},
+            **run.shared.to_json(),
+        }
+    }
+
+
 def summarize_splits(
-    predictions: Mapping[str, SplitPredictions], split: str, *, bootstrap: metrics.BootstrapConfig
+    predictions: Mapping[str, SplitPredictions],
+    split: str,
+    *,
+    bootstrap: metrics.BootstrapConfig,
+    labels: tuple[str, ...] = schema.LABELS,
 ) -> tuple[dict[str, Any], str]:
     """Summarizes val (when predicted) and the headline split; returns (summaries, threshold split).
 
@@ -456,16 +590,21 @@ def summarize_splits(
     summaries: dict[str, Any] = {}
     reference = None
     if "val" in predictions and split != "val":
-        summaries["val"] = summarize_split(predictions["val"], bootstrap=bootstrap)
+        summaries["val"] = summarize_split(predictions["val"], bootstrap=bootstrap, labels=labels)
         reference = tables.thresholds_from(summaries["val"])
     summaries[split] = summarize_split(
-        predictions[split], bootstrap=bootstrap, reference_thresholds=reference
+        predictions[split], bootstrap=bootstrap, reference_thresholds=reference, labels=labels
     )
     return summaries, "val" if reference is not None else split
 
 
 def tta_summary(
-    predictions: SplitPredictions, summary: dict[str, Any], *, bootstrap: metrics.BootstrapConfig, mode: str
+    predictions: SplitPredictions,
+    summary: dict[str, Any],
+    *,
+    bootstrap: metrics.BootstrapConfig,
+    mode: str,
+    labels: tuple[str, ...] = schema.LABELS,
 ) -> dict[str, Any]:
     """The AUCs with and without the test-time augmentation on one split (`{"mode": "none"}` without one).
 
@@ -474,6 +613,7 @@ def tta_summary(
       summary: `summarize_split` of the augmented probabilities.
       bootstrap: interval settings (the same resamples as the headline).
       mode: the `trainer.evaluation.tta` mode.
+      labels: the summaries' labels.
     """
     if mode == "none":
         return {"mode": "none"}
@@ -481,7 +621,9 @@ def tta_summary(
         predictions.labels,
         predictions.plain_probabilities,
         patient_ids=predictions.metadata[schema.PATIENT_ID_KEY],
+        labels=labels,
         bootstrap=bootstrap,
+        known=predictions.known,
     )
     return {
         "mode": mode,
@@ -498,20 +640,33 @@ def tta_summary(
 
 
 def calibrate(
-    predictions: dict[str, SplitPredictions], *, method: str, source_split: str = "val"
+    predictions: dict[str, SplitPredictions],
+    *,
+    method: str,
+    source_split: str = "val",
+    labels: tuple[str, ...] = schema.LABELS,
 ) -> tuple[calibration_lib.Calibration | None, dict[str, Any]]:
     """ECE and reliability bins of every split; with "platt", the scaling fitted on `source_split`.
+
+    The calibration needs every label known: records with unknown labels are reported as not
+    calibrated, with the reason.
 
     Returns:
       (the fitted `Calibration` or None, the report's "calibration" dict: method, num_bins,
       splits {name: `calibration.summarize`}, and when fitted source_split, parameters and
       calibrated {name: summary after the scaling}).
     """
+    if any(p.known is not None for p in predictions.values()):
+        note = (
+            "some labels are unknown (uncertain or not mentioned) in the records; calibration needs all known"
+        )
+        return None, {"method": "none", "num_bins": calibration_lib.NUM_BINS, "splits": {}, "note": note}
     data: dict[str, Any] = {
         "method": method,
         "num_bins": calibration_lib.NUM_BINS,
         "splits": {
-            name: calibration_lib.summarize(p.labels, p.probabilities) for name, p in predictions.items()
+            name: calibration_lib.summarize(p.labels, p.probabilities, labels=labels)
+            for name, p in predictions.items()
         },
     }
     if method == "none":
@@ -519,13 +674,16 @@ def calibrate(
     if source_split not in predictions:
         return None, {**data, "method": "none", "note": f"no {source_split} split evaluated to fit it on"}
     fitted = calibration_lib.fit(
-        predictions[source_split].labels, predictions[source_split].probabilities, source_split=source_split
+        predictions[source_split].labels,
+        predictions[source_split].probabilities,
+        source_split=source_split,
+        labels=labels,
     )
     data.update(
         source_split=source_split,
         parameters=fitted.to_json(),
         calibrated={
-            name: calibration_lib.summarize(p.labels, fitted.apply(p.probabilities))
+            name: calibration_lib.summarize(p.labels, fitted.apply(p.probabilities), labels=labels)
             for name, p in predictions.items()
         },
     )
@@ -714,6 +872,7 @@ def write_reports(
         run_dir=report["run_dir"],
         calibration=_stored_calibration(calibration, report["thresholds"]["values"]),
         tta=report["tta"]["mode"],
+        labels=report["labels"],
     ))  # fmt: skip
     order = [split, *[s for s in predictions if s != split]]
     written.append(
@@ -728,6 +887,7 @@ def write_reports(
                     for key in schema.METADATA_KEYS
                 },
             },
+            label_names=report["labels"],
         )
     )
     written.append(markdown.write_markdown(join(files.AUC_MD), report, figures=figures))
@@ -753,6 +913,7 @@ def _write_base_figures(
             join(files.ROC_PNG),
             predictions[split].labels,
             predictions[split].probabilities,
+            labels=report["labels"],
             title=f"ROC curves, {run_name}, {split} split ({headline['images']} images, "
             f"{headline['patients']} patients); mean AUC of 14 findings {formatting.fmt(headline['mean_auc_14'])}",
         )
@@ -772,6 +933,7 @@ def _write_base_figures(
             {name: manifest.label_counts(name) for name in manifest.splits},
             {name: info.records for name, info in manifest.splits.items()},
             title=f"Label prevalence per split ({report['records_dir']})",
+            labels=manifest.labels,
         )
     )
     figures.append(files.DISTRIBUTION_PNG)
@@ -780,6 +942,7 @@ def _write_base_figures(
             join(files.COOCCURRENCE_PNG),
             predictions[split].labels,
             title=f"Label co-occurrence, {split} split ({headline['images']} images): images with both labels",
+            labels=report["labels"],
         )
     )
     figures.append(files.COOCCURRENCE_PNG)
@@ -810,15 +973,17 @@ def _write_extra_figures(
     series = {name: summary for name, summary in data["splits"].items()}
     series.update({f"{name} after Platt": summary for name, summary in data.get("calibrated", {}).items()})
     unchanged = list(data.get("parameters", {}).get("not_fitted", {}))
-    written.append(
-        plots.plot_reliability(
-            join(files.RELIABILITY_PNG),
-            series,
-            omit={f"{name} after Platt": unchanged for name in data.get("calibrated", {})},
-            title=f"Reliability diagrams ({data['num_bins']} bins); ECE per panel in the order of the legend",
+    if series:  # None without calibration (records with unknown labels).
+        written.append(
+            plots.plot_reliability(
+                join(files.RELIABILITY_PNG),
+                series,
+                labels=report["labels"],
+                omit={f"{name} after Platt": unchanged for name in data.get("calibrated", {})},
+                title=f"Reliability diagrams ({data['num_bins']} bins); ECE per panel in the order of the legend",
+            )
         )
-    )
-    figures.append(files.RELIABILITY_PNG)
+        figures.append(files.RELIABILITY_PNG)
     result = localization.result if localization is not None else None
     if result is not None and result.samples:
         written.append(

@@ -1,6 +1,7 @@
 """SavedModel export with preprocessing inside the graph, plus `labels.json`.
 
-Signatures (both return {"probabilities": float32 [B, 15]} in `schema.LABELS` order):
+Signatures (both return {"probabilities": float32 [B, L]} in the order of `labels.json`'s
+labels, the training records' vocabulary; NIH's 15 `schema.LABELS` for NIH records):
 
   serving_default(image_bytes: string [B])     encoded PNGs (or JPEGs) of any mode and size:
       8- or 16-bit gray, gray+alpha, RGB, RGBA, palette. Decoded, converted to gray (alpha
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
@@ -50,25 +52,31 @@ def decode_to_training_pixels(image_bytes: tf.Tensor, image_size: int) -> tf.Ten
     return tf.clip_by_value(tf.round(image * 255.0), 0.0, 255.0)
 
 
-def export_model(model: keras.Model, export_dir: str, *, image_size: int) -> str:
+def export_model(
+    model: keras.Model, export_dir: str, *, image_size: int, labels: Sequence[str] = schema.LABELS
+) -> str:
     """Writes `model` as a SavedModel with the two signatures above, and `labels.json`.
 
     Args:
       model: a model from `trainer.model.models.build_model` (0..255 pixels in, probabilities out).
       export_dir: destination folder (local or gs://); replaced if it exists.
       image_size: the training image size N.
+      labels: the names of the model's outputs, in order (the training records' vocabulary).
 
     Returns:
       export_dir.
 
     Raises:
-      ValueError: the model's input is not [None, N, N, 1] or its output not [None, 15].
+      ValueError: the model's input is not [None, N, N, 1] or its output not [None, len(labels)].
     """
     expected_in = (None, image_size, image_size, 1)
     if tuple(model.input_shape) != expected_in:
         raise ValueError(f"model input shape must be {expected_in}, got {model.input_shape}.")
-    if tuple(model.output_shape) != (None, schema.NUM_LABELS):
-        raise ValueError(f"model output shape must be (None, {schema.NUM_LABELS}), got {model.output_shape}.")
+    if tuple(model.output_shape) != (None, len(labels)):
+        raise ValueError(
+            f"model output shape must be (None, {len(labels)}) for the labels {list(labels)}, "
+            f"got {model.output_shape}."
+        )
 
     def serve_pixels(images: tf.Tensor) -> dict[str, tf.Tensor]:
         # Signatures do not enforce static shapes on their own; a wrong size fails here, clearly.
@@ -100,23 +108,28 @@ def export_model(model: keras.Model, export_dir: str, *, image_size: int) -> str
     if tf.io.gfile.exists(export_dir):
         tf.io.gfile.rmtree(export_dir)
     archive.write_out(export_dir, verbose=False)
-    write_labels(export_dir, image_size=image_size)
+    write_labels(export_dir, image_size=image_size, labels=labels)
     return export_dir
 
 
-def write_labels(export_dir: str, *, image_size: int) -> str:
+def write_labels(export_dir: str, *, image_size: int, labels: Sequence[str] = schema.LABELS) -> str:
     """Writes `labels.json` = {"labels": [...], "image_size": N} into export_dir; returns its path."""
     path = os.path.join(export_dir, LABELS_FILE)
     with tf.io.gfile.GFile(path, "w") as f:
-        json.dump({"labels": list(schema.LABELS), "image_size": int(image_size)}, f, indent=2)
+        json.dump({"labels": list(labels), "image_size": int(image_size)}, f, indent=2)
     return path
 
 
-def read_labels(export_dir: str) -> dict:
+def read_labels(export_dir: str, *, expected: Sequence[str] | None = schema.LABELS) -> dict:
     """Reads and checks `labels.json` of an export.
 
+    Args:
+      export_dir: the export.
+      expected: the labels the caller needs, in order (NIH's by default); None accepts any
+        vocabulary (a non-empty list of distinct names).
+
     Raises:
-      ValueError: missing file, or labels that differ from `schema.LABELS`.
+      ValueError: missing file, no labels, or labels that differ from `expected`.
     """
     path = os.path.join(export_dir, LABELS_FILE)
     if not tf.io.gfile.exists(path):
@@ -125,6 +138,9 @@ def read_labels(export_dir: str) -> dict:
         )
     with tf.io.gfile.GFile(path) as f:
         info = json.load(f)
-    if list(info.get("labels", [])) != list(schema.LABELS):
-        raise ValueError(f"{path} lists labels {info.get('labels')}, expected {list(schema.LABELS)}.")
+    labels = info.get("labels")
+    if not isinstance(labels, list) or not labels or len(set(labels)) != len(labels):
+        raise ValueError(f"{path} must list the model's labels as distinct names, got {labels!r}.")
+    if expected is not None and labels != list(expected):
+        raise ValueError(f"{path} lists labels {labels}, expected {list(expected)}.")
     return info

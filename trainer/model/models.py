@@ -123,8 +123,9 @@ def build_model(
     augment: augment_lib.AugmentConfig | None = None,
     weights: str | None = None,
     pool_bottleneck: bool = True,
+    num_labels: int = schema.NUM_LABELS,
 ) -> keras.Model:
-    """Builds a classifier from 0..255 grayscale images to 15 sigmoid probabilities.
+    """Builds a classifier from 0..255 grayscale images to `num_labels` sigmoid probabilities.
 
     Call under `strategy.scope()` and after setting the mixed-precision policy; the
     preprocessing layers stay float32 and the head outputs float32 under any policy.
@@ -142,6 +143,7 @@ def build_model(
         3-channel input (e.g. the ImageNet "notop" .h5 downloaded beforehand); the first
         convolution's kernel is summed over RGB to take one channel. Nothing downloads.
       pool_bottleneck: ResUNet head also pools the bottleneck.
+      num_labels: outputs of the head, the length of the records' label vocabulary (NIH's 15).
 
     Returns:
       An uncompiled `keras.Model` named after `name`.
@@ -168,9 +170,9 @@ def build_model(
         backbone = _application_backbone(name, image_size=image_size, weights=weights)
         features = backbone(x)
     features = keras.layers.Dropout(dropout, name="dropout")(features)
-    outputs = keras.layers.Dense(
-        schema.NUM_LABELS, activation="sigmoid", dtype="float32", name=PROBABILITIES
-    )(features)
+    outputs = keras.layers.Dense(num_labels, activation="sigmoid", dtype="float32", name=PROBABILITIES)(
+        features
+    )
     model = keras.Model(inputs, outputs, name=name)
     if name == "resunet" and weights is not None:
         model.load_weights(weights)

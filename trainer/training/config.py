@@ -45,6 +45,10 @@ from trainer.training import schedule as lr_schedule
 
 PROFILE_NAMES = ("demo", "full")
 CLASS_IMBALANCE_MODES = ("none", "weights", "resample")
+# What a label the source wrote as uncertain (CheXpert's -1.0) becomes in training, after the
+# CheXpert paper's policies (Irvin et al., AAAI 2019): U-Ignore (left out of the loss and the
+# AUCs), U-Ones (positive), U-Zeros (negative). Labels not mentioned stay unknown in every policy.
+UNCERTAINTY_POLICIES = ("ignore", "ones", "zeros")
 AUGMENT_PLACEMENTS = ("auto", "model", "dataset")
 # Flag value -> Keras dtype policy; "auto" resolves per device (trainer/training/device.py).
 MIXED_PRECISION_POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
@@ -96,6 +100,12 @@ class TrainConfig:
         "weights",
         "none (plain binary cross-entropy), weights (positive-weighted loss) or resample (tf.data).",
         CLASS_IMBALANCE_MODES,
+    )
+    uncertain: str = _field(
+        "ignore",
+        "Labels the source wrote as uncertain: ignore (left out of the loss and AUCs), ones "
+        "(positive) or zeros (negative), the CheXpert paper's policies.",
+        UNCERTAINTY_POLICIES,
     )
     augment: bool = _field(True, "Random affine augmentation while training.")
     augment_placement: str = _field(
@@ -248,6 +258,8 @@ def _validate_schedule(config: TrainConfig) -> None:
 def _validate_choices(config: TrainConfig) -> None:
     if config.class_imbalance not in CLASS_IMBALANCE_MODES:
         _fail(config, "class_imbalance", f"must be one of {CLASS_IMBALANCE_MODES}")
+    if config.uncertain not in UNCERTAINTY_POLICIES:
+        _fail(config, "uncertain", f"must be one of {UNCERTAINTY_POLICIES}")
     if config.augment_placement not in AUGMENT_PLACEMENTS:
         _fail(config, "augment_placement", f"must be one of {AUGMENT_PLACEMENTS}")
     if config.mixed_precision not in MIXED_PRECISIONS:
@@ -298,6 +310,7 @@ DEMO: dict[str, Any] = dict(
     exp_decay=0.85,
     scale_lr=True,
     class_imbalance="weights",
+    uncertain="ignore",
     augment=True,
     augment_placement="auto",
     augment_rotation_degrees=3.0,
@@ -349,6 +362,7 @@ FULL: dict[str, Any] = dict(
     exp_decay=0.8,
     scale_lr=False,
     class_imbalance="none",
+    uncertain="ignore",
     augment=True,
     augment_placement="auto",
     # ImageDataGenerator(rotation_range=3, width_shift_range=0.1, height_shift_range=0.05,

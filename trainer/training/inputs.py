@@ -1,6 +1,7 @@
 """The trainer's input policy, composed on top of the records reader (`tfrecords.dataset`).
 
     records -> tfrecords.dataset.build_dataset(record_fn=resample_fn(...))   read, parse, batch
+            -> with_targets(uncertain)           each label's state -> the training targets
             -> augment_batches(augment_fn)       the "dataset" augmentation placement
             -> through_data_service(address)     optional tf.data service
             -> strategy.distribute_datasets_from_function
@@ -8,6 +9,12 @@
 Class imbalance: `class_imbalance="resample"` repeats each training record a random number of
 times whose mean is proportional to its number of labels plus 0.04 (the 2023 thesis' sampling
 weights); `"weights"` weighs the loss with `positive_weights` instead.
+
+Targets: the labels in the records' vocabulary (the manifest's `labels`), with every label the
+records do not know for an image set to `objectives.UNKNOWN_LABEL` (-1), which the loss and the
+metrics leave out. A label the source wrote as uncertain becomes what the `uncertain` policy
+says (`targets`); a label not mentioned stays unknown. NIH records know every label, so their
+targets are their labels, unchanged.
 
 Whatever the placement of the augmentation, the model receives pixels on the 0..255 scale:
 uint8 records, or the float32 warp of them (`trainer.model.augment.make_augment_fn`); the model
@@ -23,6 +30,8 @@ import tensorflow as tf
 
 from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
+from tfrecords import schema
+from trainer.model import objectives
 from trainer.training import config as config_lib
 
 # The 2023 thesis sampled images with weight (number of labels + 0.04): "No Finding" counts
@@ -47,8 +56,10 @@ def positive_weights(manifest: manifest_lib.Manifest, split: str = "train") -> n
       manifest: the records directory's manifest.
       split: the split whose counts to use (normally "train").
 
+    The manifest counts positives only: an unknown label counts as a negative here.
+
     Returns:
-      float32 [15] in `schema.LABELS` order.
+      float32 [L] in the order of the manifest's `labels`.
 
     Raises:
       ManifestError: the manifest has no such split.
@@ -66,6 +77,41 @@ def positive_weights(manifest: manifest_lib.Manifest, split: str = "train") -> n
     with np.errstate(divide="ignore", invalid="ignore"):
         weights = np.where((positives > 0) & (negatives > 0), negatives / positives, 1.0)
     return weights.astype(np.float32)
+
+
+def targets(state: dict[str, tf.Tensor], uncertain: str) -> tf.Tensor:
+    """The training targets of a batch from its labels' states (`build_dataset(label_state=True)`).
+
+    Args:
+      state: float32 [B, L] `labels`, `label_mask` (1 known) and `label_uncertain` (1 where the
+        source wrote uncertain), keyed by `tfrecords.dataset.LABEL_STATE_KEYS`.
+      uncertain: the policy for uncertain labels, one of `config_lib.UNCERTAINTY_POLICIES`:
+        "ignore" keeps them unknown, "ones" makes them known positives, "zeros" known negatives.
+
+    Returns:
+      float32 [B, L]: the labels where known, `objectives.UNKNOWN_LABEL` elsewhere.
+
+    Raises:
+      ValueError: an unknown policy.
+    """
+    if uncertain not in config_lib.UNCERTAINTY_POLICIES:
+        raise ValueError(f"uncertain must be one of {config_lib.UNCERTAINTY_POLICIES}, got {uncertain!r}.")
+    labels = state[schema.LABELS_KEY]
+    known = state[schema.LABEL_MASK_KEY] > 0
+    if uncertain != "ignore":
+        is_uncertain = state[schema.LABEL_UNCERTAIN_KEY] > 0
+        labels = tf.where(is_uncertain, 1.0 if uncertain == "ones" else 0.0, labels)
+        known = tf.logical_or(known, is_uncertain)
+    return tf.where(known, labels, objectives.UNKNOWN_LABEL)
+
+
+def with_targets(dataset: tf.data.Dataset, uncertain: str) -> tf.data.Dataset:
+    """Maps `(images, state, ...)` batches to `(images, targets(state), ...)`."""
+
+    def to_targets(images: tf.Tensor, state: dict[str, tf.Tensor], *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        return (images, targets(state, uncertain), *rest)
+
+    return dataset.map(to_targets, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def resample_weights(labels: tf.Tensor | np.ndarray) -> tf.Tensor:
@@ -91,6 +137,7 @@ def resample_fn(
       A function of the per-record dataset.
     """
     info = manifest.splits[split]
+    num_labels = len(manifest.labels)
     # mean(w) over the split: the sum of label counts is the sum of labels per record.
     mean_weight = sum(manifest.label_counts(split)) / max(info.records, 1) + RESAMPLE_OFFSET
 
@@ -100,7 +147,7 @@ def resample_fn(
         )
 
         def copies(element, uniform: tf.Tensor):
-            weight = resample_weights(dataset_lib.record_labels(element))
+            weight = resample_weights(dataset_lib.record_labels(element, num_labels))
             count = tf.cast(tf.floor(weight / mean_weight + uniform), tf.int64)
             # A [count, ...] batch of copies, unbatched below (count may be 0).
             return tf.nest.map_structure(lambda t: tf.repeat(t[tf.newaxis], count, axis=0), element)
@@ -165,7 +212,9 @@ def training_dataset(
         cache=config.cache,
         input_context=input_context,
         record_fn=record_fn,
+        label_state=True,
     )
+    dataset = with_targets(dataset, config.uncertain)
     if augment_fn is not None:
         dataset = augment_batches(dataset, augment_fn, seed=config.seed)
     if config.data_service:
@@ -208,7 +257,9 @@ def distributed_dataset(
             batch_size=global_batch_size,
             training=False,
             input_context=input_context,
+            label_state=True,
         )
+        dataset = with_targets(dataset, config.uncertain)
         return dataset.repeat() if repeat else dataset
 
     return strategy.distribute_datasets_from_function(dataset_fn)

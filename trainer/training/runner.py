@@ -267,7 +267,10 @@ def train(
         _select_export_weights(model, config.export_weights, paths.best_checkpoint)
         digest = weights_digest(model)
         export_dir = export_lib.export_model(
-            model, run_dir_lib.path(out_dir, run_dir_lib.EXPORT_DIR), image_size=plan.image_size
+            model,
+            run_dir_lib.path(out_dir, run_dir_lib.EXPORT_DIR),
+            image_size=plan.image_size,
+            labels=plan.labels,
         )
     return TrainResult(
         run_dir=config.run_dir,

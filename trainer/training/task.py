@@ -85,6 +85,8 @@ class RunPlan:
     """The run's resolved decisions: what the configuration means on this data and strategy."""
 
     image_size: int
+    labels: tuple[str, ...]  # The records' label vocabulary (the manifest's): the head's outputs.
+    dataset: str  # The records' data set (the manifest's).
     replicas: int
     strategy: str
     global_batch_size: int
@@ -131,6 +133,8 @@ def plan_run(
     validation_steps = None if multi_worker else -(-manifest.splits["val"].records // validation_batch)
     return RunPlan(
         image_size=manifest.image_size,
+        labels=tuple(manifest.labels),
+        dataset=manifest.dataset,
         replicas=replicas,
         strategy=type(strategy).__name__,
         global_batch_size=global_batch,
@@ -176,7 +180,9 @@ def effective_config(config: config_lib.TrainConfig, plan: RunPlan) -> dict[str,
         "validation_steps": plan.validation_steps,
         "lr_max_scaled": plan.lr_max_scaled,
         "lr_per_epoch": [plan.lr_fn(epoch) for epoch in range(min(config.epochs, LOGGED_LR_EPOCHS))],
-        "labels": list(schema.LABELS),
+        # The run's vocabulary: the model's outputs in this order (evaluation and prediction read it).
+        "dataset": plan.dataset,
+        "labels": list(plan.labels),
     }
 
 
@@ -184,6 +190,7 @@ def format_effective_config(effective: dict[str, Any]) -> str:
     """The start-up log block: one `key = value` line per resolved setting."""
     fields = {**effective["train_config"], **{k: v for k, v in effective.items() if k != "train_config"}}
     fields.pop("labels", None)
+    fields["num_labels"] = len(effective["labels"])
     fields["lr_per_epoch"] = ", ".join(f"{lr:.4g}" for lr in effective["lr_per_epoch"])
     width = max(len(key) for key in fields)
     return "\n".join(
@@ -203,27 +210,32 @@ def build_model(config: config_lib.TrainConfig, plan: RunPlan) -> keras.Model:
         augment=augment,
         weights=config.weights,
         pool_bottleneck=config.pool_bottleneck,
+        num_labels=len(plan.labels),
     )
 
 
 def build_losses(config: config_lib.TrainConfig, manifest: manifest_lib.Manifest) -> keras.losses.Loss:
-    """Binary cross-entropy, positive-weighted per label when `class_imbalance="weights"`."""
+    """Binary cross-entropy over the known labels, positive-weighted per label when
+    `class_imbalance="weights"`."""
     if config.class_imbalance == "weights":
         return objectives.WeightedBinaryCrossentropy(inputs.positive_weights(manifest, split="train"))
-    return keras.losses.BinaryCrossentropy()
+    return objectives.MaskedBinaryCrossentropy()
 
 
-def build_metrics() -> list[keras.metrics.Metric]:
-    """Binary accuracy, the mean AUC (`auc`) and one AUC per label (`auc_<Label>`).
+def build_metrics(labels: tuple[str, ...] = schema.LABELS) -> list[keras.metrics.Metric]:
+    """Binary accuracy, the mean AUC (`auc`) and one AUC per label (`auc_<Label>`), over known labels.
 
     The per-label AUCs read the mean AUC's per-label counts (`SharedClassAUC`): one multi-label
-    update per step instead of sixteen AUC updates, the same values.
+    update per step instead of one AUC update per label, the same values.
     """
-    mean_auc = objectives.MeanAUC(name="auc")
+    mean_auc = objectives.MeanAUC(num_labels=len(labels), name="auc")
     return [
-        keras.metrics.BinaryAccuracy(name="binary_accuracy"),
+        objectives.MaskedBinaryAccuracy(name="binary_accuracy"),
         mean_auc,
-        *[objectives.SharedClassAUC(i, source=mean_auc) for i in range(schema.NUM_LABELS)],
+        *[
+            objectives.SharedClassAUC(i, source=mean_auc, name=f"auc_{objectives.metric_label(label)}")
+            for i, label in enumerate(labels)
+        ],
     ]
 
 
@@ -234,7 +246,7 @@ def compile_model(
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=plan.lr_fn(0)),
         loss=build_losses(config, manifest),
-        metrics=build_metrics(),
+        metrics=build_metrics(plan.labels),
         jit_compile=plan.jit_compile,
         steps_per_execution=plan.steps_per_execution,
     )

@@ -139,21 +139,27 @@ def plot_training_curves(path: str, history: Mapping[str, Sequence[float]], *, t
 
 
 def plot_label_distribution(
-    path: str, label_counts: Mapping[str, Sequence[int]], records: Mapping[str, int], *, title: str = ""
+    path: str,
+    label_counts: Mapping[str, Sequence[int]],
+    records: Mapping[str, int],
+    *,
+    title: str = "",
+    labels: Sequence[str] = schema.LABELS,
 ) -> str:
     """Prevalence (% of images) of each label in each split, as grouped horizontal bars.
 
     Args:
       path: output PNG.
-      label_counts: split -> positives per label in `schema.LABELS` order (from the manifest).
+      label_counts: split -> positives per label in `labels` order (from the manifest).
       records: split -> number of images.
+      labels: the label names (the manifest's vocabulary).
     """
     splits = [s for s in ("train", "val", "test") if s in label_counts] + [
         s for s in label_counts if s not in ("train", "val", "test")
     ]
     figure = Figure(figsize=(11, 8))
     ax = figure.add_subplot(1, 1, 1)
-    n = len(schema.LABELS)
+    n = len(labels)
     height = 0.8 / max(1, len(splits))
     positions = np.arange(n)
     colors = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
@@ -168,7 +174,7 @@ def plot_label_distribution(
             label=f"{split} ({records[split]} images)",
         )
         ax.bar_label(bars, labels=[f"{p:.1f}" for p in prevalence], fontsize=7, padding=2)
-    ax.set_yticks(positions, labels=list(schema.LABELS))
+    ax.set_yticks(positions, labels=list(labels))
     ax.invert_yaxis()  # First label on top, as in the tables.
     ax.set_xlabel("Prevalence (% of the split's images)")
     ax.set_title(title or "Label prevalence per split")
@@ -179,7 +185,9 @@ def plot_label_distribution(
     return _save(figure, path)
 
 
-def plot_label_cooccurrence(path: str, y_true: np.ndarray, *, title: str = "") -> str:
+def plot_label_cooccurrence(
+    path: str, y_true: np.ndarray, *, title: str = "", labels: Sequence[str] = schema.LABELS
+) -> str:
     """Heatmap of how many images carry both labels; the diagonal is each label's count.
 
     Colour is on a log scale (Infiltration and No Finding dwarf Hernia); every cell shows its count.
@@ -203,8 +211,8 @@ def plot_label_cooccurrence(path: str, y_true: np.ndarray, *, title: str = "") -
                 color="black" if (light or value == 0) else "white",
                 fontweight="bold" if i == j else "normal",
             )  # fmt: skip
-    ax.set_xticks(range(n), labels=list(schema.LABELS), rotation=45, ha="right")
-    ax.set_yticks(range(n), labels=list(schema.LABELS))
+    ax.set_xticks(range(n), labels=list(labels), rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=list(labels))
     ax.set_title(title or f"Label co-occurrence ({y.shape[0]} images): images with both labels")
     colorbar = figure.colorbar(image, ax=ax, shrink=0.8)
     colorbar.set_label("Images (log scale)")

@@ -23,8 +23,9 @@ def render_markdown(report: Mapping[str, Any], *, figures: Sequence[str] = ()) -
     """The human-readable report: headline table, published comparison, val, subgroups, figures."""
     split = report["split"]
     summary = report["splits"][split]
-    lines = _heading(report) + _findings_table(report)
-    lines += _published_section(report)
+    lines = _heading(report) + cross_dataset_section(report) + _findings_table(report)
+    if list(report.get("labels", schema.LABELS)) == list(schema.LABELS):
+        lines += _published_section(report)  # The published tables are NIH's 14 findings.
     for other, other_summary in report["splits"].items():
         if other != split:
             lines += _other_split_section(split, summary, other, other_summary)
@@ -36,11 +37,48 @@ def render_markdown(report: Mapping[str, Any], *, figures: Sequence[str] = ()) -
     return "\n".join(lines)
 
 
+def _findings_in(entries) -> int:
+    """How many of the entries' "label"s are findings (not "No Finding")."""
+    return sum(entry["label"] != schema.NO_FINDING for entry in entries)
+
+
+def _label_counts(summary: Mapping[str, Any]) -> tuple[int, int]:
+    """(findings, labels) of a summary: its labels without and with "No Finding" (14 and 15 for NIH)."""
+    labels = summary_labels(summary)
+    return sum(label != schema.NO_FINDING for label in labels), len(labels)
+
+
+def cross_dataset_section(report: Mapping[str, Any]) -> list[str]:
+    """Which labels a model trained on another data set was scored on, and which were left out."""
+    cross = report.get("cross_dataset")
+    if not cross:
+        return []
+    model, records = cross["model"], cross["records"]
+    lines = [
+        "## Cross-dataset evaluation",
+        "",
+        f"A model trained on **{model['dataset']}** ({len(model['labels'])} labels) scored on "
+        f"**{records['dataset']}** records ({len(records['labels'])} labels), over the labels both "
+        "vocabularies share (`trainer/evaluation/vocabularies.py` lists the equivalences and their "
+        "sources). Each label's AUC counts only the images where the records know it.",
+        "",
+        "| Model label | Records label |",
+        "|---|---|",
+        *(f"| {pair['model_label']} | {pair['records_label']} |" for pair in cross["compared"]),
+        "",
+        f"Left out, model labels without an equivalent: {', '.join(cross['left_out_model_labels']) or 'none'}.",
+        f"Left out, records labels without an equivalent: {', '.join(cross['left_out_records_labels']) or 'none'}.",
+        "",
+    ]
+    return lines
+
+
 def _heading(report: Mapping[str, Any]) -> list[str]:
     """The title, what was evaluated with which model, and the two mean AUCs."""
     split = report["split"]
     summary = report["splits"][split]
     bootstrap = summary["bootstrap"]
+    findings, labels = _label_counts(summary)
     return [
         f"# AUC report: {os.path.basename(os.path.normpath(report['run_dir'])) or report['run_dir']}",
         "",
@@ -53,9 +91,9 @@ def _heading(report: Mapping[str, Any]) -> list[str]:
         f"- Thresholds: Youden J on the **{report['thresholds']['source_split']}** split "
         f"(in `{files.THRESHOLDS_JSON}`, used by `trainer.prediction.predictor`)",
         "",
-        f"Mean AUC over the 14 findings: **{fmt(summary['mean_auc_14'])}** "
-        f"(95% CI {fmt_ci(*summary['mean_auc_14_ci'])}; {summary['findings_defined']} of 14 defined); "
-        f"over all 15 labels: **{fmt(summary['mean_auc_15'])}**.",
+        f"Mean AUC over the {findings} findings: **{fmt(summary['mean_auc_14'])}** "
+        f"(95% CI {fmt_ci(*summary['mean_auc_14_ci'])}; {summary['findings_defined']} of {findings} defined); "
+        f"over all {labels} labels: **{fmt(summary['mean_auc_15'])}**.",
         "",
         "An AUC is *undefined* where the split holds no positive (or no negative) image of the finding.",
         "",
@@ -81,10 +119,12 @@ def _findings_table(report: Mapping[str, Any]) -> list[str]:
         if has_reference:
             row += f" {fmt(f['sensitivity_at_reference'])} / {fmt(f['specificity_at_reference'])} |"
         lines.append(row)
+    findings, labels = _label_counts(summary)
     lines += [
-        f"| **Mean of 14 findings** | **{fmt(summary['mean_auc_14'])}** | {fmt_ci(*summary['mean_auc_14_ci'])} |"
+        f"| **Mean of {findings} findings** | **{fmt(summary['mean_auc_14'])}** | "
+        f"{fmt_ci(*summary['mean_auc_14_ci'])} |" + " |" * (header.count("|") - 4),
+        f"| **Mean of {labels} labels** | **{fmt(summary['mean_auc_15'])}** | |"
         + " |" * (header.count("|") - 4),
-        f"| **Mean of 15 labels** | **{fmt(summary['mean_auc_15'])}** | |" + " |" * (header.count("|") - 4),
         "",
     ]
     return lines
@@ -144,7 +184,7 @@ def _other_split_section(split: str, summary: Mapping, other: str, other_summary
             f"| {fmt(f['auc'])} | {fmt(f_other['threshold'])} |"
         )
     lines += [
-        f"| **Mean of 14 findings** | **{fmt(other_summary['mean_auc_14'])}** "
+        f"| **Mean of {_label_counts(summary)[0]} findings** | **{fmt(other_summary['mean_auc_14'])}** "
         f"| {fmt_ci(*other_summary['mean_auc_14_ci'])} | {fmt(summary['mean_auc_14'])} | |",
         "",
     ]
@@ -174,7 +214,7 @@ def _subgroup_section(summary: Mapping, split: str) -> list[str]:
             cells = [f"{fmt(groups[v]['auc'][label])} ({groups[v]['positives'][label]})" for v in values]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append(
-            "| **Mean of 14 findings** | "
+            f"| **Mean of {_label_counts(summary)[0]} findings** | "
             + " | ".join(f"**{fmt(groups[v]['mean_auc_14'])}**" for v in values)
             + " |"
         )
@@ -270,7 +310,8 @@ def calibration_section(report: Mapping[str, Any]) -> list[str]:
     means = [fmt(data["splits"][s]["mean_ece_14"]) for s in splits] + [
         fmt(calibrated[s]["mean_ece_14"]) for s in calibrated
     ]
-    lines += ["| **Mean of 14 findings** | " + " | ".join(f"**{m}**" for m in means) + " | |", ""]
+    mean = f"| **Mean of {_findings_in({'label': label} for label in report['labels'])} findings** | "
+    lines += [mean + " | ".join(f"**{m}**" for m in means) + " | |", ""]
     return lines
 
 

@@ -62,8 +62,9 @@ def write_thresholds_json(
     run_dir: str = "",
     calibration: Mapping[str, Any] | None = None,
     tta: str = "none",
+    labels: Sequence[str] = schema.LABELS,
 ) -> str:
-    """Writes `thresholds.json`, which `trainer.prediction.predictor` reads.
+    """Writes `thresholds.json`, which `trainer.prediction.predictor` reads (for `labels`).
 
     {"method": "youden_j", "source_split": "val", "default": 0.5, "labels": [...],
      "thresholds": {label: float | None}, "tta": "none", "calibration": {...} (optional)};
@@ -79,8 +80,8 @@ def write_thresholds_json(
         "source_split": source_split,
         "run_dir": run_dir,
         "default": 0.5,
-        "labels": list(schema.LABELS),
-        "thresholds": {label: thresholds.get(label) for label in schema.LABELS},
+        "labels": list(labels),
+        "thresholds": {label: thresholds.get(label) for label in labels},
         "tta": tta,
     }
     if calibration is not None:
@@ -93,22 +94,25 @@ def write_predictions_csv(
     probabilities: np.ndarray,
     labels: np.ndarray,
     metadata: Mapping[str, Sequence[Any]],
+    *,
+    label_names: Sequence[str] = schema.LABELS,
 ) -> str:
-    """One row per image: its metadata, true `finding_labels`, and the 15 probabilities.
+    """One row per image: its metadata, true `finding_labels`, and the L probabilities.
 
     Args:
       path: output file.
-      probabilities: float [N, 15] in `schema.LABELS` order.
-      labels: 0/1 [N, 15].
+      probabilities: float [N, L] in `label_names` order.
+      labels: 0/1 [N, L].
       metadata: column -> N values: "split" (optional, first) and `schema.METADATA_KEYS`.
+      label_names: the L labels (NIH's by default).
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     keys = [key for key in ("split", *schema.METADATA_KEYS) if key in metadata]
-    writer.writerow([*keys, "finding_labels", *schema.LABELS])
+    writer.writerow([*keys, "finding_labels", *label_names])
     for i in range(probabilities.shape[0]):
         row = [metadata[key][i] for key in keys]
-        row.append(schema.multi_hot_to_labels(labels[i]))
+        row.append(schema.LABEL_SEPARATOR.join(name for name, on in zip(label_names, labels[i]) if on))
         row.extend(f"{p:.6f}" for p in probabilities[i])
         writer.writerow(row)
     return files.write_text(path, buffer.getvalue())
