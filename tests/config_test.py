@@ -66,7 +66,7 @@ class ProfilesTest(tf.test.TestCase, parameterized.TestCase):
             batch_size_per_replica=32,
             epochs=12,
             lr_start=1e-4,
-            lr_max=2e-3,
+            lr_max=1e-3,
             lr_min=0.0,
             rampup_epochs=2,
             sustain_epochs=3,

@@ -98,13 +98,76 @@ class TwoLayerTest(tf.test.TestCase):
             full = dec_map + bot_map.numpy()[0, ..., 0]
             self.assertAllClose(full.mean(), logits[0, c] - bias[c], atol=1e-4)
             expected = np.maximum(full, 0) / np.maximum(full, 0).max()
-            actual = gradcam.GradCam(model).maps(pixels[0], [c], output_size=(16, 16))[0]
+            actual = gradcam.GradCam(model, smooth=False).maps(pixels[0], [c], output_size=(16, 16))[0]
             self.assertAllClose(actual, expected, atol=1e-5)
+            # Smoothed (the default): the decoder's map is first averaged onto the bottleneck's 4x4
+            # grid, so both layers reach the image through the same bilinear upsampling.
+            dec_coarse = dec_map.reshape(4, 4, 4, 4).mean(axis=(1, 3))
+            coarse = bottleneck.numpy()[0] @ kernel[4:, c] + dec_coarse
+            smooth = tf.image.resize(coarse[None, ..., None], (16, 16), method="bilinear").numpy()[0, ..., 0]
+            self.assertAllClose(smooth.mean(), full.mean(), atol=1e-4)
+            actual = gradcam.GradCam(model).maps(pixels[0], [c], output_size=(16, 16))[0]
+            self.assertAllClose(actual, np.maximum(smooth, 0) / np.maximum(smooth, 0).max(), atol=1e-5)
             # The decoder alone is plain Grad-CAM on that layer.
             alone = gradcam.GradCam(model, layer_names=["decoder_output"]).maps(
                 pixels[0], [c], output_size=(16, 16)
             )[0]
             self.assertAllClose(alone, np.maximum(dec_map, 0) / np.maximum(dec_map, 0).max(), atol=1e-5)
+
+
+class MethodsTest(tf.test.TestCase):
+    def test_methods_agree_where_the_gradient_is_flat(self):
+        # The bright-spot model's gradient is the same at every position: HiResCAM is Grad-CAM,
+        # and Grad-CAM++'s per-position weights are constant too, so all three map the image.
+        pixels = np.zeros((1, 8, 8, 1), np.float32)
+        pixels[0, 1:3, 4:6] = 120
+        pixels[0, 6, 6] = 60
+        for method in gradcam.METHODS:
+            cam = gradcam.GradCam(fake_data.bright_spot_model(8), method=method).maps(
+                pixels[0], [2], output_size=(8, 8)
+            )[0]
+            self.assertAllClose(cam, pixels[0, ..., 0] / 120, atol=1e-6, msg=method)
+
+    def test_hirescam_weighs_each_position_by_its_own_gradient(self):
+        # logit = sum(A * W) with a position-dependent W: HiResCAM is ReLU(A * W), Grad-CAM the
+        # feature map times the sum of W, whatever the position.
+        inputs = keras.Input((4, 4, 1))
+        features = keras.layers.Rescaling(1.0, name="decoder_output")(inputs)
+        weights = np.zeros((4, 4, 1), np.float32)
+        weights[0, 0] = 1.0
+        weights[3, 3] = -1.0
+        weighted = keras.layers.Lambda(lambda a: a * weights)(features)
+        logits = keras.layers.Dense(15, kernel_initializer="ones", name="probabilities")(
+            keras.layers.Flatten()(weighted)
+        )
+        model = keras.Model(inputs, logits)
+        pixels = np.full((4, 4, 1), 10.0, np.float32)
+        hires = gradcam.GradCam(model, method="hirescam").maps(pixels, [0], output_size=(4, 4))[0]
+        expected = np.zeros((4, 4))
+        expected[0, 0] = 1.0
+        self.assertAllClose(hires, expected)
+        # Grad-CAM: the gradients sum to 0 over the image, so no positive evidence anywhere.
+        self.assertAllEqual(gradcam.GradCam(model).maps(pixels, [0], output_size=(4, 4))[0], np.zeros((4, 4)))
+
+    def test_unknown_method(self):
+        with self.assertRaisesRegex(ValueError, r"method must be one of .*'gradcam\+\+'.*got 'cam'"):
+            gradcam.GradCam(fake_data.tiny_keras_model(8), method="cam")
+
+    def test_randomized_keeps_the_architecture_and_redraws_the_weights(self):
+        model = fake_data.tiny_keras_model(8)
+        # "Training": weights moved away from what the initializers draw.
+        model.set_weights([w + 0.5 for w in model.get_weights()])
+        explainer = gradcam.GradCam(model, method="hirescam", smooth=False)
+        random = explainer.randomized(seed=3)
+        self.assertEqual(
+            (random.layer_names, random.method, random.smooth), (explainer.layer_names, "hirescam", False)
+        )
+        trained = explainer.model.get_layer("decoder_output").get_weights()[0]
+        redrawn = random.model.get_layer("decoder_output").get_weights()[0]
+        self.assertEqual(trained.shape, redrawn.shape)
+        self.assertFalse(np.allclose(trained, redrawn))
+        again = explainer.randomized(seed=3).model.get_layer("decoder_output").get_weights()[0]
+        self.assertAllClose(redrawn, again)
 
 
 class DrawBoxesTest(tf.test.TestCase):

@@ -88,6 +88,27 @@ class LocalizeSplitTest(tf.test.TestCase):
         self.assertLess(checks["box_area_share"], 1.0)
         self.assertBetween(checks["border_energy_share"], 0.0, 1.0)
 
+    def test_randomization_of_a_map_that_ignores_the_weights_correlates_fully(self):
+        # The bright-spot map is the image whatever the weights (its initializers are constants):
+        # re-initialized, the maps are the same, so every finding correlates 1.
+        randomization = self._localize().summary["sanity"]["randomization"]
+        self.assertEqual((randomization["pairs"], randomization["seed"]), (3, 0))
+        self.assertEqual(set(randomization["findings"]), {"Mass", "Nodule"})
+        self.assertEqual(randomization["findings"]["Mass"]["maps"], 2)
+        self.assertAllClose(randomization["findings"]["Mass"]["spearman"], 1.0)
+        self.assertAllClose(randomization["spearman"], 1.0)
+
+    def test_randomization_of_trained_weights_differs(self):
+        # A conv model whose weights were moved away from their initial draw: the re-initialized
+        # copy maps differently, and the correlation falls below 1.
+        model = fake_data.tiny_keras_model(_SIZE)
+        rng = np.random.default_rng(5)
+        model.set_weights([w + rng.normal(0, 1, w.shape).astype(w.dtype) for w in model.get_weights()])
+        self.explainer = gradcam.GradCam(model)
+        randomization = self._localize(mean_maps=False).summary["sanity"]["randomization"]
+        self.assertEqual(randomization["pairs"], 3)
+        self.assertLess(randomization["spearman"], 0.9)
+
     def test_samples_keep_the_map_and_boxes(self):
         result = self._localize()
         self.assertEqual([(s.finding, s.image_index) for s in result.samples], [

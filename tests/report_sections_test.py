@@ -112,6 +112,27 @@ class SectionsTest(tf.test.TestCase):
         )
         self.assertIn("| **All pairs** | 2 | 2 | 0.500 (", text)
         self.assertIn("90.0% of these maps peak in the same cell (row 7, column 0 of a 8x8 grid)", text)
+        self.assertNotIn("Sanity checks", text)
+
+    def test_localization_sanity_checks(self):
+        sanity = {
+            "border_fraction": 0.1, "border_energy_share": 0.123, "uniform_border_share": 0.36,
+            "box_area_share": 0.072, "pairs": 19,
+            "randomization": {
+                "seed": 0, "pairs": 19, "spearman": 0.05,
+                "findings": {"Mass": {"spearman": 0.1, "maps": 1}, "Nodule": {"spearman": None, "maps": 2}},
+            },
+        }  # fmt: skip
+        text = "\n".join(markdown.sanity_lines(sanity))
+        self.assertIn(
+            "Sanity checks of the 19 scored maps: **border share** (the map's mass in the outer 10%", text
+        )
+        self.assertIn("0.123, where a flat map scores 0.360", text)
+        self.assertIn("the boxes cover 0.072 of the image", text)
+        self.assertIn("(seed 0), over 19 pairs: **0.050**", text)
+        self.assertIn("| Mass | 1 | 0.100 |", text)
+        self.assertIn("| Nodule | 2 | undefined |", text)
+        self.assertEqual(markdown.sanity_lines(None), [])
 
 
 class FiguresTest(tf.test.TestCase):

@@ -220,12 +220,18 @@ def transform_images(
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}.")
     images = tf.convert_to_tensor(images)
-    transforms = tf.cast(transforms, tf.float32)
     shape = tf.shape(images)
-    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    in_x, in_y = _source_points(transforms, shape[1], shape[2], fill_mode)
+    return _sample(images, in_x, in_y, interpolation)
+
+
+def _source_points(
+    transforms: tf.Tensor, height: tf.Tensor, width: tf.Tensor, fill_mode: str
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Each output pixel's input point (x, y), float32 [B, H, W] each, brought inside the image."""
+    transforms = tf.cast(transforms, tf.float32)
     height_f = tf.cast(height, tf.float32)
     width_f = tf.cast(width, tf.float32)
-
     # The output pixel grid, broadcast against one row of transform numbers per image.
     x = tf.range(width_f)[tf.newaxis, tf.newaxis, :]
     y = tf.range(height_f)[tf.newaxis, :, tf.newaxis]
@@ -233,9 +239,15 @@ def transform_images(
     k = t[:, 6] * x + t[:, 7] * y + 1.0
     in_x = (t[:, 0] * x + t[:, 1] * y + t[:, 2]) / k
     in_y = (t[:, 3] * x + t[:, 4] * y + t[:, 5]) / k
-    in_x = _map_coordinate(in_x, width_f, fill_mode)
-    in_y = _map_coordinate(in_y, height_f, fill_mode)
+    return _map_coordinate(in_x, width_f, fill_mode), _map_coordinate(in_y, height_f, fill_mode)
 
+
+def _sample(images: tf.Tensor, in_x: tf.Tensor, in_y: tf.Tensor, interpolation: str) -> tf.Tensor:
+    """Reads `images` [B, H, W, C] at the points (in_x, in_y) [B, H, W]; float32 [B, H, W, C]."""
+    shape = tf.shape(images)
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    height_f = tf.cast(height, tf.float32)
+    width_f = tf.cast(width, tf.float32)
     # One gather per corner from the flattened batch: index b * H * W + row * W + column.
     flat = tf.reshape(images, tf.stack([-1, channels]))
     offsets = tf.reshape(tf.range(batch) * height * width, [-1, 1, 1])

@@ -3,15 +3,21 @@
 Grad-CAM (Selvaraju et al. 2017): for a finding c with logit y_c and a feature map A [h, w, C],
 the channel weights are the spatial means of dy_c/dA, and the map is ReLU(sum_k w_k A_k),
 upsampled to the image and scaled to [0, 1]. The logit is the head's pre-sigmoid value, so
-a confident (saturated) probability still gives a usable gradient.
+a confident (saturated) probability still gives a usable gradient. Grad-CAM++ and HiResCAM
+are available as `method`s of the same class.
 
 The ResUNet's head pools the last decoder features ("decoder_output") and, by default, the
 bottleneck ("bottleneck_out") too; the logit is the sum of both layers' contributions. Each
 layer's map is therefore weighted by the spatial *sum* of its gradients (for a pooled linear
 head: the head's weights, so that the map's mean over the image is the layer's contribution
-to the logit), upsampled to the image, and the layers' maps are added before the ReLU. With one
+to the logit), brought to the image, and the layers' maps are added before the ReLU. With one
 layer this is plain Grad-CAM; with both it is the class activation map of the whole head
 (Zhou et al. 2016), not of the 8 decoder channels alone.
+
+How a layer's map reaches the image (`smooth`, on by default): the decoder's full-resolution
+features carry the period-2 pattern of its stride-2 transposed convolutions, which summed into
+the map shows as a checkerboard. Each layer's map is therefore first area-averaged onto the
+coarsest layer's grid (the bottleneck's), and the sum is upsampled bilinearly from there.
 """
 
 from __future__ import annotations
@@ -26,12 +32,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
 from tfrecords import schema
-
-DECODER_OUTPUT = "decoder_output"
-BOTTLENECK_OUTPUT = "bottleneck_out"
-# Present when the ResUNet's head pools the bottleneck as well.
-BOTTLENECK_POOL = "bottleneck_pool"
-PROBABILITIES = "probabilities"
+from trainer.model.models import BOTTLENECK_OUTPUT, BOTTLENECK_POOL, DECODER_OUTPUT, PROBABILITIES
 
 
 def feature_layers(model: keras.Model) -> tuple[str, ...]:
@@ -40,17 +41,28 @@ def feature_layers(model: keras.Model) -> tuple[str, ...]:
     return (DECODER_OUTPUT, BOTTLENECK_OUTPUT) if BOTTLENECK_POOL in names else (DECODER_OUTPUT,)
 
 
+METHODS = ("gradcam", "gradcam++", "hirescam")
+
+
 class GradCam:
-    """Computes Grad-CAM maps of a Keras classifier at one or more named feature layers.
+    """Computes class activation maps of a Keras classifier at one or more named feature layers.
 
     Args:
       model: a functional model from 0..255 pixels [B, N, N, 1] to 15 probabilities, with
         the layers `layer_names` and a final Dense layer named `head_name`.
       layer_names: the feature layers whose maps are added; default `feature_layers(model)`.
+      method: how a layer's gradients weigh its features (`METHODS`): "gradcam", one weight
+        per channel, the spatial sum of its gradients; "gradcam++" (Chattopadhay et al. 2018),
+        positive gradients weighted per position; "hirescam" (Draelos and Carin 2020), the
+        gradient times the feature at each position, summed over channels.
+      smooth: area-average every layer's map to the coarsest layer's grid before the bilinear
+        upsampling. The decoder's full-resolution map carries the period-2 pattern of its
+        stride-2 transposed convolutions; averaged onto the bottleneck's grid it adds its share
+        of the logit without the checkerboard. False: each layer upsampled from its own size.
       head_name: the Dense(15, sigmoid) head.
 
     Raises:
-      ValueError: a missing layer, named with the layers that exist.
+      ValueError: a missing layer, named with the layers that exist, or an unknown method.
     """
 
     def __init__(
@@ -58,8 +70,12 @@ class GradCam:
         model: keras.Model,
         *,
         layer_names: Sequence[str] | None = None,
+        method: str = "gradcam",
+        smooth: bool = True,
         head_name: str = PROBABILITIES,
     ):
+        if method not in METHODS:
+            raise ValueError(f"Grad-CAM method must be one of {METHODS}, got {method!r}.")
         names = [layer.name for layer in model.layers]
         self.layer_names = tuple(layer_names) if layer_names is not None else feature_layers(model)
         for name in (*self.layer_names, head_name):
@@ -68,6 +84,10 @@ class GradCam:
                     f"Grad-CAM needs a layer named {name!r} in model {model.name!r}; it has {names[-8:]} (last 8). "
                     f"Grad-CAM works on the ResUNet (--model=resunet)."
                 )
+        self.model = model
+        self.method = method
+        self.smooth = smooth
+        self.head_name = head_name
         self.image_size = int(model.input_shape[1])
         head = model.get_layer(head_name)
         # The head's input gives the logits: x @ kernel + bias, before the sigmoid.
@@ -75,6 +95,22 @@ class GradCam:
         self._features_model = keras.Model(model.inputs, [outputs, head.input])
         self._kernel = head.kernel
         self._bias = head.bias
+
+    def randomized(self, seed: int = 0) -> GradCam:
+        """The same maps of the same architecture with freshly initialized weights.
+
+        The model-randomization test's reference (Adebayo et al. 2018): `keras.models.clone_model`
+        builds new layers, which draw their weights from their initializers (seeded by `seed`).
+        """
+        keras.utils.set_random_seed(seed)
+        clone = keras.models.clone_model(self.model)
+        return GradCam(
+            clone,
+            layer_names=self.layer_names,
+            method=self.method,
+            smooth=self.smooth,
+            head_name=self.head_name,
+        )
 
     def maps(
         self, pixels: np.ndarray, class_indices: Sequence[int], *, output_size: tuple[int, int]
@@ -121,6 +157,22 @@ class GradCam:
             )
         if count == 0:
             return np.zeros((0, *output_size), np.float32)
+        features, grads = self._features_and_gradients(pixels, class_indices)
+        layer_maps = [_layer_map(a, g, self.method) for a, g in zip(features, grads)]
+        grid = min(int(m.shape[1]) for m in layer_maps) if self.smooth else None
+        cams = tf.zeros([count, *output_size, 1], tf.float32)
+        for layer_map in layer_maps:
+            if grid is not None and layer_map.shape[1] > grid:
+                layer_map = tf.image.resize(layer_map, (grid, grid), method="area")
+            cams += tf.image.resize(layer_map, output_size, method="bilinear")
+        cams = tf.nn.relu(cams)[..., 0].numpy()
+        peak = cams.reshape(count, -1).max(axis=1).reshape(-1, 1, 1)
+        return np.where(peak > 0, cams / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
+
+    def _features_and_gradients(
+        self, pixels: np.ndarray, class_indices: Sequence[int]
+    ) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+        """Each layer's features and the gradients of image i's logit of `class_indices[i]`, float32."""
         batch = tf.constant(pixels)
         indices = tf.constant(list(class_indices), tf.int32)
         with tf.GradientTape() as tape:
@@ -133,17 +185,29 @@ class GradCam:
             # Image i explains finding class_indices[i]: the diagonal of logits[:, class_indices].
             # The images are independent (inference mode), so one gradient serves them all.
             target = tf.reduce_sum(tf.linalg.diag_part(tf.gather(logits, indices, axis=1)))
-        cams = tf.zeros([count, *output_size, 1], tf.float32)
-        for layer_features, grads in zip(features, tape.gradient(target, features)):
-            layer_features = tf.cast(layer_features, tf.float32)
-            # Summed, not averaged, over positions: layers of different sizes add up in proportion
-            # to their contributions to the logit (see the module docstring).
-            weights = tf.reduce_sum(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
-            layer_map = tf.reduce_sum(weights * layer_features, axis=-1, keepdims=True)
-            cams += tf.image.resize(layer_map, output_size, method="bilinear")
-        cams = tf.nn.relu(cams)[..., 0].numpy()
-        peak = cams.reshape(count, -1).max(axis=1).reshape(-1, 1, 1)
-        return np.where(peak > 0, cams / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
+        grads = tape.gradient(target, features)
+        return [tf.cast(f, tf.float32) for f in features], [tf.cast(g, tf.float32) for g in grads]
+
+
+def _layer_map(features: tf.Tensor, grads: tf.Tensor, method: str) -> tf.Tensor:
+    """One layer's map [B, h, w, 1] before the ReLU, on the scale of its share of the logit.
+
+    The channel weights are spatial sums, not means, of the gradients (and HiResCAM's product
+    is multiplied by the positions), so that layers of different sizes add up in proportion to
+    their contributions to the logit (see the module docstring).
+    """
+    if method == "hirescam":
+        positions = tf.cast(tf.shape(features)[1] * tf.shape(features)[2], tf.float32)
+        return tf.reduce_sum(grads * features, axis=-1, keepdims=True) * positions
+    if method == "gradcam++":
+        # The closed form of Chattopadhay et al. for an exponential of the logit.
+        squared = tf.square(grads)
+        denominator = 2.0 * squared + tf.reduce_sum(features, axis=(1, 2), keepdims=True) * squared * grads
+        alpha = tf.math.divide_no_nan(squared, denominator)
+        weights = tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(1, 2), keepdims=True)
+    else:
+        weights = tf.reduce_sum(grads, axis=(1, 2), keepdims=True)
+    return tf.reduce_sum(weights * features, axis=-1, keepdims=True)
 
 
 def missing_layers(model: keras.Model, *, head_name: str = PROBABILITIES) -> list[str]:

@@ -19,8 +19,13 @@ from tfrecords import schema
 from trainer.model import augment as augment_lib
 
 MODEL_NAMES = ("resunet", "resnet50", "vgg16", "densenet121")
-# Name of the last decoder block's output in the ResUNet; Grad-CAM reads this layer.
+# Layer names other modules look up (Grad-CAM in trainer.model.gradcam): the ResUNet's last
+# decoder features, its bottleneck block's output ("<block>_out" of `residual_block`), the
+# bottleneck's pooling (present when the head pools it) and the head.
 DECODER_OUTPUT = "decoder_output"
+BOTTLENECK = "bottleneck"
+BOTTLENECK_OUTPUT = f"{BOTTLENECK}_out"
+BOTTLENECK_POOL = "bottleneck_pool"
 PROBABILITIES = "probabilities"
 # The keras.applications backbones refuse inputs smaller than 32x32.
 _MIN_APPLICATION_SIZE = 32
@@ -96,7 +101,7 @@ def resunet_features(
         x = residual_block(x, base_filters * 2**level, name=f"encoder{level}")
         skips.append(x)
         x = keras.layers.MaxPooling2D(2, name=f"encoder{level}_down")(x)
-    bottleneck = residual_block(x, base_filters * 2**depth, name="bottleneck")
+    bottleneck = residual_block(x, base_filters * 2**depth, name=BOTTLENECK)
     x = bottleneck
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
@@ -108,7 +113,7 @@ def resunet_features(
     pooled = keras.layers.GlobalAveragePooling2D(name="decoder_pool")(x)
     if pool_bottleneck:
         # The bottleneck carries the widest context; pooling it too costs nothing measurable.
-        bottleneck_pooled = keras.layers.GlobalAveragePooling2D(name="bottleneck_pool")(bottleneck)
+        bottleneck_pooled = keras.layers.GlobalAveragePooling2D(name=BOTTLENECK_POOL)(bottleneck)
         pooled = keras.layers.Concatenate(name="pooled_features")([pooled, bottleneck_pooled])
     return pooled
 

@@ -90,7 +90,7 @@ class TrainConfig:
     epochs: int = _field(12, "Epochs.")
     steps_per_epoch: int | None = _field(None, "Steps per epoch; default one pass over the train split.")
     lr_start: float = _field(1e-4, "Learning rate at epoch 0.")
-    lr_max: float = _field(2e-3, "Learning rate at the end of the ramp (times the replicas with scale_lr).")
+    lr_max: float = _field(1e-3, "Learning rate at the end of the ramp (times the replicas with scale_lr).")
     lr_min: float = _field(0.0, "Asymptote of the exponential decay.")
     rampup_epochs: int = _field(2, "Epochs of the linear ramp from lr_start to lr_max.")
     sustain_epochs: int = _field(3, "Epochs held at lr_max after the ramp.")
@@ -303,7 +303,15 @@ DEMO: dict[str, Any] = dict(
     epochs=12,
     steps_per_epoch=None,
     lr_start=1e-4,
-    lr_max=2e-3,
+    # 1e-3, chosen on real NIH images, not on the synthetic set: `python -m trainer.train
+    # --profile=demo --lr_max=...` on records of real NIH PNGs at 64x64 (`build_tfrecords
+    # --split=patient`), then `python -m trainer.evaluate`; measured: the highest validation loss
+    # of an epoch over the first epoch's, and the test AUCs of the findings with 20 or more
+    # positives. At 2e-3 the validation loss more than doubled while the training loss fell; at
+    # 1e-3 it stayed below that bound (two seeds) with test AUCs no lower, and the demo records'
+    # best validation mean AUC (`make train`) stays above 0.95. Plain cross-entropy
+    # (`class_imbalance="none"`) was as stable on the real images but fell below 0.95 on the demo.
+    lr_max=1e-3,
     lr_min=0.0,
     rampup_epochs=2,
     sustain_epochs=3,

@@ -11,6 +11,12 @@ finding, averaged over the split; per finding, the map of that finding averaged 
 labelled with it. `peak_cell_share` is the share of the images whose most-probable-finding map
 peaks in the most common cell of a `PEAK_GRID` x `PEAK_GRID` grid: near 1 when every map
 peaks in one place.
+
+The sanity checks (`trainer.evaluation.localization.sanity`) go into the summary's "sanity": the
+scored maps' border-energy share, the boxes' area share (what a map that ignores the image
+scores), and the model-randomization test: the scored pairs' maps again from the same
+architecture with re-initialized weights (`GradCam.randomized`), and per finding the mean rank
+correlation of the two (near 1: the map shows the architecture, not what training learned).
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ from trainer.model import gradcam as gradcam_lib
 # Overlays shown per finding in the figure: the split's first pairs of that finding in record order.
 SAMPLES_PER_FINDING = 3
 PEAK_GRID = 8
+# The model-randomization test maps at most this many scored pairs (the first in record order)
+# twice more; its seed draws the re-initialized weights.
+RANDOMIZATION_MAX_PAIRS = 256
+RANDOMIZATION_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +111,9 @@ class _Accumulator:
     samples: list[CamSample] = dataclasses.field(default_factory=list)
     border_shares: list[float] = dataclasses.field(default_factory=list)
     area_shares: list[float] = dataclasses.field(default_factory=list)
+    # The first RANDOMIZATION_MAX_PAIRS scored pairs' pixels [N, N, 1] and label indices.
+    pair_pixels: list[np.ndarray] = dataclasses.field(default_factory=list)
+    pair_classes: list[int] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         self.overall = np.zeros((self.image_size, self.image_size), np.float64)
@@ -154,28 +167,39 @@ def localize_split(
     for images, labels, metadata in batches:
         names = [v.decode("utf-8") for v in metadata[schema.IMAGE_INDEX_KEY].numpy()]
         end = offset + len(names)
-        if names != list(image_indices[offset:end]):
-            raise ValueError(
-                f"The {split!r} records of {records_dir!r} are not in the order they were predicted in "
-                f"(records {offset}..{end - 1}); were they rewritten during the evaluation?"
-            )
+        _check_order(names, image_indices[offset:end], offset, f"The {split!r} records of {records_dir!r}")
         pixels = images.numpy()
         if mean_maps:
             _add_mean_maps(acc, explainer, pixels, probabilities[offset:end], labels.numpy())
-        pairs = []
-        for i, name in enumerate(names):
-            found = by_image.get(name, [])
-            for finding in _findings_of(found):
-                pairs.append(
-                    (i, finding, [(b.x, b.y, b.width, b.height) for b in found if b.finding == finding])
-                )
+        pairs = _boxed_pairs(names, by_image)
         _score_pairs(acc, explainer, pixels, pairs, names, probabilities[offset:end], patient_ids[offset:end])
         offset = end
     if offset != len(image_indices):
         raise ValueError(
             f"The {split!r} records hold {offset} images but {len(image_indices)} were predicted."
         )
-    return _result(acc, bootstrap, mean_maps=mean_maps)
+    return _result(acc, bootstrap, mean_maps=mean_maps, explainer=explainer, batch_size=batch_size)
+
+
+def _check_order(names: Sequence[str], predicted: Sequence[str], offset: int, what: str) -> None:
+    """Raises when a batch's image names differ from those predicted at the same positions."""
+    if list(names) != list(predicted):
+        raise ValueError(
+            f"{what} are not in the order they were predicted in (records {offset}..{offset + len(names) - 1}); "
+            "were they rewritten during the evaluation?"
+        )
+
+
+def _boxed_pairs(
+    names: Sequence[str], by_image: Mapping[str, Sequence[boxes_lib.Box]]
+) -> list[tuple[int, str, list[tuple[float, float, float, float]]]]:
+    """The batch's (row, finding, that finding's boxes as (x, y, w, h)) pairs, in row order."""
+    pairs = []
+    for i, name in enumerate(names):
+        found = by_image.get(name, [])
+        for finding in _findings_of(found):
+            pairs.append((i, finding, [(b.x, b.y, b.width, b.height) for b in found if b.finding == finding]))
+    return pairs
 
 
 def _findings_of(found: Sequence[boxes_lib.Box]) -> list[str]:
@@ -235,6 +259,9 @@ def _score_pairs(
         acc.area_shares.append(sanity.box_area_share(mask))
         acc.scores.append(score.as_array())
         acc.pairs.append((names[i], finding, int(patient_ids[i]), score.empty))
+        if len(acc.pair_pixels) < RANDOMIZATION_MAX_PAIRS:
+            acc.pair_pixels.append(pixels[i])
+            acc.pair_classes.append(k)
         if sum(s.finding == finding for s in acc.samples) < SAMPLES_PER_FINDING:
             acc.samples.append(
                 CamSample(
@@ -244,7 +271,14 @@ def _score_pairs(
             )  # fmt: skip
 
 
-def _result(acc: _Accumulator, bootstrap: metrics.BootstrapConfig, *, mean_maps: bool) -> LocalizationResult:
+def _result(
+    acc: _Accumulator,
+    bootstrap: metrics.BootstrapConfig,
+    *,
+    mean_maps: bool,
+    explainer: gradcam_lib.GradCam,
+    batch_size: int,
+) -> LocalizationResult:
     present = {finding for _, finding, _, _ in acc.pairs}
     summary = localization.summarize(
         np.array(acc.scores).reshape(-1, len(localization.SCORES)),
@@ -255,7 +289,8 @@ def _result(acc: _Accumulator, bootstrap: metrics.BootstrapConfig, *, mean_maps:
         bootstrap=bootstrap,
     )
     summary["images"] = len({name for name, _, _, _ in acc.pairs})
-    summary["sanity"] = _sanity_summary(acc)
+    randomization = _randomization(acc, explainer, batch_size)
+    summary["sanity"] = metrics.to_json_ready({**_sanity_summary(acc), "randomization": randomization})
     mean_cams = None
     if mean_maps and acc.images:
         by_finding = {
@@ -279,3 +314,30 @@ def _sanity_summary(acc: _Accumulator) -> dict[str, Any]:
         "box_area_share": float(np.mean(acc.area_shares)) if acc.area_shares else None,
         "pairs": len(acc.area_shares),
     }
+
+
+def _randomization(acc: _Accumulator, explainer: gradcam_lib.GradCam, batch_size: int) -> dict[str, Any]:
+    """The model-randomization test on the kept pairs: per finding and overall mean Spearman correlation."""
+    result: dict[str, Any] = {"seed": RANDOMIZATION_SEED, "pairs": len(acc.pair_pixels)}
+    if not acc.pair_pixels:
+        return {**result, "spearman": None, "findings": {}}
+    random = explainer.randomized(RANDOMIZATION_SEED)
+    size = (acc.image_size, acc.image_size)
+
+    def in_batches(cam: gradcam_lib.GradCam):
+        def maps(pixels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+            chunks = [
+                cam.batch_maps(pixels[i : i + batch_size], classes[i : i + batch_size], output_size=size)
+                for i in range(0, len(classes), batch_size)
+            ]
+            return np.concatenate(chunks)
+
+        return maps
+
+    findings = sanity.randomization_test(
+        in_batches(explainer), in_batches(random), np.stack(acc.pair_pixels), acc.pair_classes, schema.LABELS
+    )
+    values = [v["spearman"] for v in findings.values() if np.isfinite(v["spearman"])]
+    weights = [v["maps"] for v in findings.values() if np.isfinite(v["spearman"])]
+    overall = float(np.average(values, weights=weights)) if values else None
+    return {**result, "spearman": overall, "findings": findings}

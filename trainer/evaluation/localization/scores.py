@@ -169,13 +169,7 @@ def summarize(
             f"empty ({len(empty)}) must have one entry per (image, finding) pair."
         )
     labels = list(labels) if labels is not None else sorted(set(findings.tolist()))
-    if bootstrap.resamples > 0 and len(scores):
-        draws = metrics.patient_bootstrap_draws(
-            patient_ids, resamples=bootstrap.resamples, seed=bootstrap.seed
-        )
-        weights = metrics.image_weights(patient_ids, draws)
-    else:
-        weights = np.zeros((0, len(scores)))
+    weights = _bootstrap_weights(patient_ids, bootstrap)
     entries = []
     for label in labels:
         selected = findings == label
@@ -195,6 +189,16 @@ def summarize(
         },
     }
     return metrics.to_json_ready(summary)
+
+
+def _bootstrap_weights(patient_ids: np.ndarray, bootstrap: metrics.BootstrapConfig) -> np.ndarray:
+    """[resamples, P] image weights of the patient bootstrap; [0, P] when it is off or there are no pairs."""
+    if bootstrap.resamples > 0 and len(patient_ids):
+        draws = metrics.patient_bootstrap_draws(
+            patient_ids, resamples=bootstrap.resamples, seed=bootstrap.seed
+        )
+        return metrics.image_weights(patient_ids, draws)
+    return np.zeros((0, len(patient_ids)))
 
 
 def _group(

@@ -353,6 +353,7 @@ def localization_section(report: Mapping[str, Any]) -> list[str]:
         ]
         lines.append(f"| {f['label']} | {f['pairs']} | {f['patients']} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines += sanity_lines(data.get("sanity"))
     mean_maps = data.get("mean_maps")
     if mean_maps:
         row, col = mean_maps["peak_cell"]
@@ -361,6 +362,38 @@ def localization_section(report: Mapping[str, Any]) -> list[str]:
             f"map of its most probable finding: {100 * mean_maps['peak_cell_share']:.1f}% of these maps peak "
             f"in the same cell (row {row}, column {col} of a {mean_maps['grid']}x{mean_maps['grid']} grid). "
             "A share near 100% would mean a map that points at one place whatever the image shows.",
+            "",
+        ]
+    return lines
+
+
+def sanity_lines(sanity: Mapping[str, Any] | None) -> list[str]:
+    """Markdown: the maps' sanity checks (border share, image-blind baseline, model randomization)."""
+    if not sanity:
+        return []
+    border = 100 * sanity["border_fraction"]
+    lines = [
+        f"Sanity checks of the {sanity['pairs']} scored maps: **border share** (the map's mass in the outer "
+        f"{border:g}% of the image on each side) {fmt(sanity['border_energy_share'])}, where a flat map scores "
+        f"{fmt(sanity['uniform_border_share'])}; **image-blind baseline**: the boxes cover "
+        f"{fmt(sanity['box_area_share'])} of the image on average, the energy inside of a map that ignores "
+        "the image and about its pointing game.",
+        "",
+    ]
+    randomization = sanity.get("randomization")
+    if randomization and randomization.get("findings"):
+        lines += [
+            "Model randomization (Adebayo et al. 2018): Spearman rank correlation of each map with the map "
+            "of the same architecture with re-initialized weights (seed "
+            f"{randomization['seed']}), over {randomization['pairs']} pairs: **{fmt(randomization['spearman'])}**. "
+            "Near 1, the map shows the architecture rather than what training learned.",
+            "",
+            "| Finding | Maps | Rank correlation, trained vs re-initialized |",
+            "|---|---|---|",
+            *(
+                f"| {label} | {entry['maps']} | {fmt(entry['spearman'])} |"
+                for label, entry in randomization["findings"].items()
+            ),
             "",
         ]
     return lines
