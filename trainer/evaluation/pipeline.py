@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -176,19 +176,21 @@ class Predictor:
     image_size: int
 
 
-def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
+def load_predictor(run_dir: str, *, source: str = "auto", labels: Sequence[str] = schema.LABELS) -> Predictor:
     """Loads the run's model for evaluation on record pixels.
 
     Args:
       run_dir: the run directory.
       source: "export" (`export/`, signature `serve_pixels`), "checkpoint"
         (`checkpoints/best.keras`), or "auto" (the export when present, else the checkpoint).
+      labels: the run's vocabulary (config.json's labels), which the export's labels.json must list.
 
     Returns:
       A `Predictor`.
 
     Raises:
-      ValueError: unknown source, or the chosen model is missing.
+      ValueError: unknown source, the chosen model is missing, or the export's labels.json
+        lists other labels than `labels`.
     """
     if source not in MODEL_SOURCES:
         raise console.ValidationError(f"model source must be one of {MODEL_SOURCES}, got {source!r}.")
@@ -204,7 +206,7 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
             )
         from trainer.model import export as export_lib  # The trainer's module: labels.json reader.
 
-        image_size = int(export_lib.read_labels(export_dir)["image_size"])
+        image_size = int(export_lib.read_labels(export_dir, expected=labels)["image_size"])
         loaded = tf.saved_model.load(export_dir)
         signature = loaded.signatures[export_lib.SERVE_PIXELS]
 
@@ -429,7 +431,7 @@ def open_run(config: EvaluateConfig) -> EvaluationRun:
         records_dir=records_dir,
         manifest=manifest,
         output_dir=_output_dir(config, shared, manifest),
-        predictor=load_predictor(config.run_dir, source=config.model),
+        predictor=load_predictor(config.run_dir, source=config.model, labels=_run_labels(run_config)),
         shared=shared,
     )
 
@@ -452,8 +454,12 @@ def reports_dir(config: EvaluateConfig) -> str:
 def _shared_labels(
     run_config: Mapping[str, Any], manifest: manifest_lib.Manifest
 ) -> vocabularies.SharedLabels:
-    # The run's vocabulary (config.json's labels; runs that predate it trained on NIH's).
-    return vocabularies.shared_labels(run_config.get("labels", schema.LABELS), manifest.labels)
+    return vocabularies.shared_labels(_run_labels(run_config), manifest.labels)
+
+
+def _run_labels(run_config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The run's vocabulary: config.json's labels (runs that predate them trained on NIH's)."""
+    return tuple(run_config.get("labels", schema.LABELS))
 
 
 def _output_dir(
