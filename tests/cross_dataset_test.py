@@ -143,7 +143,13 @@ class FolderVocabularyRunTest(tf.test.TestCase):
             values[split] = np.stack([1.0 - pneumonia, pneumonia], axis=1)
         cls.records_dir = os.path.join(root, "pediatric")
         fake_data.write_vocabulary_records(
-            cls.records_dir, values, labels=_FOLDER_LABELS, dataset="folders", image_size=32, seed=5
+            cls.records_dir,
+            values,
+            labels=_FOLDER_LABELS,
+            dataset="folders",
+            image_size=32,
+            seed=5,
+            unknown_metadata=True,
         )
         cls.run_dir = os.path.join(root, "run")
         fake_data.write_fake_run(cls.run_dir, cls.records_dir, image_size=32, labels=_FOLDER_LABELS)
@@ -163,6 +169,11 @@ class FolderVocabularyRunTest(tf.test.TestCase):
         findings = {f["label"]: f for f in report["splits"]["test"]["findings"]}
         self.assertEqual(findings["PNEUMONIA"]["positives"], 12)
         self.assertEqual(findings["NORMAL"]["negatives"], 12)
+        # The folder set publishes no sex, age or view: one "unknown" group each, not an age band.
+        subgroups = report["splits"]["test"]["subgroups"]
+        for attribute in ("sex", "age_band", "view_position"):
+            self.assertEqual(list(subgroups[attribute]), ["unknown"], msg=attribute)
+            self.assertEqual(subgroups[attribute]["unknown"]["images"], 24)
         self.assertTrue(os.path.exists(os.path.join(self.run_dir, "reports", files.AUC_JSON)))
 
     def test_an_export_whose_labels_differ_from_the_runs_is_refused(self):

@@ -5,6 +5,7 @@ Everything is built in the test's temporary directory; nothing is checked in as 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 
@@ -258,6 +259,7 @@ def write_vocabulary_records(
     seed: int = 0,
     with_state: bool = True,
     split_pixels: dict[str, np.ndarray] | None = None,
+    unknown_metadata: bool = False,
 ) -> manifest_lib.Manifest:
     """Writes a records directory of another vocabulary, with each label's state.
 
@@ -269,6 +271,7 @@ def write_vocabulary_records(
       image_size, num_shards, seed, split_pixels: as in `write_labeled_records` (raw records).
       with_state: write the `label_mask` and `label_uncertain` features (without them, records
         read as all known).
+      unknown_metadata: write age -1 and an empty sex and view, as data sets that publish none.
 
     Returns:
       The manifest read back.
@@ -291,6 +294,8 @@ def write_vocabulary_records(
                     if split_pixels is not None and split in split_pixels:
                         pixels = np.asarray(split_pixels[split][index], np.uint8)
                     metadata = metadata_for(counter)
+                    if unknown_metadata:
+                        metadata = dataclasses.replace(metadata, age=-1, sex="", view_position="")
                     counter += 1
                     patients.add(metadata.patient_id)
                     # An NIH record whose label features are then replaced by this vocabulary's.

@@ -325,9 +325,9 @@ def summarize_split(
     sex, age band and view position."""
     meta = predictions.metadata
     subgroups = {
-        "sex": meta[schema.SEX_KEY],
+        "sex": [str(sex) or metrics.UNKNOWN_SUBGROUP for sex in meta[schema.SEX_KEY]],
         "age_band": [metrics.age_band(int(age)) for age in meta[schema.AGE_KEY]],
-        "view_position": meta[schema.VIEW_POSITION_KEY],
+        "view_position": [str(view) or metrics.UNKNOWN_SUBGROUP for view in meta[schema.VIEW_POSITION_KEY]],
     }
     return metrics.summarize(
         predictions.labels,
