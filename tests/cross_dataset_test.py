@@ -169,6 +169,10 @@ class FolderVocabularyRunTest(tf.test.TestCase):
         findings = {f["label"]: f for f in report["splits"]["test"]["findings"]}
         self.assertEqual(findings["PNEUMONIA"]["positives"], 12)
         self.assertEqual(findings["NORMAL"]["negatives"], 12)
+        # NORMAL is the set's "no finding" label: the findings' mean is PNEUMONIA's AUC alone.
+        self.assertAllClose(report["splits"]["test"]["mean_auc_14"], findings["PNEUMONIA"]["auc"])
+        with open(os.path.join(self.run_dir, "reports", files.AUC_MD)) as f:
+            self.assertIn("**Mean of 1 findings**", f.read())
         # The folder set publishes no sex, age or view: one "unknown" group each, not an age band.
         subgroups = report["splits"]["test"]["subgroups"]
         for attribute in ("sex", "age_band", "view_position"):

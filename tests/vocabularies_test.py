@@ -63,6 +63,12 @@ class VocabulariesTest(parameterized.TestCase, tf.test.TestCase):
     def test_finding_of(self, label, finding):
         self.assertEqual(vocabularies.finding_of(label), finding)
 
+    def test_is_no_finding(self):
+        for label in ("No Finding", "No_Finding", "normal", "NORMAL"):
+            self.assertTrue(vocabularies.is_no_finding(label), msg=label)
+        for label in ("PNEUMONIA", "Pneumonia", "Support Devices", "Effusion"):
+            self.assertFalse(vocabularies.is_no_finding(label), msg=label)
+
     def test_nih_against_chexpert(self):
         shared = vocabularies.shared_labels(schema.LABELS, CHEXPERT)
         self.assertEqual(

@@ -24,6 +24,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from tfrecords import schema
+from trainer.evaluation import vocabularies
 
 # Age bands of the subgroup table: lower edges of the bands after the first ("0-17").
 DEFAULT_AGE_EDGES: tuple[int, ...] = (18, 40, 60, 80)
@@ -321,7 +322,7 @@ def summarize(
     """
     report_known = known is not None
     y_true, y_score, patient_ids, known = _check_split(y_true, y_score, patient_ids, labels, known)
-    findings_mask = np.array([label != schema.NO_FINDING for label in labels])
+    findings_mask = np.array([not vocabularies.is_no_finding(label) for label in labels])
     aucs = _point_aucs(y_true, y_score, known)
     samples = _bootstrap_samples(y_true, y_score, patient_ids, known, bootstrap)
     findings = [
@@ -477,7 +478,7 @@ def subgroup_aucs(
     y_true, y_score = _check_arrays(y_true, y_score)
     known = _check_known(known, y_true.shape)
     patient_ids = np.asarray(patient_ids)
-    findings_mask = np.array([label != schema.NO_FINDING for label in labels])
+    findings_mask = np.array([not vocabularies.is_no_finding(label) for label in labels])
     result: dict[str, dict[str, dict[str, Any]]] = {}
     for attribute, values in subgroups.items():
         values = np.asarray([str(v) for v in values])

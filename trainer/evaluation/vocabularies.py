@@ -132,6 +132,12 @@ def finding_of(label: str) -> str:
     return row.finding if row is not None else normalize(label)
 
 
+def is_no_finding(label: str) -> bool:
+    """Whether a label is its data set's "no finding named" label (NIH's and CheXpert's "No
+    Finding", PadChest's "normal", the pediatric set's NORMAL), left out of the findings' means."""
+    return finding_of(label) == "No Finding"
+
+
 def sources_of(label: str) -> tuple[str, ...]:
     """The keys of `SOURCES` behind a label's equivalence ("same_name" for a label outside the table)."""
     row = _BY_NAME.get(normalize(label))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from tfrecords import schema
+from trainer.evaluation import vocabularies
 from trainer.evaluation.report import files
 from trainer.evaluation.report.formatting import fmt, fmt_ci, signed
 from trainer.evaluation.report.published import PUBLISHED_AUC
@@ -39,13 +40,13 @@ def render_markdown(report: Mapping[str, Any], *, figures: Sequence[str] = ()) -
 
 def _findings_in(entries) -> int:
     """How many of the entries' "label"s are findings (not "No Finding")."""
-    return sum(entry["label"] != schema.NO_FINDING for entry in entries)
+    return sum(not vocabularies.is_no_finding(entry["label"]) for entry in entries)
 
 
 def _label_counts(summary: Mapping[str, Any]) -> tuple[int, int]:
     """(findings, labels) of a summary: its labels without and with "No Finding" (14 and 15 for NIH)."""
     labels = summary_labels(summary)
-    return sum(label != schema.NO_FINDING for label in labels), len(labels)
+    return sum(not vocabularies.is_no_finding(label) for label in labels), len(labels)
 
 
 def cross_dataset_section(report: Mapping[str, Any]) -> list[str]:
