@@ -18,8 +18,7 @@ from cxr_cli import verbosity
 if __name__ == "__main__":
     verbosity.configure()  # Before TensorFlow loads: quiet unless --verbosity=1 (cxr_cli/verbosity.py).
 
-from tfrecords import schema
-from trainer.evaluation import pipeline
+from trainer.evaluation import pipeline, vocabularies
 from trainer.evaluation.report import files, formatting
 
 
@@ -38,7 +37,7 @@ def main(argv: list[str], *, holders: dict) -> None:
     logging.info(
         "%s split: mean AUC of %d findings %s (95%% CI %s); reports in %s",
         report["split"],
-        sum(label != schema.NO_FINDING for label in report["labels"]),
+        sum(not vocabularies.is_no_finding(label) for label in report["labels"]),
         formatting.fmt(headline["mean_auc_14"]),
         formatting.fmt_ci(*headline["mean_auc_14_ci"]),
         output_dir,
