@@ -245,9 +245,9 @@ class ApiOneModelTest(tf.test.TestCase):
         with open(config_path, "w") as f:
             json.dump(config | {"weights_sha256": runner.weights_digest(model)}, f)
         self.assertEqual(api.load_run(self.run_dir).gradcam(self.pixels, 0).shape, (32, 32))
-        with open(os.path.join(self.run_dir, "export", "labels.json")) as f:
+        with open(os.path.join(self.run_dir, "export", "assets", "labels.json")) as f:
             labels = json.load(f)
-        with open(os.path.join(self.run_dir, "export", "labels.json"), "w") as f:
+        with open(os.path.join(self.run_dir, "export", "assets", "labels.json"), "w") as f:
             json.dump(labels | {"weights_sha256": "0" * 64}, f)
         with self.assertRaisesRegex(ValueError, r"sha256 [0-9a-f]{64}, but .*labels\.json records 0000"):
             api.load_run(self.run_dir).gradcam(self.pixels, 0)

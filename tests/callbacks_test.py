@@ -1,5 +1,6 @@
 """Tests for trainer/training/callbacks.py: the NaN stop, the Keras LR scheduler with our schedule, assembly order."""
 
+import io
 import os
 
 import keras
@@ -65,6 +66,55 @@ class CallbacksTest(tf.test.TestCase):
         self.assertNotIn("CSVLogger", kinds)
         self.assertNotIn("TensorBoard", kinds)
         self.assertNotIn("EarlyStopping", kinds)
+
+    def _history(self, rows):
+        path = os.path.join(self.get_temp_dir(), "history.csv")
+        with open(path, "w") as f:
+            f.write("epoch,loss,val_auc\n" + "".join(f"{e},0.5,{v}\n" for e, v in rows))
+        return path
+
+    def test_best_so_far_reads_the_backed_up_epochs_first_best_wins(self):
+        # Epochs 1 and 2 tie at 0.8 (the first wins, as ModelCheckpoint saves only on a strict
+        # gain); epoch 3 (0.9) was written before a kill and never backed up: resuming at 3.
+        path = self._history([(0, 0.7), (1, 0.8), (2, 0.8), (3, 0.9)])
+        best = callbacks.best_so_far(path, epochs_done=3)
+        self.assertEqual(best, callbacks.BestSoFar(value=0.8, epoch=1, epochs_done=3))
+        self.assertEqual(best.epochs_since, 1)
+        self.assertIsNone(callbacks.best_so_far(path, epochs_done=0))
+        self.assertIsNone(callbacks.best_so_far(os.path.join(self.get_temp_dir(), "none.csv"), 3))
+        self.assertIsNone(callbacks.best_so_far(self._history([(0, "nan")]), epochs_done=1))
+
+    def test_resumed_callbacks_start_from_the_best_so_far(self):
+        run_dir = self.get_temp_dir()
+        resumed_from = callbacks.BestSoFar(value=0.8, epoch=1, epochs_done=3)
+        built = callbacks.build_callbacks(
+            lr_schedule.build_lr_fn(),
+            callbacks.worker_paths(run_dir, run_dir),
+            early_stopping_patience=2,
+            resumed_from=resumed_from,
+            epoch_line=True,
+        )
+        checkpoint, stopping = built[3], built[4]
+        self.assertEqual(checkpoint.best, 0.8)
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        stopping.set_model(model)
+        stopping.on_train_begin()
+        self.assertEqual((stopping.best, stopping.best_epoch, stopping.wait), (0.8, 1, 1))
+        self.assertFalse(stopping.restore_best_weights)
+        # Epoch index 3 without a gain: two epochs since the best, patience 2 is used up.
+        stopping.on_epoch_end(3, {callbacks.MONITOR: 0.79})
+        self.assertTrue(model.stop_training)
+        stream = io.StringIO()
+        line = built[5]
+        line._stream = stream
+        line.set_params({"epochs": 5})
+        line.on_epoch_begin(3)
+        line.on_epoch_end(3, {callbacks.MONITOR: 0.79})
+        line.on_epoch_begin(4)
+        line.on_epoch_end(4, {callbacks.MONITOR: 0.81})
+        first, second = stream.getvalue().splitlines()
+        self.assertNotIn("* best", first)
+        self.assertIn("* best", second)
 
 
 if __name__ == "__main__":

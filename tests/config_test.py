@@ -212,6 +212,21 @@ class CommandLineTest(tf.test.TestCase):
         self.assertEqual(_parse([f"--flagfile={path}"]), _parse(argv))
         self.assertFalse(os.path.exists(run_dir))
 
+    def test_augment_flags_come_from_augment_config(self):
+        # One flag per AugmentConfig field, with its default, a help text and its allowed values.
+        flag_values = flags.FlagValues()
+        train_binary.define_flags(flag_values)
+        for field in dataclasses.fields(augment.AugmentConfig):
+            flag = flag_values[f"augment_{field.name}"]
+            self.assertEqual(flag.default, field.default)
+            self.assertTrue(flag.help)
+        self.assertCountEqual(flag_values["augment_fill_mode"].parser.enum_values, augment.FILL_MODES)
+        config = _parse(["--augment_rotation_degrees=7.5", "--augment_interpolation=nearest"])
+        self.assertEqual(
+            config.augment_config(),
+            augment.AugmentConfig(rotation_degrees=7.5, interpolation="nearest"),
+        )
+
     def test_bad_flag_value_names_the_field(self):
         with self.assertRaisesRegex(ValueError, "TrainConfig.lr_min must be <= lr_max"):
             _parse(["--profile=full", "--lr_min=1.0"])

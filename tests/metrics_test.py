@@ -363,6 +363,19 @@ class KnownLabelsTest(parameterized.TestCase, tf.test.TestCase):
         self.assertAllClose(samples[:, 1], expected)
         self.assertAllClose(samples[:, 0], metrics.weighted_roc_auc(y_true[:, 0], y_score[:, 0], weights))
 
+    def test_normal_is_left_out_of_the_findings_mean(self):
+        # A folder-per-class vocabulary: PNEUMONIA is the one finding, NORMAL its "no finding".
+        y_true, y_score, patient_ids = _random_split(20, num_labels=2, seed=9)
+        summary = metrics.summarize(
+            y_true,
+            y_score,
+            patient_ids=patient_ids,
+            labels=("NORMAL", "PNEUMONIA"),
+            bootstrap=metrics.BootstrapConfig(resamples=0),
+        )
+        self.assertAllClose(summary["mean_auc_14"], summary["findings"][1]["auc"])
+        self.assertEqual(summary["findings_defined"], 1)
+
     def test_known_of_the_wrong_shape(self):
         with self.assertRaisesRegex(ValueError, r"known must have the labels' shape \[3, 1\]"):
             metrics.summarize(

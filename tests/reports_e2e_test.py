@@ -38,7 +38,7 @@ class ReportsEndToEndTest(tf.test.TestCase):
             rampup_epochs=1,
             verbose=0,
         )
-        train_lib.train(config, train_lib.create_strategy("one_device"))
+        result = train_lib.train(config, train_lib.create_strategy("one_device"))
 
         # Test records are numbered after the 48 train and 16 val ones (fake_data.metadata_for).
         boxes_csv = fake_data.write_box_csv(
@@ -65,6 +65,7 @@ class ReportsEndToEndTest(tf.test.TestCase):
             files.LOCALIZATION_PNG,
             files.MEAN_CAM_PNG,
             files.BOX_REJECTS_JSONL,
+            files.MODEL_CARD_MD,
         ):
             self.assertTrue(os.path.exists(os.path.join(reports, name)), msg=name)
         # Grad-CAM of the real ResUNet (decoder and pooled bottleneck) scored against the boxes.
@@ -75,6 +76,11 @@ class ReportsEndToEndTest(tf.test.TestCase):
         self.assertEqual(data["tta"]["mode"], "hflip")
         self.assertEqual(data["calibration"]["source_split"], "val")
         self.assertEqual(data["model_source"], "export")
+        # One set of weights: the trainer's digest, the reports' and the Grad-CAM maps'.
+        self.assertEqual(data["weights_sha256"], result.weights_sha256)
+        self.assertEqual(localization["weights_sha256"], result.weights_sha256)
+        with open(os.path.join(reports, files.MODEL_CARD_MD)) as f:
+            self.assertIn(result.weights_sha256, f.read())
         with open(os.path.join(reports, files.AUC_JSON)) as f:
             self.assertEqual(json.load(f)["splits"]["test"]["images"], 24)
 

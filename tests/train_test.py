@@ -1,12 +1,17 @@
 """Tests for trainer/training/runner.py, trainer/training/task.py and trainer/train.py on tiny records (32x32, ResUNet depth 2,
 width 4)."""
 
+import contextlib
 import csv
+import dataclasses
+import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import keras
 import numpy as np
@@ -15,14 +20,17 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from tests import fake_data
+from tfrecords import dataset as dataset_lib
 from tfrecords import manifest as manifest_lib
 from tfrecords import schema
+from trainer.evaluation import pipeline as evaluate
 from trainer.model import export
 from trainer.model import run_dir as run_dir_lib
+from trainer.training import callbacks as callbacks_lib
 from trainer.training import config as config_lib
+from trainer.training import inputs, task
 from trainer.training import runner as train_lib
 from trainer.training import schedule as lr_schedule
-from trainer.training import task
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STRATEGY = lambda: train_lib.create_strategy("auto")  # noqa: E731
@@ -70,6 +78,129 @@ class _RecordSteps(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.iterations = int(self.model.optimizer.iterations.numpy())
+
+
+class _WeightsPerEpoch(keras.callbacks.Callback):
+    """Records the sha256 of the model's weights at each epoch end (what ModelCheckpoint saves)."""
+
+    def __init__(self):
+        super().__init__()
+        self.digests = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.digests[epoch] = train_lib.weights_digest(self.model)
+
+
+class _ForceValAuc(keras.callbacks.Callback):
+    """Overrides `val_auc` of chosen epochs; placed first, every later callback sees the value."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch in self.values:
+            logs[callbacks_lib.MONITOR] = self.values[epoch]
+
+
+@contextlib.contextmanager
+def _forced_val_auc(values):
+    """Runs `train` with `_ForceValAuc(values)` ahead of the run's own callbacks."""
+    build = callbacks_lib.build_callbacks
+
+    def build_first(*args, **kwargs):
+        return [_ForceValAuc(values), *build(*args, **kwargs)]
+
+    with mock.patch.object(callbacks_lib, "build_callbacks", build_first):
+        yield
+
+
+def _export_weights_digest(export_dir, like):
+    """sha256 of the weights read back from the SavedModel in `export_dir`, in `like`'s order.
+
+    The SavedModel's variables are matched to the Keras model's weights by name (the export
+    also holds variables that are no weights, e.g. the dropout's seed).
+    """
+    by_name = {v.name.removesuffix(":0"): v for v in tf.saved_model.load(export_dir).variables}
+    digest = hashlib.sha256()
+    for weight in like.weights:
+        digest.update(np.ascontiguousarray(by_name[weight.path].numpy()).tobytes())
+    return digest.hexdigest()
+
+
+# Label weights 2**-(j + 1): a record's fingerprint is exact in float32, and sums of a few
+# dozen of them too.
+_LABEL_WEIGHTS = tf.constant([2.0 ** -(j + 1) for j in range(schema.NUM_LABELS)], tf.float32)
+
+
+class _RecordCount(keras.metrics.Metric):
+    """Records scored since the last reset (summed over replicas)."""
+
+    def __init__(self, name="records_scored"):
+        super().__init__(name=name)
+        self.total = self.add_variable((), initializer="zeros", name="total", aggregation="sum")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.total.assign_add(tf.cast(tf.shape(y_true)[0], tf.float32))
+
+    def result(self):
+        return self.total
+
+
+class _LabelFingerprint(_RecordCount):
+    """Sum over the records scored of their labels weighed by `_LABEL_WEIGHTS`."""
+
+    def __init__(self):
+        super().__init__(name="label_fingerprint")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.total.assign_add(tf.reduce_sum(tf.cast(y_true, tf.float32) * _LABEL_WEIGHTS))
+
+
+class _ValidationSteps(keras.callbacks.Callback):
+    """Per validation pass, (records scored, fingerprint) so far after each step, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.passes = []
+
+    def on_test_begin(self, logs=None):
+        self.passes.append([])
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.passes[-1].append((float(logs["records_scored"]), float(logs["label_fingerprint"])))
+
+
+def _validation_passes(records_dir, run_dir, *, batch_size_per_replica, epochs=3):
+    """Trains as the trainer does (inside the strategy's scope) and returns each epoch's pass.
+
+    Runs under `create_strategy("mirrored")`: every logical CPU device is a replica.
+    """
+    build_metrics = task.build_metrics
+    recorder = _ValidationSteps()
+    config = config_lib.TrainConfig(
+        records_dir=records_dir,
+        run_dir=run_dir,
+        **{**_TINY, "batch_size_per_replica": batch_size_per_replica},
+        epochs=epochs,
+        steps_per_execution=1,  # One logged step per batch.
+    )
+    with mock.patch.object(
+        task, "build_metrics", lambda: [*build_metrics(), _RecordCount(), _LabelFingerprint()]
+    ):
+        train_lib.train(config, train_lib.create_strategy("mirrored"), extra_callbacks=[recorder])
+    return recorder.passes
+
+
+def _expected_pass(records_dir):
+    """(records, fingerprint) of the val split, read directly in one pass."""
+    labels = np.concatenate(
+        [
+            batch[1].numpy()
+            for batch in dataset_lib.build_dataset(records_dir, "val", batch_size=64, training=False)
+        ]
+    )
+    return len(labels), float(np.sum(labels.astype(np.float32) * _LABEL_WEIGHTS.numpy()))
 
 
 class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
@@ -120,6 +251,25 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
     )
     def test_steps_per_execution_divides_every_pass(self, requested, step_counts, expected):
         self.assertEqual(task.whole_epoch_steps_per_execution(requested, *step_counts), expected)
+
+    @parameterized.parameters(
+        (192, 32, 1, (6, None)),  # The demo: 6 batches of 32.
+        (13, 4, 1, (4, None)),  # 4 + 4 + 4 + 1, one replica.
+        (13, 8, 2, (2, None)),  # 4 replica batches: 2 whole steps.
+        (9, 8, 2, (2, 4)),  # 3 replica batches: re-batched into 3 + 2 + 2 + 2.
+        (13, 6, 2, (3, 6)),  # 5 replica batches: re-batched into 3 + 2 + 2 + 2 + 2 + 2.
+    )
+    def test_validation_pass(self, records, global_batch, replicas, expected):
+        self.assertEqual(task.validation_pass(records, global_batch, replicas), expected)
+
+    def test_validation_pass_needs_a_record_per_replica(self):
+        with self.assertRaisesRegex(ValueError, r"val split has 1 records, fewer than the 2 replicas"):
+            task.validation_pass(1, 8, 2)
+
+    def test_split_evenly_keeps_the_order(self):
+        pass_ = tf.data.Dataset.range(9).batch(4)  # 4 + 4 + 1.
+        batches = [batch.numpy().tolist() for batch in inputs.split_evenly(pass_, 9, 4)]
+        self.assertEqual(batches, [[0, 1, 2], [3, 4], [5, 6], [7, 8]])
 
     def test_resolve_jit_compile(self):
         self.assertTrue(task.resolve_jit_compile("on", "CPU"))
@@ -196,6 +346,8 @@ class TrainTest(tf.test.TestCase):
         # --export_weights=best (the default): the export holds best.keras's weights.
         self.assertEqual(saved["train_config"]["export_weights"], "best")
         self.assertEqual(result.weights_sha256, train_lib.weights_digest(best))
+        # Read back from the SavedModel itself.
+        self.assertEqual(_export_weights_digest(result.export_dir, best), result.weights_sha256)
         self.assertEqual(export.read_labels(result.export_dir)["image_size"], 32)
         loaded = tf.saved_model.load(result.export_dir)
         pixels = fake_data.gray_pixels(32, 32)[None, ..., None]
@@ -210,6 +362,52 @@ class TrainTest(tf.test.TestCase):
         self.assertFalse(run_dir_lib.prepare(other.run_dir, other.identity(), overwrite=True, is_chief=True))
         self.assertFalse(os.path.exists(os.path.join(config.run_dir, run_dir_lib.HISTORY_FILE)))
         self.assertFalse(os.path.exists(result.export_dir))
+
+    def test_export_final_is_the_last_epoch_also_when_early_stopping_ends_the_run(self):
+        # Epoch 1 scores worse than epoch 0: patience 1 stops after it. `final` exports epoch 1's
+        # weights (early stopping restores nothing), best.keras keeps epoch 0's.
+        config = self._config("final", epochs=3, early_stopping_patience=1, export_weights="final")
+        weights = _WeightsPerEpoch()
+        with _forced_val_auc({0: 0.9, 1: 0.1}):
+            result = train_lib.train(config, _STRATEGY(), extra_callbacks=[weights])
+        self.assertEqual(result.epochs_run, 2)
+        self.assertNotEqual(weights.digests[0], weights.digests[1])
+        best = keras.models.load_model(os.path.join(config.run_dir, run_dir_lib.BEST_CHECKPOINT))
+        self.assertEqual(train_lib.weights_digest(best), weights.digests[0])
+        self.assertEqual(result.weights_sha256, weights.digests[1])
+        self.assertEqual(_export_weights_digest(result.export_dir, best), weights.digests[1])
+        self.assertAllClose(result.best_val_auc, 0.9)
+        saved = json.load(open(os.path.join(config.run_dir, run_dir_lib.CONFIG_FILE)))
+        self.assertEqual(saved["train_config"]["export_weights"], "final")
+
+    def test_resume_keeps_the_best_epoch(self):
+        # Killed after epoch 2 (index 1, the best so far); the resumed epoch 3 scores worse: it
+        # must not replace best.keras, nor be marked best, and patience 1 (one epoch without a
+        # gain since epoch 2) stops the run after it.
+        config = self._config("keep-best", epochs=4, early_stopping_patience=1)
+        before = _WeightsPerEpoch()
+        with _forced_val_auc({0: 0.6, 1: 0.8}), self.assertRaises(KeyboardInterrupt):
+            train_lib.train(config, _STRATEGY(), extra_callbacks=[before, _RaiseAfterEpoch(1)])
+        best_path = os.path.join(config.run_dir, run_dir_lib.BEST_CHECKPOINT)
+        self.assertEqual(train_lib.weights_digest(keras.models.load_model(best_path)), before.digests[1])
+
+        resumed = dataclasses.replace(config, verbose=2)  # The epoch line; not part of the run's identity.
+        stdout = io.StringIO()
+        with _forced_val_auc({2: 0.3}), contextlib.redirect_stdout(stdout):
+            result = train_lib.train(resumed, _STRATEGY())
+        self.assertEqual(result.initial_epoch, 2)
+        self.assertEqual(result.epochs_run, 1)  # Stopped early: the wait was restored.
+        rows = _history_rows(config.run_dir)
+        self.assertEqual([int(row["epoch"]) for row in rows], [0, 1, 2])
+        self.assertAllClose([float(row["val_auc"]) for row in rows], [0.6, 0.8, 0.3])
+        best = keras.models.load_model(best_path)
+        self.assertEqual(train_lib.weights_digest(best), before.digests[1])
+        self.assertAllClose(result.best_val_auc, 0.8)
+        self.assertEqual(_export_weights_digest(result.export_dir, best), before.digests[1])
+        lines = [line for line in stdout.getvalue().splitlines() if line.startswith("epoch")]
+        self.assertLen(lines, 1)
+        self.assertRegex(lines[0], r"^epoch 3/4 .*val_auc 0\.3000")
+        self.assertNotIn("* best", lines[0])
 
     def _train_variant(self, **kwargs):
         result = train_lib.train(self._config("variant", epochs=1, **kwargs), _STRATEGY())
@@ -268,6 +466,17 @@ class TrainTest(tf.test.TestCase):
         self.assertEqual(best.output_shape, (None, 5))
         self.assertIn("val_auc_Pleural_Effusion", _history_rows(config.run_dir)[0])
         self.assertNotIn("val_auc_Hernia", _history_rows(config.run_dir)[0])
+        # The run evaluates on its own records in its own vocabulary, over the known labels.
+        report = evaluate.evaluate(
+            evaluate.EvaluateConfig(
+                run_dir=config.run_dir, split="val", bootstrap_resamples=10, localization=False
+            )
+        )
+        self.assertEqual(report["labels"], list(fake_data.CHEXPERT_LIKE_LABELS))
+        self.assertNotIn("cross_dataset", report)
+        known = [f["known"] for f in report["splits"]["val"]["findings"]]
+        _, mask, _ = fake_data.label_state(values[16:])
+        self.assertEqual(known, mask.sum(axis=0).tolist())
 
     def test_errors_before_training(self):
         strategy = train_lib.create_strategy("one_device")
@@ -358,6 +567,64 @@ class FullProfileBinaryTest(tf.test.TestCase):
         self.assertEqual(run.stderr.count("Effective training configuration:"), 1)
         self.assertRegex(run.stderr, r"lr_per_epoch\s+= 2e-06, 1\.425e-05")
         self.assertRegex(run.stderr, r"global_batch_size\s+= 16")
+        # The weights export/ will hold, named at start-up (both profiles export the best epoch).
+        self.assertIn(train_lib.EXPORT_WEIGHTS_LOG["best"], run.stderr)
+
+
+class ValidationPassTest(tf.test.TestCase, parameterized.TestCase):
+    """Every epoch scores each validation record exactly once, in the same order."""
+
+    def _assert_one_pass_per_epoch(self, passes, expected):
+        self.assertLen(passes, 3)
+        for steps in passes:
+            self.assertEqual(steps[-1][0], expected[0])  # Records scored: each once.
+            self.assertAllClose(steps[-1][1], expected[1], rtol=0, atol=0)  # And the right ones.
+        # The same batches in the same order: equal running totals after every step.
+        self.assertEqual(passes[1], passes[0])
+        self.assertEqual(passes[2], passes[0])
+
+    def test_one_replica_13_records_batch_4(self):
+        records = os.path.join(self.get_temp_dir(), "records")
+        fake_data.write_records(records, image_size=32, split_sizes={"train": 16, "val": 13})
+        passes = _validation_passes(
+            records, os.path.join(self.get_temp_dir(), "run"), batch_size_per_replica=4
+        )
+        self.assertLen(passes[0], 4)  # 4 + 4 + 4 + 1.
+        self._assert_one_pass_per_epoch(passes, _expected_pass(records))
+
+    @pytest.mark.slow  # Three trainings in a fresh process with two logical CPU devices.
+    def test_two_replicas_uneven_passes(self):
+        # 13 records at 4 per replica: 4 replica batches, 2 steps. 9 at 4: 3 replica batches,
+        # the second step has one for the first replica only. 13 at 3: 5 replica batches.
+        root = self.get_temp_dir()
+        cases = [(13, 4), (9, 4), (13, 3)]
+        for records, _ in cases:
+            fake_data.write_records(
+                os.path.join(root, f"records-{records}"),
+                image_size=32,
+                split_sizes={"train": 16, "val": records},
+            )
+        script = textwrap.dedent(f"""
+            import json, tensorflow as tf
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+            from tests import train_test
+            out = [train_test._validation_passes({root!r} + f"/records-{{n}}", {root!r} + f"/run-{{n}}-{{b}}",
+                                                 batch_size_per_replica=b) for n, b in {cases!r}]
+            print("RESULT" + json.dumps(out))
+        """)
+        run = subprocess.run(
+            [sys.executable, "-c", script], cwd=_REPO, capture_output=True, text=True, timeout=600
+        )
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        results = json.loads(run.stdout.split("RESULT")[-1])
+        for (records, batch), passes in zip(cases, results):
+            with self.subTest(records=records, batch_per_replica=batch):
+                passes = [[tuple(step) for step in steps] for steps in passes]
+                self.assertLen(passes[0], -(-records // (2 * batch)))
+                self._assert_one_pass_per_epoch(
+                    passes, _expected_pass(os.path.join(root, f"records-{records}"))
+                )
 
 
 class MirroredStrategyTest(tf.test.TestCase):

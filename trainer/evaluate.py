@@ -2,8 +2,11 @@
 
     python -m trainer.evaluate --run_dir=runs/demo
 
-writes `runs/demo/reports/` (`auc.json`, `auc.md`, `auc.csv`, `thresholds.json`,
-`predictions.csv` and the figures; see `trainer.evaluation.pipeline`).
+writes `runs/demo/reports/` (`auc.json`, `auc.md`, `MODEL_CARD.md`, `auc.csv`, `thresholds.json`,
+`predictions.csv` and the figures; see `trainer.evaluation.pipeline`), each naming the sha256 of
+the weights it describes, and writes the thresholds and calibration chosen on val into
+`runs/demo/export/`, whose `serving_default` then also returns `calibrated_probabilities` and
+`findings`.
 
     python -m trainer.evaluate --run_dir=runs/demo --records_dir=data/tfrecords-chexpert
 

@@ -46,8 +46,9 @@ NUM_BINS = 10
 # an intercept fitted on a handful of images would be a guess.
 MIN_CLASS_COUNT = 5
 METHOD = "platt"
-# Probabilities are clipped to [_EPS, 1 - _EPS] before the logit: float32 sigmoids saturate to 0 and 1.
-_EPS = 1e-7
+# Probabilities are clipped to [EPSILON, 1 - EPSILON] before the logit: float32 sigmoids saturate to 0
+# and 1. (The export's served calibration reads it from the operating point written with it.)
+EPSILON = 1e-7
 
 
 def bin_indices(y_prob: np.ndarray, num_bins: int = NUM_BINS) -> np.ndarray:
@@ -292,7 +293,7 @@ def summarize(
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), _EPS, 1.0 - _EPS)
+    p = np.clip(np.asarray(p, np.float64), EPSILON, 1.0 - EPSILON)
     return np.log(p) - np.log1p(-p)
 
 

@@ -305,7 +305,8 @@ def summarize(
       y_score: [N, L] predicted probabilities.
       patient_ids: [N] the patient of each image (the bootstrap's resampling unit).
       subgroups: optional attribute name (e.g. "sex") -> [N] values; AUCs are reported per value.
-      labels: the L label names; "No Finding" (when present) is excluded from the findings' mean.
+      labels: the L label names; a "no finding" label (No Finding, NORMAL:
+        `vocabularies.is_no_finding`) is excluded from the findings' mean.
       bootstrap: confidence interval settings.
       reference_thresholds: optional label -> threshold chosen elsewhere (on val); the
         sensitivity and specificity at it are reported as `*_at_reference`.

@@ -11,12 +11,20 @@ and writes to `runs/demo/reports/`:
                         by sex, age band and view), the split, the manifest's sha256, the model
     auc.csv             one row per finding of the test split
     auc.md              readable tables, beside the published AUCs
+    MODEL_CARD.md       the model, its weights (sha256) and why, its data, recipe, results, use
+    index.html          all of the above on one self-contained page (figures embedded)
     thresholds.json     per-finding Youden-J thresholds chosen on val, with the Platt scaling
                         fitted there (read by trainer.prediction.predictor)
-    predictions.csv     per image: split, metadata, true labels, 15 probabilities
+    predictions.csv     per image: split, metadata, true labels, 15 probabilities (and the 15
+                        calibrated ones, `calibrated_<label>`, when the calibration was fitted)
     box_rejects.jsonl   the box file's rows that could not be scored, each with its reason
     roc_curves.png, training_curves.png, label_distribution.png, label_cooccurrence.png,
     reliability_diagram.png, gradcam_boxes.png, gradcam_mean.png
+
+When it scored the run's export on the run's records into `runs/demo/reports/`, it also writes
+the thresholds and the calibration into the export (`trainer.model.export.write_operating_point`),
+so that the export's `serving_default` returns `calibrated_probabilities` and `findings` beside
+the model's `probabilities` (--noserve_operating_point leaves the export as it is).
 
 `auc.md` also holds the calibration (ECE before and after Platt scaling), the Grad-CAM
 localization against NIH's `BBox_List_2017.csv` when the records' data directory (or
@@ -39,6 +47,7 @@ Same run, flags and records give byte-identical files.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -55,7 +64,8 @@ from trainer.evaluation import metrics, vocabularies
 from trainer.evaluation import tta as tta_lib
 from trainer.evaluation.localization import boxes as boxes_lib
 from trainer.evaluation.report import figures as plots
-from trainer.evaluation.report import files, formatting, markdown, published, tables
+from trainer.evaluation.report import files, formatting, markdown, model_card, page, published, tables
+from trainer.model import export as export_lib
 from trainer.model import run_dir as run_dir_lib
 
 MODEL_SOURCES = ("auto", "export", "checkpoint")
@@ -65,6 +75,8 @@ CROSS_DATASET_REPORTS_DIR = "reports_on_{dataset}"
 # Records per Grad-CAM call (each brings its labelled findings' maps along): bounds the memory
 # of the backward pass at large image sizes.
 GRADCAM_BATCH_SIZE = 16
+
+_log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,8 +98,8 @@ class EvaluateConfig:
     model: str = config_flags.field("auto", "export, checkpoint, or auto.", MODEL_SOURCES)
     records_dir: str | None = config_flags.field(
         None,
-        "Records to evaluate; default: the run's. Another data set's records are scored on "
-        "the labels both vocabularies share (reports in RUN_DIR/reports_on_<data set>).",
+        "Records to evaluate; default: the run's. Another data set's records are scored on the labels "
+        "both vocabularies share (reports in RUN_DIR/reports_on_<data set>).",
     )
     output_dir: str | None = config_flags.field(None, "Where to write; default: RUN_DIR/reports.")
     tta: str = config_flags.field(
@@ -108,6 +120,11 @@ class EvaluateConfig:
         boxes_lib.NIH_IMAGE_SIZE, "Side of the images the box coordinates refer to."
     )
     mean_maps: bool = config_flags.field(True, "Also average a Grad-CAM map of every image of the split.")
+    serve_operating_point: bool = config_flags.field(
+        True,
+        "Write the thresholds and calibration chosen here into the run's export (its serving_default), "
+        "when this evaluation scores that export on the run's records into RUN_DIR/reports.",
+    )
 
     def __post_init__(self) -> None:
         if self.split not in manifest_lib.SPLITS:
@@ -168,12 +185,20 @@ class SplitPredictions:
 
 @dataclasses.dataclass(frozen=True)
 class Predictor:
-    """A loaded model: `fn(uint8 [B, N, N, 1]) -> float32 [B, 15]`, where it came from, and N."""
+    """A loaded model: `fn(uint8 [B, N, N, 1]) -> float32 [B, 15]`, where it came from, and N.
+
+    Attributes:
+      weights: the model's weights in Keras order (None for an export written before the
+        export carried them); what Grad-CAM is given, so that it explains the model scored.
+      weights_sha256: `trainer.model.export.weights_sha256` of `weights`, naming them in the reports.
+    """
 
     fn: Callable[[np.ndarray], np.ndarray]
     path: str
     source: str
     image_size: int
+    weights: list[np.ndarray] | None = None
+    weights_sha256: str | None = None
 
 
 def load_predictor(run_dir: str, *, source: str = "auto", labels: Sequence[str] = schema.LABELS) -> Predictor:
@@ -204,22 +229,32 @@ def load_predictor(run_dir: str, *, source: str = "auto", labels: Sequence[str] 
             raise console.ValidationError(
                 f"{export_dir} holds no SavedModel; export the run or use --model=checkpoint."
             )
-        from trainer.model import export as export_lib  # The trainer's module: labels.json reader.
-
-        image_size = int(export_lib.read_labels(export_dir, expected=labels)["image_size"])
-        loaded = tf.saved_model.load(export_dir)
-        signature = loaded.signatures[export_lib.SERVE_PIXELS]
-
-        def fn(images: np.ndarray) -> np.ndarray:
-            return signature(images=tf.constant(images, tf.uint8))["probabilities"].numpy()
-
-        # Keep the loaded object alive as long as the signature is used.
-        fn.loaded = loaded  # type: ignore[attr-defined]
-        return Predictor(fn, export_dir, "export", image_size)
+        return _load_export(export_dir, labels)
     if not tf.io.gfile.exists(checkpoint):
         raise console.ValidationError(
             f"{checkpoint} does not exist, and neither does a SavedModel in {export_dir}."
         )
+    return _load_checkpoint(checkpoint)
+
+
+def _load_export(export_dir: str, labels: Sequence[str]) -> Predictor:
+    """The export's `serve_pixels` signature (the model alone, whatever its serving_default applies);
+    its labels.json must list `labels`, the run's vocabulary (`open_run` pairs it with the records')."""
+    image_size = int(export_lib.read_labels(export_dir, expected=labels)["image_size"])
+    loaded = tf.saved_model.load(export_dir)
+    signature = loaded.signatures[export_lib.SERVE_PIXELS]
+
+    def fn(images: np.ndarray) -> np.ndarray:
+        return signature(images=tf.constant(images, tf.uint8))[export_lib.PROBABILITIES].numpy()
+
+    # Keep the loaded object alive as long as the signature is used.
+    fn.loaded = loaded  # type: ignore[attr-defined]
+    weights = export_lib.weights_of(loaded)
+    digest = None if weights is None else export_lib.weights_sha256(weights)
+    return Predictor(fn, export_dir, "export", image_size, weights, digest)
+
+
+def _load_checkpoint(checkpoint: str) -> Predictor:
     from trainer.model import models
 
     model = models.load_model(checkpoint)
@@ -228,7 +263,10 @@ def load_predictor(run_dir: str, *, source: str = "auto", labels: Sequence[str] 
     def keras_fn(images: np.ndarray) -> np.ndarray:
         return np.asarray(model(tf.constant(images, tf.uint8), training=False), dtype=np.float32)
 
-    return Predictor(keras_fn, checkpoint, "checkpoint", image_size)
+    weights = model.get_weights()
+    return Predictor(
+        keras_fn, checkpoint, "checkpoint", image_size, weights, export_lib.weights_sha256(weights)
+    )
 
 
 def predict_split(
@@ -407,7 +445,10 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         history_path=run_dir_lib.path(run.run_dir, run_dir_lib.HISTORY_FILE),
         calibration=fitted,
         localization=located,
+        run_config=run.config,
     )
+    if config.serve_operating_point:
+        serve_operating_point(run, report, fitted)
     return report
 
 
@@ -473,6 +514,66 @@ def _output_dir(
     return run_dir_lib.path(config.run_dir, CROSS_DATASET_REPORTS_DIR.format(dataset=manifest.dataset))
 
 
+def serve_operating_point(
+    run: EvaluationRun, report: dict[str, Any], calibration: calibration_lib.Calibration | None
+) -> str | None:
+    """Writes the report's thresholds and `calibration` into the run's export (`serving_default`).
+
+    Only for the operating point of the run itself: when the model scored was the export, on
+    the records the run was trained on, with the reports in the run's own folder. Then the
+    export and `reports/thresholds.json` hold the same operating point.
+
+    Returns:
+      The export directory re-written, or None (why not is logged).
+    """
+    own_reports = run_dir_lib.path(run.run_dir, run_dir_lib.REPORTS_DIR)
+    reasons = [
+        (run.predictor.source != "export", f"the model scored is {run.predictor.path}, not the export"),
+        (
+            not _same_path(run.records_dir, run.config.get("records_dir")),
+            f"the records {run.records_dir} are not the run's",
+        ),
+        (not _same_path(run.output_dir, own_reports), f"the reports go to {run.output_dir}"),
+        (run.labels != schema.LABELS, "the export's operating point holds NIH's 15 labels only"),
+    ]
+    why_not = [reason for applies, reason in reasons if applies]
+    if why_not:
+        _log.info("The export's serving_default is left as it is: %s.", "; ".join(why_not))
+        return None
+    point = operating_point(
+        report["thresholds"]["values"],
+        calibration,
+        tta=report["tta"]["mode"],
+        source=f"{run_dir_lib.THRESHOLDS_FILE} (Youden J on {report['thresholds']['source_split']})",
+    )
+    return export_lib.write_operating_point(run.predictor.path, point)
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and os.path.normpath(a) == os.path.normpath(b)
+
+
+def operating_point(
+    thresholds: Mapping[str, float | None],
+    calibration: calibration_lib.Calibration | None,
+    *,
+    tta: str,
+    source: str,
+) -> export_lib.OperatingPoint:
+    """The export's `OperatingPoint`: the thresholds (the default where undefined) and Platt scalings."""
+    scalings = [None if calibration is None else calibration.scalings.get(label) for label in schema.LABELS]
+    values = [thresholds.get(label) for label in schema.LABELS]
+    return export_lib.OperatingPoint(
+        slopes=tuple(1.0 if s is None else s.slope for s in scalings),
+        intercepts=tuple(0.0 if s is None else s.intercept for s in scalings),
+        calibrated=tuple(s is not None for s in scalings),
+        thresholds=tuple(tables.DEFAULT_THRESHOLD if v is None else float(v) for v in values),
+        epsilon=calibration_lib.EPSILON,
+        tta=tta,
+        source=source,
+    )
+
+
 def splits_to_predict(config: EvaluateConfig, manifest: manifest_lib.Manifest) -> list[str]:
     """The headline split, preceded by val when it is asked for and the records hold val images."""
     has_val = bool(manifest.splits.get("val") and manifest.splits["val"].records)
@@ -523,6 +624,7 @@ def localize_headline(
         mean_maps=config.mean_maps,
         # A Grad-CAM call holds the activations of every image for the backward pass.
         batch_size=min(config.batch_size, GRADCAM_BATCH_SIZE),
+        weights=run.predictor.weights,
     )
 
 
@@ -542,6 +644,7 @@ def build_report(
         "run_dir": run.run_dir,
         "model_path": run.predictor.path,
         "model_source": run.predictor.source,
+        "weights_sha256": run.predictor.weights_sha256,
         "model_name": run.config.get("model"),
         "records_dir": run.records_dir,
         "manifest_sha256": manifest_lib.manifest_sha256(run.records_dir),
@@ -716,12 +819,18 @@ def localize(
     boxes_image_size: int = boxes_lib.NIH_IMAGE_SIZE,
     mean_maps: bool = True,
     batch_size: int = 32,
+    weights: list[np.ndarray] | None = None,
 ) -> Localization:
     """Reads the box file and scores the Grad-CAM maps of the split's boxed findings.
 
+    Grad-CAM needs the Keras model: the architecture comes from `checkpoints/best.keras`, the
+    weights from `weights` (the scored model's, so that the maps explain the probabilities the
+    AUCs come from); without them, the checkpoint's own, said in the report.
+
     Every outcome is a report, never an exception for a missing box file or a model without
     Grad-CAM support: the "status" is "scored", "no_box_file", "no_boxed_images",
-    "no_checkpoint" or "unsupported_model", with a "message" saying why when not scored.
+    "no_checkpoint", "unsupported_model" or "weights_mismatch", with a "message" saying why
+    when not scored.
 
     Raises:
       ValueError: an explicit `boxes_csv` that is missing or not NIH's format, naming it.
@@ -741,13 +850,12 @@ def localize(
     )
     report: dict[str, Any] = {
         "split": split,
-        "box_file": _box_file_summary(
-            path, box_set, source_size=boxes_image_size, image_size=manifest.image_size
-        ),
+        "box_file": _box_file_summary(path, box_set, manifest, boxes_image_size),
     }
-    explainer, status, message = _load_explainer(run_dir)
+    explainer, about = _load_explainer(run_dir, weights)
+    report.update(about)
     if explainer is None:
-        return Localization({**report, "status": status, "message": message}, None, box_set)
+        return Localization(report, None, box_set)
     result = _score_maps(
         explainer,
         records_dir,
@@ -757,12 +865,16 @@ def localize(
         batch_size=batch_size,
         mean_maps=mean_maps,
     )
-    report.update(result.summary)
+    return _scored(report, result, box_set)
+
+
+def _scored(report: dict[str, Any], result: Any, box_set: boxes_lib.BoxSet) -> Localization:
+    """The localization with its scores, "scored" when any box was on an image of the split."""
+    report = {**report, **result.summary}
     if result.summary["overall"]["pairs"]:
-        report["status"] = "scored"
-    else:
-        report.update(status="no_boxed_images", message=f"none of the box file's rows is on a {split} image.")
-    return Localization(report, result, box_set)
+        return Localization({**report, "status": "scored"}, result, box_set)
+    message = f"none of the box file's rows is on a {report['split']} image."
+    return Localization({**report, **_not_scored("no_boxed_images", message)}, result, box_set)
 
 
 def _default_box_file(manifest: manifest_lib.Manifest) -> str | None:
@@ -782,7 +894,7 @@ def _no_box_file_message(manifest: manifest_lib.Manifest) -> str:
 
 
 def _box_file_summary(
-    path: str, box_set: boxes_lib.BoxSet, *, source_size: int, image_size: int
+    path: str, box_set: boxes_lib.BoxSet, manifest: manifest_lib.Manifest, source_size: int
 ) -> dict[str, Any]:
     """The report's "box_file": what was read, kept and rejected."""
     return {
@@ -792,7 +904,7 @@ def _box_file_summary(
         "rejects": box_set.reject_counts(),
         "rejects_file": files.BOX_REJECTS_JSONL,
         "source_size": source_size,
-        "image_size": image_size,
+        "image_size": manifest.image_size,
     }
 
 
@@ -825,26 +937,44 @@ def _score_maps(
     )
 
 
-def _load_explainer(run_dir: str) -> tuple[Any, str, str]:
-    """(Grad-CAM on the run's Keras checkpoint, "", "") or (None, status, why not)."""
+def _load_explainer(run_dir: str, weights: list[np.ndarray] | None) -> tuple[Any, dict[str, Any]]:
+    """(Grad-CAM on the run's Keras model with `weights`, which weights) or (None, status and why not)."""
     checkpoint = run_dir_lib.path(run_dir, run_dir_lib.BEST_CHECKPOINT)
     if not tf.io.gfile.exists(checkpoint):
-        return None, "no_checkpoint", f"Grad-CAM needs the Keras model {checkpoint}, which does not exist."
+        return None, _not_scored(
+            "no_checkpoint", f"Grad-CAM needs the Keras model {checkpoint}, which does not exist."
+        )
     from trainer.model import gradcam as gradcam_lib
     from trainer.model import models
 
     model = models.load_model(checkpoint)
     missing = gradcam_lib.missing_layers(model)
     if missing:
-        return (
-            None,
+        return None, _not_scored(
             "unsupported_model",
-            (
-                f"the run's model {model.name!r} has no layer named {' or '.join(map(repr, missing))}; Grad-CAM "
-                "runs on the ResUNet (--model=resunet). AUCs and calibration above are unaffected."
-            ),
+            f"the run's model {model.name!r} has no layer named {' or '.join(map(repr, missing))}; Grad-CAM "
+            "runs on the ResUNet (--model=resunet). AUCs and calibration above are unaffected.",
         )
-    return gradcam_lib.GradCam(model), "", ""
+    if weights is None:
+        # An export written before it carried its weights: the checkpoint's own, said so.
+        source = (
+            f"{run_dir_lib.BEST_CHECKPOINT} (the scored export does not carry its weights; re-export the run)"
+        )
+    elif [tuple(w.shape) for w in model.get_weights()] != [tuple(w.shape) for w in weights]:
+        return None, _not_scored(
+            "weights_mismatch",
+            f"the scored model's weights do not fit the architecture of {checkpoint}; Grad-CAM would "
+            "explain another model. AUCs and calibration above are unaffected.",
+        )
+    else:
+        model.set_weights(weights)
+        source = "the scored model"
+    about = {"weights_sha256": export_lib.weights_sha256(model.get_weights()), "weights_source": source}
+    return gradcam_lib.GradCam(model), about
+
+
+def _not_scored(status: str, message: str) -> dict[str, str]:
+    return {"status": status, "message": message}
 
 
 def write_reports(
@@ -856,8 +986,12 @@ def write_reports(
     history_path: str | None = None,
     calibration: calibration_lib.Calibration | None = None,
     localization: Localization | None = None,
+    run_config: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Writes every report file and figure into `output_dir`; returns the paths written."""
+    """Writes every report file and figure into `output_dir`; returns the paths written.
+
+    With `run_config` (the run's `config.json`), also the model card.
+    """
     join = lambda name: os.path.join(output_dir, name)  # noqa: E731
     split = report["split"]
     headline = report["splits"][split]
@@ -878,26 +1012,56 @@ def write_reports(
         run_dir=report["run_dir"],
         calibration=_stored_calibration(calibration, report["thresholds"]["values"]),
         tta=report["tta"]["mode"],
+        weights_sha256=report.get("weights_sha256"),
         labels=report["labels"],
     ))  # fmt: skip
-    order = [split, *[s for s in predictions if s != split]]
     written.append(
-        tables.write_predictions_csv(
-            join(files.PREDICTIONS_CSV),
-            np.concatenate([predictions[s].probabilities for s in order]),
-            np.concatenate([predictions[s].labels for s in order]),
-            {
-                "split": np.concatenate([[s] * len(predictions[s].labels) for s in order]),
-                **{
-                    key: np.concatenate([predictions[s].metadata[key] for s in order])
-                    for key in schema.METADATA_KEYS
-                },
-            },
-            label_names=report["labels"],
+        _write_predictions(
+            join(files.PREDICTIONS_CSV), predictions, split, calibration, labels=report["labels"]
         )
     )
     written.append(markdown.write_markdown(join(files.AUC_MD), report, figures=figures))
+    if run_config is not None:
+        history = (
+            run_dir_lib.read_history(history_path)
+            if history_path and tf.io.gfile.exists(history_path)
+            else None
+        )
+        written.append(
+            model_card.write_model_card(
+                join(files.MODEL_CARD_MD), report, run_config=run_config, manifest=manifest, history=history
+            )
+        )
+    # Last: the page embeds every file written above.
+    written.append(page.write_index(output_dir))
     return written
+
+
+def _write_predictions(
+    path: str,
+    predictions: dict[str, SplitPredictions],
+    split: str,
+    calibration: calibration_lib.Calibration | None,
+    *,
+    labels: tuple[str, ...] = schema.LABELS,
+) -> str:
+    """`predictions.csv`: the headline split's images first, with the calibrated probabilities."""
+    order = [split, *[s for s in predictions if s != split]]
+    probabilities = np.concatenate([predictions[s].probabilities for s in order])
+    metadata = {
+        "split": np.concatenate([[s] * len(predictions[s].labels) for s in order]),
+        **{
+            key: np.concatenate([predictions[s].metadata[key] for s in order]) for key in schema.METADATA_KEYS
+        },
+    }
+    return tables.write_predictions_csv(
+        path,
+        probabilities,
+        np.concatenate([predictions[s].labels for s in order]),
+        metadata,
+        label_names=labels,
+        calibrated=None if calibration is None else calibration.apply(probabilities),
+    )
 
 
 def _write_base_figures(
@@ -921,7 +1085,8 @@ def _write_base_figures(
             predictions[split].probabilities,
             labels=report["labels"],
             title=f"ROC curves, {run_name}, {split} split ({headline['images']} images, "
-            f"{headline['patients']} patients); mean AUC of 14 findings {formatting.fmt(headline['mean_auc_14'])}",
+            f"{headline['patients']} patients); mean AUC of 14 findings {formatting.fmt(headline['mean_auc_14'])}"
+            f"\n{formatting.weights_tag(report.get('weights_sha256'))}",
         )
     ]
     figures.append(files.ROC_PNG)
@@ -986,7 +1151,8 @@ def _write_extra_figures(
                 series,
                 labels=report["labels"],
                 omit={f"{name} after Platt": unchanged for name in data.get("calibrated", {})},
-                title=f"Reliability diagrams ({data['num_bins']} bins); ECE per panel in the order of the legend",
+                title=f"Reliability diagrams ({data['num_bins']} bins); ECE per panel in the order of the legend; "
+                f"{formatting.weights_tag(report.get('weights_sha256'))}",
             )
         )
         figures.append(files.RELIABILITY_PNG)
@@ -996,7 +1162,8 @@ def _write_extra_figures(
             plots.plot_cam_overlays(
                 join(files.LOCALIZATION_PNG),
                 result.samples,
-                title=f"Grad-CAM of the boxed finding ({report['split']} split), boxes in white",
+                title=f"Grad-CAM of the boxed finding ({report['split']} split), boxes in white; "
+                f"{formatting.weights_tag(localization.report.get('weights_sha256'))}",
             )
         )
         figures.append(files.LOCALIZATION_PNG)
@@ -1009,7 +1176,8 @@ def _write_extra_figures(
                 mean.images,
                 mean.by_finding,
                 peak_counts=mean.peak_counts,
-                title=f"Mean Grad-CAM maps over the {report['split']} split (each map scaled to [0, 1])",
+                title=f"Mean Grad-CAM maps over the {report['split']} split (each map scaled to [0, 1]); "
+                f"{formatting.weights_tag(localization.report.get('weights_sha256'))}",
             )
         )
         figures.append(files.MEAN_CAM_PNG)

@@ -133,8 +133,8 @@ def finding_of(label: str) -> str:
 
 
 def is_no_finding(label: str) -> bool:
-    """Whether a label is its data set's "no finding named" label (NIH's and CheXpert's "No
-    Finding", PadChest's "normal", the pediatric set's NORMAL), left out of the findings' means."""
+    """Whether a label is its data set's "no finding" label ("No Finding", "NORMAL", "normal"),
+    which the findings' mean AUC leaves out."""
     return finding_of(label) == "No Finding"
 
 

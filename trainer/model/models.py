@@ -156,24 +156,14 @@ def build_model(
     Raises:
       ValueError: see `validate_architecture`; a weights file that does not exist.
     """
-    validate_architecture(name, image_size=image_size, depth=depth, base_filters=base_filters)
-    if not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
-    if weights is not None and not _exists(weights):
-        raise ValueError(f"weights file {weights!r} does not exist; give a local file or None.")
+    _check_build_arguments(name, image_size, depth, base_filters, dropout, weights)
     inputs = keras.Input(shape=(image_size, image_size, 1), name="images")
     # Preprocessing in float32 whatever the global policy: pixel statistics in bf16 lose digits.
     x = keras.layers.Rescaling(1.0 / 255.0, dtype="float32", name="rescale")(inputs)
     if augment is not None:
         x = augment_lib.RandomAffine(augment, dtype="float32", name="augment")(x)
     x = augment_lib.Standardize(dtype="float32", name="standardize")(x)
-    if name == "resunet":
-        features = resunet_features(
-            x, depth=depth, base_filters=base_filters, pool_bottleneck=pool_bottleneck
-        )
-    else:
-        backbone = _application_backbone(name, image_size=image_size, weights=weights)
-        features = backbone(x)
+    features = _features(name, x, image_size, depth, base_filters, pool_bottleneck, weights)
     features = keras.layers.Dropout(dropout, name="dropout")(features)
     outputs = keras.layers.Dense(num_labels, activation="sigmoid", dtype="float32", name=PROBABILITIES)(
         features
@@ -182,6 +172,32 @@ def build_model(
     if name == "resunet" and weights is not None:
         model.load_weights(weights)
     return model
+
+
+def _check_build_arguments(
+    name: str, image_size: int, depth: int, base_filters: int, dropout: float, weights: str | None
+) -> None:
+    """`build_model`'s checks, before any layer is made."""
+    validate_architecture(name, image_size=image_size, depth=depth, base_filters=base_filters)
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+    if weights is not None and not _exists(weights):
+        raise ValueError(f"weights file {weights!r} does not exist; give a local file or None.")
+
+
+def _features(
+    name: str,
+    x: keras.KerasTensor,
+    image_size: int,
+    depth: int,
+    base_filters: int,
+    pool_bottleneck: bool,
+    weights: str | None,
+) -> keras.KerasTensor:
+    """The pooled feature vector of the standardized images `x`: ResUNet or a keras.applications backbone."""
+    if name == "resunet":
+        return resunet_features(x, depth=depth, base_filters=base_filters, pool_bottleneck=pool_bottleneck)
+    return _application_backbone(name, image_size=image_size, weights=weights)(x)
 
 
 def _application_backbone(name: str, *, image_size: int, weights: str | None) -> keras.Model:

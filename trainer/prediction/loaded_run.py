@@ -48,7 +48,7 @@ WEIGHTS_SHA256 = "weights_sha256"
 # Where a run may record the sha256 of its weights (key `weights_sha256`), relative to run_dir.
 DIGEST_FILES = (
     run_dir_lib.CONFIG_FILE,
-    os.path.join(run_dir_lib.EXPORT_DIR, export_lib.LABELS_FILE),
+    os.path.join(run_dir_lib.EXPORT_DIR, export_lib.ASSETS_DIR, export_lib.LABELS_FILE),
     os.path.join(run_dir_lib.REPORTS_DIR, "auc.json"),
 )
 

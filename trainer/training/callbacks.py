@@ -14,6 +14,14 @@ Order matters and is fixed here:
      grouped, the run configuration, augmented training records), 7. `EarlyStopping` (when
      its patience is > 0), 8. `console_callbacks.EpochLine` (the compact epoch line, when
      asked for), 9. the caller's extra callbacks.
+
+One rule picks the best epoch for all of them: the highest `MONITOR` (validation mean AUC),
+the first epoch to reach it winning a tie (Keras' strict "greater than"). After a resume,
+`ModelCheckpoint`, `EarlyStopping` and `EpochLine` start from the best epoch of the
+run's `history.csv` (`BestSoFar`), so a worse epoch never replaces `best.keras`, patience
+continues where it stopped, and `* best` marks only real improvements. Early stopping stops;
+it never puts earlier weights back into the model (`restore_best_weights=False`): the model
+holds its last epoch's weights when `fit` returns, and `best.keras` the best epoch's.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
+import tensorflow as tf
 from absl import logging
 
 from trainer.model import run_dir as run_dir_lib
@@ -76,11 +85,81 @@ class CallbackPaths:
     tensorboard_dir: str | None
 
 
+@dataclasses.dataclass(frozen=True)
+class BestSoFar:
+    """The best epoch of the epochs a resumed run already trained (from its `history.csv`).
+
+    Attributes:
+      value: its `MONITOR` value: the score of the weights in `best.keras`.
+      epoch: its 0-based index.
+      epochs_done: epochs finished before the resume (the first epoch this call trains).
+    """
+
+    value: float
+    epoch: int
+    epochs_done: int
+
+    @property
+    def epochs_since(self) -> int:
+        """Finished epochs after the best one: EarlyStopping's `wait`."""
+        return self.epochs_done - 1 - self.epoch
+
+
+def best_so_far(history_csv: str, epochs_done: int) -> BestSoFar | None:
+    """The best epoch among the first `epochs_done` rows of `history_csv`, by the rule above.
+
+    Args:
+      history_csv: the run's `history.csv` (may not exist).
+      epochs_done: the epoch the run resumes at; later rows (written before a kill, never
+        backed up) are ignored.
+
+    Returns:
+      None when nothing was trained yet or no epoch has a finite `MONITOR` value.
+    """
+    if epochs_done <= 0 or not tf.io.gfile.exists(history_csv):
+        return None
+    history = run_dir_lib.read_history(history_csv)
+    scored = [
+        (value, int(epoch))
+        for epoch, value in zip(history.get("epoch", []), history.get(MONITOR, []))
+        if math.isfinite(value) and math.isfinite(epoch) and epoch < epochs_done
+    ]
+    if not scored:
+        return None
+    value, epoch = max(scored, key=lambda pair: (pair[0], -pair[1]))  # The first epoch wins a tie.
+    return BestSoFar(value=value, epoch=epoch, epochs_done=epochs_done)
+
+
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' early stopping on `MONITOR`, continuing from a resumed run's best epoch.
+
+    It never restores earlier weights: the model keeps its last epoch's (`best.keras` holds the
+    best epoch's), so `--export_weights=final` exports the last epoch.
+
+    Args:
+      patience: epochs without a gain before stopping.
+      resumed_from: the best epoch before a resume; its value, epoch and the epochs trained
+        since become Keras' `best`, `best_epoch` and `wait`.
+    """
+
+    def __init__(self, patience: int, *, resumed_from: BestSoFar | None = None):
+        super().__init__(monitor=MONITOR, mode="max", patience=patience, restore_best_weights=False)
+        self.resumed_from = resumed_from
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.resumed_from is not None:
+            self.best = self.resumed_from.value
+            self.best_epoch = self.resumed_from.epoch
+            self.wait = self.resumed_from.epochs_since
+
+
 def build_callbacks(
     lr_fn: Callable[[int], float],
     paths: CallbackPaths,
     *,
     early_stopping_patience: int,
+    resumed_from: BestSoFar | None = None,
     extra: Sequence[keras.callbacks.Callback] = (),
     epoch_line: bool = False,
     run_config: Mapping[str, Any] | None = None,
@@ -91,8 +170,9 @@ def build_callbacks(
     Args:
       lr_fn: learning rate of a 0-based epoch index (`lr_schedule.build_lr_fn`).
       paths: where to write.
-      early_stopping_patience: epochs without a gain in `MONITOR` before stopping (restoring
-        the best weights); 0 disables early stopping.
+      early_stopping_patience: epochs without a gain in `MONITOR` before stopping; 0 disables
+        early stopping.
+      resumed_from: the best epoch before a resume (`best_so_far`); None for a fresh run.
       extra: appended last (tests use this to interrupt a run).
       epoch_line: print one compact line per epoch (run `fit` with verbose=0 beside it).
       run_config: written to TensorBoard as text.
@@ -102,15 +182,7 @@ def build_callbacks(
     Returns:
       The list for `model.fit(callbacks=...)`.
     """
-    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.LearningRateScheduler(lr_fn), StopOnNaN()]
-    if paths.history_csv is not None:
-        callbacks.append(keras.callbacks.CSVLogger(paths.history_csv, append=True))
-    callbacks += [
-        keras.callbacks.BackupAndRestore(paths.backup_dir),
-        keras.callbacks.ModelCheckpoint(
-            paths.best_checkpoint, monitor=MONITOR, mode="max", save_best_only=True
-        ),
-    ]
+    callbacks = _state_callbacks(lr_fn, paths, resumed_from)
     if paths.tensorboard_dir is not None and _tensorboard_installed():
         callbacks.append(
             console_callbacks.TensorBoard(
@@ -122,14 +194,32 @@ def build_callbacks(
             )
         )
     if early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=MONITOR, mode="max", patience=early_stopping_patience, restore_best_weights=True
-            )
-        )
+        callbacks.append(EarlyStopping(early_stopping_patience, resumed_from=resumed_from))
     if epoch_line:
-        callbacks.append(console_callbacks.EpochLine(MONITOR, "max"))
+        initial_best = resumed_from.value if resumed_from is not None else None
+        callbacks.append(console_callbacks.EpochLine(MONITOR, "max", initial_best=initial_best))
     return callbacks + list(extra)
+
+
+def _state_callbacks(
+    lr_fn: Callable[[int], float], paths: CallbackPaths, resumed_from: BestSoFar | None
+) -> list[keras.callbacks.Callback]:
+    """Callbacks 1-5: the rate, the NaN stop, the history, the backup and the best checkpoint."""
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.LearningRateScheduler(lr_fn), StopOnNaN()]
+    if paths.history_csv is not None:
+        callbacks.append(keras.callbacks.CSVLogger(paths.history_csv, append=True))
+    callbacks += [
+        keras.callbacks.BackupAndRestore(paths.backup_dir),
+        keras.callbacks.ModelCheckpoint(
+            paths.best_checkpoint,
+            monitor=MONITOR,
+            mode="max",
+            save_best_only=True,
+            # After a resume only an epoch better than those already trained replaces best.keras.
+            initial_value_threshold=resumed_from.value if resumed_from is not None else None,
+        ),
+    ]
+    return callbacks
 
 
 def chief_paths(run_dir: str, backup_dir: str) -> CallbackPaths:

@@ -19,9 +19,9 @@ Where `full` departs from the 2023 thesis, on purpose (every other field is the 
 
   - Per-image standardization is part of the model (its `Standardize` layer), not of the input
     generator: same arithmetic, and the exported model standardizes by itself.
-  - `checkpoints/best.keras` keeps the epoch with the best validation mean AUC, in addition to
-    the final weights that are exported (early stopping is off: every one of the 30 epochs
-    runs).
+  - `checkpoints/best.keras` keeps the epoch with the best validation mean AUC, and `export/`
+    holds that epoch's weights (`export_weights="best"`; early stopping is off: every one of
+    the 30 epochs runs).
   - `scale_lr` is off: with one replica nothing changes; with more, the global batch grows
     (16 per replica) at the thesis' learning rates unless `--scale_lr` is given.
   - `augment_placement` and `xla` choose where and how the same augmentation and training
@@ -29,12 +29,22 @@ Where `full` departs from the 2023 thesis, on purpose (every other field is the 
     the recipe.
   - `mixed_precision` is `auto`: bf16 (or fp16 with loss scaling) where the device trains
     faster in it (the table in `trainer/training/device.py`), float32 elsewhere, as the thesis trained.
+
+Which weights a run hands over (`export_weights`), one rule for both profiles: the best epoch
+is the one with the highest validation mean AUC (`val_auc`), the first to reach it winning a
+tie. `checkpoints/best.keras` always holds it, also across a resume (the selection continues
+from the best epoch recorded in `history.csv`). `best` (the default) exports those weights, so
+`export/` and `best.keras` hold the same ones; `final` exports the last epoch's weights. Early
+stopping only stops training, it never puts the best weights back into the model, so `final`
+is the last epoch trained even when early stopping ended the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -62,12 +72,57 @@ NON_IDENTITY_FIELDS = ("overwrite", "verbose")
 _field = config_flags.field
 
 
+# TrainConfig holds one `augment_<name>` field per `AugmentConfig` field (`--augment_zoom`,
+# ...), made from it by `_with_augment_fields`: the same type and default, the help text of its
+# docstring's Attributes, and these allowed values.
+AUGMENT_PREFIX = "augment_"
+AUGMENT_CHOICES = {"fill_mode": augment_lib.FILL_MODES, "interpolation": augment_lib.INTERPOLATIONS}
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """{name: text} of the `Attributes:` section of a class's Google-style docstring."""
+    docs: dict[str, str] = {}
+    name = None
+    for line in inspect.getdoc(cls).split("Attributes:", 1)[1].splitlines()[1:]:
+        entry = re.match(r"  (\w+): (.*)", line)
+        if entry:
+            name, docs[entry[1]] = entry[1], entry[2]
+        elif name and line.startswith("    "):
+            docs[name] += " " + line.strip()
+        else:
+            break
+    return docs
+
+
+def _with_augment_fields(cls: type) -> type:
+    """Adds the `augment_<name>` fields to `cls` (before `dataclass` sees it), after `augment_placement`."""
+    docs = _attribute_docs(augment_lib.AugmentConfig)
+    added = {}
+    for field in dataclasses.fields(augment_lib.AugmentConfig):
+        help_text = docs[field.name][:1].upper() + docs[field.name][1:]
+        added[AUGMENT_PREFIX + field.name] = field.type
+        setattr(
+            cls,
+            AUGMENT_PREFIX + field.name,
+            _field(field.default, help_text, AUGMENT_CHOICES.get(field.name)),
+        )
+    annotations = {}
+    for name, annotation in cls.__annotations__.items():
+        annotations[name] = annotation
+        if name == "augment_placement":
+            annotations.update(added)
+    cls.__annotations__ = annotations
+    return cls
+
+
 @dataclasses.dataclass(frozen=True)
+@_with_augment_fields
 class TrainConfig:
     """Everything that defines a training run; validated once on construction.
 
     The defaults are the `demo` profile's values (so every flag works on the demo data);
-    `PROFILES` holds each profile as a complete set of fields.
+    `PROFILES` holds each profile as a complete set of fields. The `augment_<name>` fields,
+    one per `AugmentConfig` field, are added from it (`_with_augment_fields`).
     """
 
     profile: str = _field(
@@ -113,14 +168,6 @@ class TrainConfig:
         "model: inside the training step; dataset: in tf.data after batching; auto: measured per device.",
         AUGMENT_PLACEMENTS,
     )
-    augment_rotation_degrees: float = _field(3.0, "Rotation drawn in [-r, r] degrees.")
-    augment_width_shift: float = _field(0.1, "Horizontal shift drawn in [-s, s] times the width.")
-    augment_height_shift: float = _field(0.05, "Vertical shift drawn in [-s, s] times the height.")
-    augment_zoom: float = _field(0.15, "Zoom factors drawn in [1 - z, 1 + z], per axis.")
-    augment_horizontal_flip: bool = _field(True, "Mirror left-right with probability 1/2.")
-    augment_vertical_flip: bool = _field(False, "Mirror top-bottom with probability 1/2.")
-    augment_fill_mode: str = _field("reflect", "Points outside the image.", augment_lib.FILL_MODES)
-    augment_interpolation: str = _field("bilinear", "Resampling.", augment_lib.INTERPOLATIONS)
     mixed_precision: str = _field(
         "auto",
         "auto: bf16 where the device computes it natively, fp16 on GPUs of compute capability 7.x, "
@@ -187,20 +234,14 @@ class TrainConfig:
           ValueError: an augmentation range out of bounds (named by its TrainConfig field).
         """
         values = {
-            "rotation_degrees": self.augment_rotation_degrees,
-            "width_shift": self.augment_width_shift,
-            "height_shift": self.augment_height_shift,
-            "zoom": self.augment_zoom,
-            "horizontal_flip": self.augment_horizontal_flip,
-            "vertical_flip": self.augment_vertical_flip,
-            "fill_mode": self.augment_fill_mode,
-            "interpolation": self.augment_interpolation,
+            field.name: getattr(self, AUGMENT_PREFIX + field.name)
+            for field in dataclasses.fields(augment_lib.AugmentConfig)
         }
         try:
             config = augment_lib.AugmentConfig(**values)
         except ValueError as error:
             raise errors.ValidationError(
-                f"TrainConfig: {str(error).replace('AugmentConfig.', 'augment_')}"
+                f"TrainConfig: {str(error).replace('AugmentConfig.', AUGMENT_PREFIX)}"
             ) from None
         return config if self.augment else None
 
@@ -284,8 +325,8 @@ def _validate_choices(config: TrainConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 # Profiles: each lists every field of TrainConfig (tests/config_test.py checks that).
 
-# The demo profile, measured on the synthetic demo records at 64x64 on 2 CPU cores (README,
-# "Measured figures"): a short ramp to a high rate, as 12 epochs leave no room for
+# The demo profile, measured on the synthetic demo records at 64x64 on 2 CPU cores (`make
+# train`, whose validation mean AUC is in runs/demo/history.csv): a short ramp to a high rate, as 12 epochs leave no room for
 # an 8-epoch ramp from 2e-6; the positive-weighted loss, which gave the best validation mean AUC
 # of the three class-imbalance modes; mixed precision per device (`auto`: float32 on a CPU with
 # avx512_bf16 but no AMX, where bf16 trained slower; the table it follows is in trainer/training/device.py).
@@ -331,7 +372,8 @@ DEMO: dict[str, Any] = dict(
     augment_interpolation="bilinear",
     mixed_precision="auto",
     # Six steps per call (divides the demo's 42 training and 6 validation steps): the loop's own
-    # cost per step fell with it in `make profile-train` (README, "Measured figures").
+    # cost per step fell with it, measured by `make profile-train` (python -m
+    # benchmarks.profile_train -> runs/bench/train-attribution.json, variant "after_spe6").
     steps_per_execution=6,
     validation_batch_size_per_replica=None,
     xla="auto",

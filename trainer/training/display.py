@@ -78,6 +78,8 @@ class EpochLine(keras.callbacks.Callback):
     Args:
       monitor: the metric whose improvement is marked (as the best checkpoint's monitor).
       mode: "max" or "min", as `ModelCheckpoint`'s.
+      initial_best: the best value before this `fit` (a resumed run's, as `ModelCheckpoint`'s
+        `initial_value_threshold`); None: the first epoch is the best so far.
       progress_after_s: show the step progress line once an epoch has run this long.
       stream: where the lines go; default stdout (the progress line goes to stderr).
       clock: time source (tests).
@@ -88,6 +90,7 @@ class EpochLine(keras.callbacks.Callback):
         monitor: str = "val_auc",
         mode: str = "max",
         *,
+        initial_best: float | None = None,
         progress_after_s: float = 30.0,
         stream: TextIO | None = None,
         progress_stream: TextIO | None = None,
@@ -102,7 +105,9 @@ class EpochLine(keras.callbacks.Callback):
         self._stream = stream
         self._progress_stream = progress_stream
         self._clock = clock
-        self._best = -math.inf if mode == "max" else math.inf
+        if initial_best is None:
+            initial_best = -math.inf if mode == "max" else math.inf
+        self._best = float(initial_best)
         self._epoch = 0
         self._epoch_start = 0.0
         self._progress: console.Progress | None = None

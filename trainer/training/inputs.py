@@ -231,13 +231,16 @@ def distributed_dataset(
     augment_fn: AugmentFn | None = None,
     batch_size_per_replica: int | None = None,
     repeat: bool = False,
+    pass_batches: int | None = None,
 ) -> tf.distribute.DistributedDataset:
     """The input of `fit`: one pipeline per worker, batches of `batch_size_per_replica`.
 
     Validation is read directly, never through the data service (it must be complete and is
     small), and never augmented or resampled. With `repeat`, the evaluation pass (every record
     once, the last batch partial) repeats, so `fit` given the pass's step count keeps one
-    iterator for all epochs instead of starting a new one each epoch.
+    iterator for all epochs instead of starting a new one each epoch. With `pass_batches`,
+    the evaluation pass is re-batched into that many batches (`split_evenly`), so that it
+    splits into whole steps over the replicas with records for every replica.
     """
     per_replica = batch_size_per_replica or config.batch_size_per_replica
     global_batch_size = per_replica * strategy.num_replicas_in_sync
@@ -259,7 +262,24 @@ def distributed_dataset(
             input_context=input_context,
             label_state=True,
         )
+        if pass_batches is not None:
+            records = manifest_lib.read_manifest(config.records_dir).splits[split].records
+            dataset = split_evenly(dataset, records, pass_batches)
         dataset = with_targets(dataset, config.uncertain)
         return dataset.repeat() if repeat else dataset
 
     return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def split_evenly(dataset: tf.data.Dataset, records: int, batches: int) -> tf.data.Dataset:
+    """Re-batches one evaluation pass of `records` records into `batches` batches, in order.
+
+    The first `records % batches` batches hold one record more than the others, so sizes
+    differ by at most one and none is empty (`batches` <= `records`). The records of those
+    first batches are read twice (`skip` reads what it drops); only a pass that needs it
+    (several replicas, `trainer.training.task.validation_pass`) is re-batched.
+    """
+    size, larger = divmod(records, batches)
+    records_in_order = dataset.unbatch()
+    head = records_in_order.take(larger * (size + 1)).batch(size + 1)
+    return head.concatenate(records_in_order.skip(larger * (size + 1)).batch(size))

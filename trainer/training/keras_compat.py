@@ -19,19 +19,27 @@ Keras 3's TensorFlow trainer does not run `fit` under a multi-worker
 A third workaround concerns speed, on every strategy:
 
   3. `evaluate` drops its input iterator at every call (`EpochIterator.reset`), also inside
-     `fit` with a fixed `validation_steps`, and starts a new one. Destroying a distributed
+     `fit` with a fixed `validation_steps`, and starts a new one; Keras resets on purpose, so
+     that every epoch validates alike (keras-team/keras#17399). Destroying a distributed
      tf.data iterator after a few seconds of training left the process idle for about 3 s
      (its threads are joined; measured on TF 2.21, 2 CPU cores: 3.1-3.7 s in most epochs of
      the demo run, whose epochs take about 7 s). `KeepValidationIterator` gives the
      validation pass one iterator for the whole `fit`: with a repeated validation input and
      `validation_steps` equal to one pass, each epoch reads exactly one pass, the same
-     batches in the same order.
+     batches in the same order. That needs one more step: before `on_test_begin`, `evaluate`
+     calls `_maybe_symbolic_build(iterator=...)`, which reads one batch of the pass's
+     iterator to learn the input shapes (under any strategy scope) and averages it over the
+     replicas (which fails when their batches differ in size). Inside `fit` the model is
+     built by the first training step, so the batch is thrown away; from the second epoch on
+     it would come from the kept iterator and shift every later pass by one batch. The
+     callback has that call build from no batch at all.
 
 `multi_worker_fit(model, strategy)` applies 1 and 2 for one `fit` and restores Keras afterwards;
 for any other strategy it changes nothing. The Keras versions covered are checked when it is
 entered. `tests/multi_worker_test.py` (slow: two worker processes) reproduces both failures
-without the workarounds, and `tests/keras_compat_test.py` the second one in-process; they fail
-the day Keras fixes the bugs, so that the workarounds (and this module) can go.
+without the workarounds. `tests/keras_compat_test.py` states, in-process, the behaviour each
+workaround waits for as an expected failure (`xfail(strict=True)`, naming the upstream report):
+the day one passes, Keras has changed, the suite says so, and that workaround can go.
 """
 
 from __future__ import annotations
@@ -44,8 +52,11 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-# Keras releases the workarounds were written for and tested with: [first, last].
-FIRST_VERSION = (3, 0)
+# Keras releases the workarounds were written for and tested with: [first, last]. 3.11 is the
+# first whose epoch iterator yields (begin_step, end_step, iterator), which
+# `_local_batch_symbolic_build` unpacks like Keras' own `_maybe_symbolic_build`; 3.10 yielded
+# (step, iterator) (both read in the released wheels' keras/src/trainers/epoch_iterator.py).
+FIRST_VERSION = (3, 11)
 LAST_TESTED_VERSION = (3, 15)
 
 
@@ -160,6 +171,12 @@ class KeepValidationIterator(keras.callbacks.Callback):
         super().__init__()
         self._iterator: Any = None
         self._patched: Any = None
+        self._shadowed_build: Any = None  # An instance attribute it replaced, if any.
+        self._skipping_probe = False
+
+    def on_train_begin(self, logs=None):
+        if FIRST_VERSION <= keras_version() <= LAST_TESTED_VERSION:
+            self._skip_shape_probe()
 
     def on_test_begin(self, logs=None):
         if self._patched is not None:
@@ -167,7 +184,7 @@ class KeepValidationIterator(keras.callbacks.Callback):
         epoch_iterator = getattr(self.model, "_eval_epoch_iterator", None)
         if epoch_iterator is None:  # `evaluate` outside `fit`: nothing is cached to keep.
             return
-        if not FIRST_VERSION <= keras_version() <= LAST_TESTED_VERSION or not (
+        if not self._skipping_probe or not (
             hasattr(epoch_iterator, "_get_iterator") and hasattr(epoch_iterator, "_distributed_dataset")
         ):
             logging.warning(
@@ -183,8 +200,33 @@ class KeepValidationIterator(keras.callbacks.Callback):
         epoch_iterator._get_iterator = lambda: self._iterator
         self._patched = epoch_iterator
 
+    def _skip_shape_probe(self) -> None:
+        """Keeps `evaluate`'s build step inside `fit` from reading a validation batch.
+
+        The first training step built the model, its metrics, loss and optimizer, so Keras'
+        `_symbolic_build` has nothing left to build: called without a batch, it reads none.
+        """
+        model = self.model
+        self._shadowed_build = vars(model).get("_maybe_symbolic_build")
+        build = model._maybe_symbolic_build
+
+        def maybe_symbolic_build(iterator=None, data_batch=None):
+            if iterator is not None and iterator is getattr(model, "_eval_epoch_iterator", None):
+                iterator = None
+            return build(iterator=iterator, data_batch=data_batch)
+
+        model._maybe_symbolic_build = maybe_symbolic_build
+        self._skipping_probe = True
+
     def on_train_end(self, logs=None):
         if self._patched:
             del self._patched._get_iterator  # The class's method again.
+        if self._skipping_probe:
+            if self._shadowed_build is not None:
+                self.model._maybe_symbolic_build = self._shadowed_build
+            else:
+                del self.model._maybe_symbolic_build
         self._patched = None
         self._iterator = None
+        self._shadowed_build = None
+        self._skipping_probe = False

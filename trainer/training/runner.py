@@ -32,6 +32,13 @@ from trainer.training import display as console_callbacks
 from trainer.training import keras_compat, task
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
+# The start-up line naming the weights `export/` will hold (`--export_weights`).
+EXPORT_WEIGHTS_LOG = {
+    "best": "export_weights=best: export/ will hold the weights of the epoch with the best validation "
+    "mean AUC, the same as checkpoints/best.keras.",
+    "final": "export_weights=final: export/ will hold the last epoch's weights; checkpoints/best.keras "
+    "keeps the epoch with the best validation mean AUC.",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +214,17 @@ def _finish(config: config_lib.TrainConfig, role: _Role, history: dict[str, list
     return max(finite) if finite else float("nan")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """Everything decided before the model is built: the checks ran, config.json is written."""
+
+    manifest: manifest_lib.Manifest
+    plan: task.RunPlan
+    role: _Role
+    effective: dict
+    initial_epoch: int  # > 0 when resuming from the backup.
+
+
 def train(
     config: config_lib.TrainConfig,
     strategy: tf.distribute.Strategy,
@@ -229,39 +247,16 @@ def train(
         config, an empty train or val split.
       FloatingPointError: the loss became NaN or infinite.
     """
-    # Every check that can fail runs before anything is built or written.
-    manifest = manifest_lib.read_manifest(config.records_dir)
-    plan = task.plan_run(config, manifest, strategy)
-    role = _role(config, strategy)
-    resuming = run_dir_lib.prepare(
-        config.run_dir,
-        config.identity(),
-        overwrite=config.overwrite,
-        is_chief=role.is_chief,
-        ignore=config_lib.NON_IDENTITY_FIELDS,
-    )
-    effective = task.effective_config(config, plan)
-    # One line per setting: shown with --verbosity=1; config.json and TensorBoard's text hold it.
-    logging.debug("%s", task.format_effective_config(effective))
-    _start_run_dir(config, effective, role, resuming=resuming)
-    initial_epoch = run_dir_lib.backup_epoch(role.backup_dir)
-
+    setup = _set_up(config, strategy)
+    plan, role = setup.plan, setup.role
     with global_state(config.seed, plan.dtype_policy), _output_dir(config, role) as out_dir:
         with strategy.scope():
             model = task.build_model(config, plan)
-            task.compile_model(model, config, plan, manifest)
+            task.compile_model(model, config, plan, setup.manifest)
         paths = (callbacks_lib.chief_paths if role.is_chief else callbacks_lib.worker_paths)(
             out_dir, role.backup_dir
         )
-        callbacks = callbacks_lib.build_callbacks(
-            plan.lr_fn,
-            paths,
-            early_stopping_patience=config.early_stopping_patience,
-            extra=extra_callbacks,
-            epoch_line=config.verbose == 2 and role.is_chief,
-            run_config=effective,
-            images_fn=_augmented_images_fn(config),
-        )
+        callbacks = _callbacks(config, setup, paths, extra_callbacks)
         history = _fit(model, strategy, config, plan, callbacks)
         best_val_auc = _finish(config, role, history)
         _select_export_weights(model, config.export_weights, paths.best_checkpoint)
@@ -277,13 +272,68 @@ def train(
         image_size=plan.image_size,
         num_replicas=plan.replicas,
         is_chief=role.is_chief,
-        initial_epoch=initial_epoch,
+        initial_epoch=setup.initial_epoch,
         epochs_run=len(history.get("loss", [])),
         history=history,
         best_val_auc=best_val_auc,
         jit_compile=plan.jit_compile,
         export_dir=export_dir if role.is_chief else None,
         weights_sha256=digest,
+    )
+
+
+def _set_up(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy) -> _Setup:
+    """Every check that can fail, before anything is built; then config.json and the log."""
+    manifest = manifest_lib.read_manifest(config.records_dir)
+    plan = task.plan_run(config, manifest, strategy)
+    role = _role(config, strategy)
+    resuming = run_dir_lib.prepare(
+        config.run_dir,
+        config.identity(),
+        overwrite=config.overwrite,
+        is_chief=role.is_chief,
+        ignore=config_lib.NON_IDENTITY_FIELDS,
+    )
+    effective = task.effective_config(config, plan)
+    # One line per setting: shown with --verbosity=1; config.json and TensorBoard's text hold it.
+    logging.debug("%s", task.format_effective_config(effective))
+    logging.info("%s", EXPORT_WEIGHTS_LOG[config.export_weights])
+    _start_run_dir(config, effective, role, resuming=resuming)
+    initial_epoch = run_dir_lib.backup_epoch(role.backup_dir)
+    return _Setup(manifest, plan, role, effective, initial_epoch)
+
+
+def _callbacks(
+    config: config_lib.TrainConfig,
+    setup: _Setup,
+    paths: callbacks_lib.CallbackPaths,
+    extra: Sequence[keras.callbacks.Callback],
+) -> list[keras.callbacks.Callback]:
+    """The run's callbacks; after a resume they continue from the best epoch in history.csv.
+
+    Every worker reads the same history.csv (the run dir is shared), so their checkpoint and
+    early-stopping decisions stay in lockstep.
+    """
+    history_csv = run_dir_lib.path(config.run_dir, run_dir_lib.HISTORY_FILE)
+    resumed_from = callbacks_lib.best_so_far(history_csv, setup.initial_epoch)
+    if resumed_from is not None:
+        logging.info(
+            "Resuming at epoch %d; the best so far is epoch %d (%s %.4f), kept in %s.",
+            setup.initial_epoch + 1,
+            resumed_from.epoch + 1,
+            callbacks_lib.MONITOR,
+            resumed_from.value,
+            run_dir_lib.BEST_CHECKPOINT,
+        )
+    return callbacks_lib.build_callbacks(
+        setup.plan.lr_fn,
+        paths,
+        early_stopping_patience=config.early_stopping_patience,
+        resumed_from=resumed_from,
+        extra=extra,
+        epoch_line=config.verbose == 2 and setup.role.is_chief,
+        run_config=setup.effective,
+        images_fn=_augmented_images_fn(config),
     )
 
 

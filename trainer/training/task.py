@@ -8,8 +8,8 @@
     train_data, val_data = build_inputs(config, strategy, plan)
     callbacks.build_callbacks(plan.lr_fn, ...)
 
-Device-dependent decisions (`xla`, `augment_placement` set to "auto") follow measurements
-recorded below.
+Device-dependent decisions (`xla`, `augment_placement` set to "auto") follow the benchmark
+results recorded below, each beside the command that measured it.
 """
 
 from __future__ import annotations
@@ -29,19 +29,27 @@ from trainer.training import config as config_lib
 from trainer.training import device as hardware
 from trainer.training import inputs
 
-# XLA (`jit_compile`) as measured by `python -m benchmarks.bench_train` (runs/bench/bench-train.json;
-# training steps with augmentation in the step, best of 2 alternating rounds, images/s; README,
-# "Measured figures"): XLA / no-XLA on this 2-core CPU (avx512_bf16), the worse of full size (ResUNet
-# 256x256, widths 32-64-128-256) and the demo profile. `xla=auto` turns XLA on only where every
-# ratio listed for the device is > 1: not on CPU. No GPU/TPU was available to measure; there
-# `auto` follows Keras' own default (on).
+# Decided by benchmarks; this is the one place the trainer reads them from, each with the
+# command that measured it (its JSON report has the figures and the machine's load).
+#
+# XLA speed-up per device type: images/s of training steps (augmentation in the step, best of
+# the alternating rounds) with `jit_compile` over without, in float32 ("fp32", the report's
+# ratio "xla_fp32/fp32") and bf16 ("bf16", "xla_bf16/bf16"); the worse of the full-size
+# ResUNet (256x256, widths 32-64-128-256) and the demo profile's. Measured by
+#     make bench-train      (python -m benchmarks.bench_train -> runs/bench/bench-train.json)
+# on a 2-core CPU with avx512_bf16, TF 2.21. `xla=auto` turns XLA on only where every ratio
+# listed for the device is > 1: not on CPU. No GPU/TPU was measured; there `auto` follows
+# Keras' own default (on).
 XLA_SPEEDUP_BY_DEVICE = {"CPU": {"fp32": 0.77, "bf16": 0.58}}
 
-# Augmentation placement, as measured by `python -m benchmarks.bench_input` (ResUNet 256x256,
-# the two placements alternating in one run; README, "Measured figures"): with XLA off (what
-# `xla=auto` picks on CPU) the tf.data placement trained faster on CPU, so `auto` takes it
-# there; on GPU/TPU the batch work belongs on the accelerator, inside the compiled step.
+# Augmentation placement per device type: the placement with the higher training images/s,
+# the "model" and "dataset" placements alternating in one run (ResUNet 256x256, XLA off as
+# `xla=auto` picks on CPU). Measured by
+#     make bench-input      (python -m benchmarks.bench_input -> runs/bench/bench-input.json)
+# on the same CPU: "dataset" was faster. GPU/TPU were not measured; there the batch work
+# belongs on the accelerator, inside the compiled step ("model").
 AUGMENT_PLACEMENT_BY_DEVICE = {"CPU": "dataset"}
+
 # Epochs of the learning-rate schedule recorded in config.json and the start-up log.
 LOGGED_LR_EPOCHS = 12
 
@@ -75,6 +83,38 @@ def whole_epoch_steps_per_execution(requested: int, *step_counts: int | None) ->
     return max(k for k in range(1, min([requested, *counts]) + 1) if all(c % k == 0 for c in counts))
 
 
+def validation_pass(records: int, global_batch_size: int, replicas: int) -> tuple[int, int | None]:
+    """(steps, re-batched batches or None) of one validation pass over a repeated input.
+
+    The validation input yields per-replica batches and hands them to the replicas in turn,
+    `replicas` per step; `fit` reads `steps` steps of the repeated input per epoch. That is
+    exactly one pass when the pass holds a whole number of steps' batches. When it does not
+    (several replicas, a pass of `records` that does not divide), the last step would take
+    batches of the next pass and score records twice, and a finite input would hand a
+    replica an empty batch, which the model's batch normalization refuses. Then the pass is
+    re-batched into `replicas * steps` batches of near-equal sizes (second value), none
+    larger than the configured batch, none empty.
+
+    Returns:
+      (steps, None) when the batches split into whole steps as they are; (steps, batches)
+      when they must be re-batched.
+
+    Raises:
+      ValueError: fewer records than replicas (a replica would have none to score).
+    """
+    per_replica = global_batch_size // replicas
+    steps = -(-records // global_batch_size)
+    if -(-records // per_replica) % replicas == 0:
+        return steps, None
+    if records < replicas:
+        raise ValueError(
+            f"The val split has {records} records, fewer than the {replicas} replicas: each replica "
+            "needs at least one record per validation step. Write more validation records or train "
+            "on fewer replicas."
+        )
+    return steps, replicas * steps
+
+
 def device_type(strategy: tf.distribute.Strategy) -> str:
     """ "CPU", "GPU" or "TPU": the kind of device the strategy's first replica runs on."""
     return strategy.extended.worker_devices[0].split("device:")[-1].split(":")[0].upper()
@@ -97,9 +137,11 @@ class RunPlan:
     precision: hardware.PrecisionChoice  # What `mixed_precision` resolved to, and why.
     steps_per_execution: int  # Divides steps_per_epoch and validation_steps.
     validation_batch_size: int  # Global.
-    # Validation batches per pass; None (multi-worker: each worker's share differs) makes Keras
+    # Validation steps per pass; None (multi-worker: each worker's share differs) makes Keras
     # read the validation input to its end with a fresh iterator every epoch.
     validation_steps: int | None
+    # Per-replica batches one validation pass is re-batched into (`validation_pass`), or None.
+    validation_batches: int | None
     lr_fn: Callable[[int], float]  # Learning rate of each 0-based epoch index.
     lr_max_scaled: float
 
@@ -130,7 +172,11 @@ def plan_run(
     precision = hardware.resolve_mixed_precision(config.mixed_precision, hardware.describe_device(device))
     validation_batch = (config.validation_batch_size_per_replica or config.batch_size_per_replica) * replicas
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    validation_steps = None if multi_worker else -(-manifest.splits["val"].records // validation_batch)
+    validation_steps, validation_batches = None, None
+    if not multi_worker:
+        validation_steps, validation_batches = validation_pass(
+            manifest.splits["val"].records, validation_batch, replicas
+        )
     return RunPlan(
         image_size=manifest.image_size,
         labels=tuple(manifest.labels),
@@ -153,6 +199,7 @@ def plan_run(
         else whole_epoch_steps_per_execution(config.steps_per_execution, steps_per_epoch, validation_steps),
         validation_batch_size=validation_batch,
         validation_steps=validation_steps,
+        validation_batches=validation_batches,
         lr_fn=config.lr_fn(replicas),
         lr_max_scaled=config.lr_max_scaled(replicas),
     )
@@ -272,5 +319,6 @@ def build_inputs(
         training=False,
         batch_size_per_replica=plan.validation_batch_size // plan.replicas,
         repeat=plan.validation_steps is not None,
+        pass_batches=plan.validation_batches,
     )
     return train, val

@@ -17,6 +17,7 @@ from trainer.model import run_dir as run_dir_lib
 AUC_JSON = "auc.json"
 AUC_CSV = "auc.csv"
 AUC_MD = "auc.md"
+MODEL_CARD_MD = "MODEL_CARD.md"
 THRESHOLDS_JSON = os.path.basename(run_dir_lib.THRESHOLDS_FILE)
 PREDICTIONS_CSV = "predictions.csv"
 ROC_PNG = "roc_curves.png"

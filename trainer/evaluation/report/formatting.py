@@ -25,3 +25,8 @@ def signed(value: float | None) -> str:
         return UNDEFINED
     text = f"{value:+.3f}"
     return "0.000" if text in ("+0.000", "-0.000") else text  # No sign on what rounds to zero.
+
+
+def weights_tag(sha256: str | None) -> str:
+    """Names a set of weights in a figure's title: the first 12 hex digits of their sha256."""
+    return f"weights sha256 {sha256[:12]}…" if sha256 else "weights sha256 unknown"

@@ -86,7 +86,8 @@ def _heading(report: Mapping[str, Any]) -> list[str]:
         f"- Split: **{split}** ({summary['images']} images, {summary['patients']} patients), split mode "
         f"`{report.get('split_mode') or 'unknown'}`",
         f"- Records: `{report['records_dir']}` (manifest sha256 `{report['manifest_sha256']}`)",
-        f"- Model: `{report['model_path']}` ({report['model_source']})",
+        f"- Model: `{report['model_path']}` ({report['model_source']}), weights sha256 "
+        f"`{report.get('weights_sha256') or 'unknown'}`",
         f"- 95% intervals: percentile bootstrap over {bootstrap['unit']}s, {bootstrap['resamples']} "
         f"resamples, seed {bootstrap['seed']}",
         f"- Thresholds: Youden J on the **{report['thresholds']['source_split']}** split "
@@ -335,6 +336,11 @@ def localization_section(report: Mapping[str, Any]) -> list[str]:
         ]
     if data["status"] != "scored":
         return lines + [f"**Not scored:** {data['message']}", ""]
+    if data.get("weights_sha256"):
+        lines += [
+            f"Grad-CAM of the weights sha256 `{data['weights_sha256']}` ({data['weights_source']}).",
+            "",
+        ]
     overall = data["overall"]
     lines += [
         f"For every ({data['split']} image, boxed finding) pair, the Grad-CAM map of that finding at the "

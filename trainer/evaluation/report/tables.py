@@ -13,6 +13,9 @@ from tfrecords import schema
 from trainer.evaluation.report import files
 from trainer.evaluation.report.formatting import UNDEFINED
 
+# The threshold of a label whose split could not define one (thresholds.json's "default").
+DEFAULT_THRESHOLD = 0.5
+
 
 def write_auc_csv(path: str, summary: Mapping[str, Any], *, split: str) -> str:
     """One row per label, then the two means; undefined cells read "undefined".
@@ -63,11 +66,13 @@ def write_thresholds_json(
     calibration: Mapping[str, Any] | None = None,
     tta: str = "none",
     labels: Sequence[str] = schema.LABELS,
+    weights_sha256: str | None = None,
 ) -> str:
     """Writes `thresholds.json`, which `trainer.prediction.predictor` reads (for `labels`).
 
     {"method": "youden_j", "source_split": "val", "default": 0.5, "labels": [...],
-     "thresholds": {label: float | None}, "tta": "none", "calibration": {...} (optional)};
+     "thresholds": {label: float | None}, "tta": "none", "weights_sha256": the weights they were
+     chosen for, "calibration": {...} (optional)};
     a None threshold means the split could not define one and prediction uses "default" for
     that label. The thresholds apply to the model's own probabilities (with the named test-time
     augmentation); "calibration" (`trainer.evaluation.calibration.Calibration.to_json()`, plus the
@@ -79,10 +84,11 @@ def write_thresholds_json(
         "rule": "finding present when probability >= threshold",
         "source_split": source_split,
         "run_dir": run_dir,
-        "default": 0.5,
+        "default": DEFAULT_THRESHOLD,
         "labels": list(labels),
         "thresholds": {label: thresholds.get(label) for label in labels},
         "tta": tta,
+        "weights_sha256": weights_sha256,
     }
     if calibration is not None:
         data["calibration"] = dict(calibration)
@@ -96,8 +102,9 @@ def write_predictions_csv(
     metadata: Mapping[str, Sequence[Any]],
     *,
     label_names: Sequence[str] = schema.LABELS,
+    calibrated: np.ndarray | None = None,
 ) -> str:
-    """One row per image: its metadata, true `finding_labels`, and the L probabilities.
+    """One row per image: its metadata, true `finding_labels`, the L probabilities (and calibrated).
 
     Args:
       path: output file.
@@ -105,14 +112,24 @@ def write_predictions_csv(
       labels: 0/1 [N, L].
       metadata: column -> N values: "split" (optional, first) and `schema.METADATA_KEYS`.
       label_names: the L labels (NIH's by default).
+      calibrated: float [N, L], the probabilities after the calibration; written as the
+        columns `calibrated_<label>` after the L probabilities.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     keys = [key for key in ("split", *schema.METADATA_KEYS) if key in metadata]
-    writer.writerow([*keys, "finding_labels", *label_names])
+    extra = [] if calibrated is None else [calibrated_column(label) for label in label_names]
+    writer.writerow([*keys, "finding_labels", *label_names, *extra])
     for i in range(probabilities.shape[0]):
         row = [metadata[key][i] for key in keys]
         row.append(schema.LABEL_SEPARATOR.join(name for name, on in zip(label_names, labels[i]) if on))
         row.extend(f"{p:.6f}" for p in probabilities[i])
+        if calibrated is not None:
+            row.extend(f"{p:.6f}" for p in calibrated[i])
         writer.writerow(row)
     return files.write_text(path, buffer.getvalue())
+
+
+def calibrated_column(label: str) -> str:
+    """The `predictions.csv` column of a label's calibrated probability."""
+    return f"calibrated_{label}"

@@ -1,4 +1,4 @@
-"""Tests for trainer.evaluation.html_page on the reports of a tiny evaluated run built by the test.
+"""Tests for trainer.evaluation.report.page on the reports of a tiny evaluated run built by the test.
 
 When Chromium is installed (`/usr/bin/chromium`), the page is also opened headless: a screenshot
 must not be blank, and every <img> must have loaded (checked by a script added to a copy of
@@ -20,9 +20,9 @@ import tensorflow as tf
 from PIL import Image
 
 from tests import fake_data
-from trainer.evaluation import html_page
 from trainer.evaluation import pipeline as evaluate
 from trainer.evaluation.report import files, formatting
+from trainer.evaluation.report import page as html_page
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = (

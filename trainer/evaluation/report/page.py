@@ -1,6 +1,6 @@
 """`reports/index.html`: the evaluation on one self-contained page.
 
-    from trainer.evaluation import html_page
+    from trainer.evaluation.report import page as html_page
     html_page.write_index("runs/demo/reports")     # -> runs/demo/reports/index.html
 
 reads a finished reports folder (`auc.json`, the figures beside it, `auc.md`, and
@@ -27,7 +27,7 @@ from trainer.evaluation.report import files as report_files
 from trainer.evaluation.report import formatting
 
 INDEX_HTML = "index.html"
-MODEL_CARD_MD = "MODEL_CARD.md"
+MODEL_CARD_MD = report_files.MODEL_CARD_MD
 
 # (section title, figures in it, one line on what they show).
 FIGURE_SECTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
