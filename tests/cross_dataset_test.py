@@ -173,6 +173,9 @@ class FolderVocabularyRunTest(tf.test.TestCase):
         self.assertAllClose(report["splits"]["test"]["mean_auc_14"], findings["PNEUMONIA"]["auc"])
         with open(os.path.join(self.run_dir, "reports", files.AUC_MD)) as f:
             self.assertIn("**Mean of 1 findings**", f.read())
+        test_ece = report["calibration"]["splits"]["test"]
+        ece = {f["label"]: f["ece"] for f in test_ece["findings"]}
+        self.assertAllClose(test_ece["mean_ece_14"], ece["PNEUMONIA"])
         # The folder set publishes no sex, age or view: one "unknown" group each, not an age band.
         subgroups = report["splits"]["test"]["subgroups"]
         for attribute in ("sex", "age_band", "view_position"):
