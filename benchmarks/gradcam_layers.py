@@ -100,7 +100,9 @@ def main() -> None:
     parser.add_argument("--records_dir", default=None, help="Default: the run's.")
     parser.add_argument("--split", default="test")
     parser.add_argument("--output", default="runs/bench/gradcam_layers.json")
+    parser.add_argument("--choices", default=None, help="Comma-separated indices into CHOICES; default all.")
     args = parser.parse_args()
+    choices = CHOICES if args.choices is None else [CHOICES[int(i)] for i in args.choices.split(",")]
 
     records_dir = args.records_dir or run_dir_lib.read_config(args.run_dir)["records_dir"]
     manifest = manifest_lib.read_manifest(records_dir)
@@ -115,7 +117,7 @@ def main() -> None:
         images=set(predictions.metadata[schema.IMAGE_INDEX_KEY]),
     )
     results = []
-    for choice in CHOICES:
+    for choice in choices:
         row = score_choice(choice, model, records_dir, args.split, box_set, predictions)
         results.append(row)
         print(json.dumps(metrics.to_json_ready(row)))

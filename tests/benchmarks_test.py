@@ -92,3 +92,29 @@ class RunSampledTest(tf.test.TestCase):
             stderr=subprocess.DEVNULL,
         )
         self.assertEqual(run.returncode, 3)
+
+
+class GradcamBenchmarksTest(tf.test.TestCase):
+    def test_checkerboard_share_sees_the_period_2_pattern_only(self):
+        from benchmarks import gradcam_layers
+
+        rows, cols = np.mgrid[0:16, 0:16]
+        checkerboard = ((rows + cols) % 2).astype(float)
+        self.assertAllClose(gradcam_layers.checkerboard_share(checkerboard), 1.0)
+        smooth = np.exp(-((rows - 8.0) ** 2 + (cols - 8.0) ** 2) / 20.0)
+        self.assertLess(gradcam_layers.checkerboard_share(smooth), 1e-3)
+        flat_bottom = np.ones((10, 10))
+        self.assertAllClose(gradcam_layers.bottom_tenth_share(flat_bottom), 0.1)
+
+    def test_fill_share_is_zero_without_moves_and_at_the_edges_with_shifts(self):
+        from benchmarks import gradcam_causes
+
+        still = {"augment_rotation_degrees": 0.0, "augment_width_shift": 0.0, "augment_height_shift": 0.0,
+                 "augment_zoom": 0.0, "augment_placement": "auto"}  # fmt: skip
+        self.assertAllEqual(gradcam_causes.fill_shares(still, 16, draws=20), np.zeros((16, 16)))
+        shifted = {**still, "augment_height_shift": 0.25}
+        fill = gradcam_causes.fill_shares(shifted, 16, draws=200)
+        self.assertGreater(fill[0].mean(), 0.2)
+        self.assertGreater(fill[-1].mean(), 0.2)
+        self.assertEqual(fill[6:10].max(), 0.0)
+        self.assertEqual(set(gradcam_causes.bands(16)), {"top", "bottom", "left", "right"})

@@ -93,7 +93,7 @@ class LocalizeSplitTest(tf.test.TestCase):
         # re-initialized, the maps are the same, so every finding correlates 1.
         randomization = self._localize().summary["sanity"]["randomization"]
         self.assertEqual((randomization["pairs"], randomization["seed"]), (3, 0))
-        self.assertEqual(set(randomization["findings"]), {"Mass", "Nodule"})
+        self.assertEqual(list(randomization["findings"]), ["Mass", "Nodule"])  # In label order.
         self.assertEqual(randomization["findings"]["Mass"]["maps"], 2)
         self.assertAllClose(randomization["findings"]["Mass"]["spearman"], 1.0)
         self.assertAllClose(randomization["spearman"], 1.0)

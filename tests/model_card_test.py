@@ -108,6 +108,10 @@ class ModelCardTest(tf.test.TestCase):
         self.assertIn("## Subgroups", card)
         self.assertIn("## Calibration", card)
         self.assertIn("Grad-CAM maps of the test split's boxed findings", card)
+        sanity = self.report["localization"]["sanity"]
+        self.assertIn(f"**border share** (the map's mass in the outer 10% of the image on each side) "
+                      f"{formatting.fmt(sanity['border_energy_share'])}", card)  # fmt: skip
+        self.assertIn(f"over {sanity['randomization']['pairs']} pairs: **", card)
         for caveat in ("**Not for clinical use**", "is synthetic", "mined from the radiology reports"):
             self.assertIn(caveat, card)
 

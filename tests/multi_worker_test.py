@@ -123,7 +123,7 @@ class MultiWorkerTest(tf.test.TestCase):
                 "--base_filters=4",
                 "--batch_size_per_replica=4",
                 "--epochs=1",
-                "--verbose=0",
+                "--epoch_lines=0",
                 "--early_stopping_patience=0",
             ]
         )

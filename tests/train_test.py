@@ -186,7 +186,7 @@ def _validation_passes(records_dir, run_dir, *, batch_size_per_replica, epochs=3
         steps_per_execution=1,  # One logged step per batch.
     )
     with mock.patch.object(
-        task, "build_metrics", lambda: [*build_metrics(), _RecordCount(), _LabelFingerprint()]
+        task, "build_metrics", lambda *labels: [*build_metrics(*labels), _RecordCount(), _LabelFingerprint()]
     ):
         train_lib.train(config, train_lib.create_strategy("mirrored"), extra_callbacks=[recorder])
     return recorder.passes
@@ -534,7 +534,7 @@ class FullProfileBinaryTest(tf.test.TestCase):
                 f"--run_dir={run_dir}",
                 "--epochs=2",
                 "--steps_per_epoch=1",
-                "--verbose=0",
+                "--epoch_lines=0",
                 "--verbosity=1",  # The effective-configuration block is logged at DEBUG.
             ],
             cwd=_REPO,

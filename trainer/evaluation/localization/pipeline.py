@@ -337,6 +337,7 @@ def _randomization(acc: _Accumulator, explainer: gradcam_lib.GradCam, batch_size
     findings = sanity.randomization_test(
         in_batches(explainer), in_batches(random), np.stack(acc.pair_pixels), acc.pair_classes, schema.LABELS
     )
+    findings = {label: findings[label] for label in schema.LABELS if label in findings}
     values = [v["spearman"] for v in findings.values() if np.isfinite(v["spearman"])]
     weights = [v["maps"] for v in findings.values() if np.isfinite(v["spearman"])]
     overall = float(np.average(values, weights=weights)) if values else None

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tfrecords import manifest as manifest_lib
-from trainer.evaluation.report import files
+from trainer.evaluation.report import files, markdown
 from trainer.evaluation.report.formatting import fmt, fmt_ci
 
 # The history.csv column that selects the best epoch: the validation AUC that the trainer's
@@ -252,11 +252,15 @@ def _localization_section(report: Mapping[str, Any]) -> list[str]:
         f"{name.replace('_', ' ')} {fmt(overall[name])} ({fmt_ci(overall[f'{name}_ci_low'], overall[f'{name}_ci_high'])})"
         for name in ("pointing_game", "energy_inside", "iou")
     )
-    return lines + [
-        f"Grad-CAM maps of the {data['split']} split's boxed findings against the box file "
-        f"({overall['pairs']} image-finding pairs, {overall['patients']} patients): {scores}.",
-        "",
-    ]
+    return (
+        lines
+        + [
+            f"Grad-CAM maps of the {data['split']} split's boxed findings against the box file "
+            f"({overall['pairs']} image-finding pairs, {overall['patients']} patients): {scores}.",
+            "",
+        ]
+        + markdown.sanity_lines(data.get("sanity"))
+    )
 
 
 def _use_section(manifest: manifest_lib.Manifest) -> list[str]:
