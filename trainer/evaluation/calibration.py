@@ -37,7 +37,7 @@ import numpy as np
 from sklearn import linear_model
 
 from tfrecords import schema
-from trainer.evaluation import metrics
+from trainer.evaluation import metrics, vocabularies
 
 # Ten bins of width 0.1: enough to see the curve's shape on a val split of a few hundred
 # images, few enough that most bins hold images on the demo set.
@@ -286,7 +286,7 @@ def summarize(
     for k, label in enumerate(labels):
         bins = reliability(y_true[:, k], y_prob[:, k], num_bins=num_bins)
         findings.append({"label": label, "ece": bins.ece, "bins": bins.to_json()})
-    eces = [f["ece"] for f in findings if f["label"] != schema.NO_FINDING]
+    eces = [f["ece"] for f in findings if not vocabularies.is_no_finding(f["label"])]
     return metrics.to_json_ready(
         {"num_bins": num_bins, "findings": findings, "mean_ece_14": metrics.nan_mean(eces)}
     )
