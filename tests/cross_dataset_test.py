@@ -125,5 +125,89 @@ class CrossDatasetEvaluateTest(tf.test.TestCase):
         self.assertIn("unknown", self.report["calibration"]["note"])
 
 
+_FOLDER_LABELS = ("NORMAL", "PNEUMONIA")
+
+
+class FolderVocabularyRunTest(tf.test.TestCase):
+    """A run trained on a folder-per-class set (its own two labels, with an export) is scored on
+    its records, and an NIH run on the same records over Pneumonia and No Finding."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls._root = root = tempfile.mkdtemp(prefix="folder_vocabulary_test_")
+        rng = np.random.default_rng(1)
+        values = {}
+        for split, n in (("train", 8), ("val", 16), ("test", 24)):
+            pneumonia = rng.permutation(np.arange(n) % 2).astype(np.float64)
+            values[split] = np.stack([1.0 - pneumonia, pneumonia], axis=1)
+        cls.records_dir = os.path.join(root, "pediatric")
+        fake_data.write_vocabulary_records(
+            cls.records_dir,
+            values,
+            labels=_FOLDER_LABELS,
+            dataset="folders",
+            image_size=32,
+            seed=5,
+            unknown_metadata=True,
+        )
+        cls.run_dir = os.path.join(root, "run")
+        fake_data.write_fake_run(cls.run_dir, cls.records_dir, image_size=32, labels=_FOLDER_LABELS)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls._root, ignore_errors=True)
+        super().tearDownClass()
+
+    def _config(self, run_dir, **kwargs):
+        return evaluate.EvaluateConfig(run_dir=run_dir, bootstrap_resamples=20, batch_size=8, **kwargs)
+
+    def test_the_export_of_a_run_of_another_vocabulary_is_scored_on_its_records(self):
+        report = evaluate.evaluate(self._config(self.run_dir, model="export"))
+        self.assertEqual(report["labels"], list(_FOLDER_LABELS))
+        self.assertEqual(report["model_source"], "export")
+        findings = {f["label"]: f for f in report["splits"]["test"]["findings"]}
+        self.assertEqual(findings["PNEUMONIA"]["positives"], 12)
+        self.assertEqual(findings["NORMAL"]["negatives"], 12)
+        # NORMAL is the set's "no finding" label: the findings' mean is PNEUMONIA's AUC alone.
+        self.assertAllClose(report["splits"]["test"]["mean_auc_14"], findings["PNEUMONIA"]["auc"])
+        with open(os.path.join(self.run_dir, "reports", files.AUC_MD)) as f:
+            self.assertIn("**Mean of 1 findings**", f.read())
+        test_ece = report["calibration"]["splits"]["test"]
+        ece = {f["label"]: f["ece"] for f in test_ece["findings"]}
+        self.assertAllClose(test_ece["mean_ece_14"], ece["PNEUMONIA"])
+        # The folder set publishes no sex, age or view: one "unknown" group each, not an age band.
+        subgroups = report["splits"]["test"]["subgroups"]
+        for attribute in ("sex", "age_band", "view_position"):
+            self.assertEqual(list(subgroups[attribute]), ["unknown"], msg=attribute)
+            self.assertEqual(subgroups[attribute]["unknown"]["images"], 24)
+        self.assertTrue(os.path.exists(os.path.join(self.run_dir, "reports", files.AUC_JSON)))
+
+    def test_an_export_whose_labels_differ_from_the_runs_is_refused(self):
+        run_dir = os.path.join(self._root, "reordered")
+        shutil.copytree(self.run_dir, run_dir)
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)
+        config["labels"] = list(reversed(_FOLDER_LABELS))
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(config, f)
+        with self.assertRaisesRegex(ValueError, "labels.json lists labels"):
+            evaluate.evaluate(self._config(run_dir, model="export"))
+
+    def test_an_nih_run_is_scored_on_pneumonia_and_no_finding(self):
+        nih_records = os.path.join(self._root, "nih")
+        fake_data.write_records(nih_records, image_size=32, split_sizes={"train": 8, "val": 8, "test": 8})
+        nih_run = os.path.join(self._root, "nih_run")
+        fake_data.write_fake_run(nih_run, nih_records, image_size=32)
+        report = evaluate.evaluate(self._config(nih_run, records_dir=self.records_dir))
+        cross = report["cross_dataset"]
+        self.assertEqual(
+            [(p["model_label"], p["records_label"]) for p in cross["compared"]],
+            [("Pneumonia", "PNEUMONIA"), ("No Finding", "NORMAL")],
+        )
+        self.assertEqual(cross["left_out_records_labels"], [])
+        self.assertLen(cross["left_out_model_labels"], 13)
+
+
 if __name__ == "__main__":
     tf.test.main()

@@ -5,6 +5,7 @@ Everything is built in the test's temporary directory; nothing is checked in as 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 
@@ -258,6 +259,7 @@ def write_vocabulary_records(
     seed: int = 0,
     with_state: bool = True,
     split_pixels: dict[str, np.ndarray] | None = None,
+    unknown_metadata: bool = False,
 ) -> manifest_lib.Manifest:
     """Writes a records directory of another vocabulary, with each label's state.
 
@@ -269,6 +271,7 @@ def write_vocabulary_records(
       image_size, num_shards, seed, split_pixels: as in `write_labeled_records` (raw records).
       with_state: write the `label_mask` and `label_uncertain` features (without them, records
         read as all known).
+      unknown_metadata: write age -1 and an empty sex and view, as data sets that publish none.
 
     Returns:
       The manifest read back.
@@ -291,6 +294,8 @@ def write_vocabulary_records(
                     if split_pixels is not None and split in split_pixels:
                         pixels = np.asarray(split_pixels[split][index], np.uint8)
                     metadata = metadata_for(counter)
+                    if unknown_metadata:
+                        metadata = dataclasses.replace(metadata, age=-1, sex="", view_position="")
                     counter += 1
                     patients.add(metadata.patient_id)
                     # An NIH record whose label features are then replaced by this vocabulary's.
@@ -322,11 +327,11 @@ def write_vocabulary_records(
     return manifest_lib.read_manifest(records_dir)
 
 
-def tiny_keras_model(image_size: int = 32, *, seed: int = 0):
+def tiny_keras_model(image_size: int = 32, *, seed: int = 0, num_labels: int = schema.NUM_LABELS):
     """A tiny stand-in for the trainer's model with the same outer contract.
 
     0..255 pixels [B, N, N, 1] -> /255 -> Conv2D named "decoder_output" (where Grad-CAM looks)
-    -> global average pooling -> Dense(15, sigmoid) named "probabilities".
+    -> global average pooling -> Dense(num_labels, sigmoid) named "probabilities".
     """
     import keras
 
@@ -343,7 +348,7 @@ def tiny_keras_model(image_size: int = 32, *, seed: int = 0):
     )(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(
-        schema.NUM_LABELS,
+        num_labels,
         activation="sigmoid",
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1),
         name="probabilities",
@@ -352,13 +357,22 @@ def tiny_keras_model(image_size: int = 32, *, seed: int = 0):
 
 
 def write_fake_run(
-    run_dir: str, records_dir: str, *, image_size: int = 32, epochs: int = 3, seed: int = 0, model=None
+    run_dir: str,
+    records_dir: str,
+    *,
+    image_size: int = 32,
+    epochs: int = 3,
+    seed: int = 0,
+    model=None,
+    labels: tuple[str, ...] | None = None,
 ) -> str:
     """Writes a run directory like trainer.train's, with an untrained `tiny_keras_model` (or `model`).
 
     `config.json` (records_dir, image_size, model), `history.csv` (made-up curves with the
     columns of trainer.train), `checkpoints/best.keras`, and `export/` through
     `trainer.model.export.export_model` (both serving signatures, labels.json).
+    `labels`: the run's vocabulary, written to config.json and labels.json with a head of that
+    size; None writes a run of NIH's labels whose config.json predates the vocabulary.
 
     Returns:
       run_dir.
@@ -367,13 +381,18 @@ def write_fake_run(
 
     from trainer.model import export as export_lib
 
-    model = model if model is not None else tiny_keras_model(image_size, seed=seed)
+    vocabulary = tuple(labels) if labels is not None else schema.LABELS
+    if model is None:
+        model = tiny_keras_model(image_size, seed=seed, num_labels=len(vocabulary))
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     model.save(os.path.join(run_dir, "checkpoints", "best.keras"))
-    export_lib.export_model(model, os.path.join(run_dir, "export"), image_size=image_size)
+    export_lib.export_model(model, os.path.join(run_dir, "export"), image_size=image_size, labels=vocabulary)
+    config = {"records_dir": records_dir, "image_size": image_size, "model": model.name}
+    if labels is not None:
+        config["labels"] = list(vocabulary)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump({"records_dir": records_dir, "image_size": image_size, "model": model.name}, f, indent=2)
-    per_class = [f"val_auc_{label.replace(' ', '_')}" for label in schema.LABELS]
+        json.dump(config, f, indent=2)
+    per_class = [f"val_auc_{label.replace(' ', '_')}" for label in vocabulary]
     header = [
         "epoch",
         "lr",

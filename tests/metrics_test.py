@@ -265,8 +265,8 @@ class SummarizeTest(tf.test.TestCase):
 
     def test_age_bands(self):
         self.assertEqual(
-            [metrics.age_band(a) for a in (0, 17, 18, 39, 40, 79, 80, 95)],
-            ["0-17", "0-17", "18-39", "18-39", "40-59", "60-79", "80+", "80+"],
+            [metrics.age_band(a) for a in (-1, 0, 17, 18, 39, 40, 79, 80, 95)],
+            ["unknown", "0-17", "0-17", "18-39", "18-39", "40-59", "60-79", "80+", "80+"],
         )
 
     def test_bad_inputs(self):

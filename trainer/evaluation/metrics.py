@@ -267,8 +267,16 @@ def nan_mean(values: Sequence[float] | np.ndarray) -> float:
     return float(values.mean()) if values.size else math.nan
 
 
+# The subgroup of images whose sex, age or view the records do not know (a negative age, an
+# empty sex or view: data sets that publish none, such as a folder per class).
+UNKNOWN_SUBGROUP = "unknown"
+
+
 def age_band(age: int, edges: Sequence[int] = DEFAULT_AGE_EDGES) -> str:
-    """The band name of an age in years: with edges (18, 40, 60, 80), "0-17", "18-39", ..., "80+"."""
+    """The band name of an age in years: with edges (18, 40, 60, 80), "0-17", "18-39", ..., "80+";
+    `UNKNOWN_SUBGROUP` for a negative (unknown) age."""
+    if age < 0:
+        return UNKNOWN_SUBGROUP
     lower = 0
     for edge in edges:
         if age < edge:
@@ -288,9 +296,7 @@ def summarize(
     reference_thresholds: Mapping[str, float | None] | None = None,
     known: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """All metrics of one split, as a JSON-ready dict (undefined values are None).
-
-    Steps: `_point_aucs`, `_bootstrap_samples`, `finding_summary`, `_mean_interval`, `subgroup_aucs`.
+    """All metrics of one split, as a JSON-ready dict (undefined values are None); in steps.
 
     Args:
       y_true: [N, L] 0/1 labels, columns in `labels` order.

@@ -201,19 +201,21 @@ class Predictor:
     weights_sha256: str | None = None
 
 
-def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
+def load_predictor(run_dir: str, *, source: str = "auto", labels: Sequence[str] = schema.LABELS) -> Predictor:
     """Loads the run's model for evaluation on record pixels.
 
     Args:
       run_dir: the run directory.
       source: "export" (`export/`, signature `serve_pixels`), "checkpoint"
         (`checkpoints/best.keras`), or "auto" (the export when present, else the checkpoint).
+      labels: the run's vocabulary (config.json's labels), which the export's labels.json must list.
 
     Returns:
       A `Predictor`.
 
     Raises:
-      ValueError: unknown source, or the chosen model is missing.
+      ValueError: unknown source, the chosen model is missing, or the export's labels.json
+        lists other labels than `labels`.
     """
     if source not in MODEL_SOURCES:
         raise console.ValidationError(f"model source must be one of {MODEL_SOURCES}, got {source!r}.")
@@ -227,7 +229,7 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
             raise console.ValidationError(
                 f"{export_dir} holds no SavedModel; export the run or use --model=checkpoint."
             )
-        return _load_export(export_dir)
+        return _load_export(export_dir, labels)
     if not tf.io.gfile.exists(checkpoint):
         raise console.ValidationError(
             f"{checkpoint} does not exist, and neither does a SavedModel in {export_dir}."
@@ -235,10 +237,10 @@ def load_predictor(run_dir: str, *, source: str = "auto") -> Predictor:
     return _load_checkpoint(checkpoint)
 
 
-def _load_export(export_dir: str) -> Predictor:
-    """The export's `serve_pixels` signature (the model alone, whatever its serving_default applies)."""
-    # Any vocabulary: the run's config.json names it, and `open_run` pairs it with the records'.
-    image_size = int(export_lib.read_labels(export_dir, expected=None)["image_size"])
+def _load_export(export_dir: str, labels: Sequence[str]) -> Predictor:
+    """The export's `serve_pixels` signature (the model alone, whatever its serving_default applies);
+    its labels.json must list `labels`, the run's vocabulary (`open_run` pairs it with the records')."""
+    image_size = int(export_lib.read_labels(export_dir, expected=labels)["image_size"])
     loaded = tf.saved_model.load(export_dir)
     signature = loaded.signatures[export_lib.SERVE_PIXELS]
 
@@ -361,9 +363,9 @@ def summarize_split(
     sex, age band and view position."""
     meta = predictions.metadata
     subgroups = {
-        "sex": meta[schema.SEX_KEY],
+        "sex": [str(sex) or metrics.UNKNOWN_SUBGROUP for sex in meta[schema.SEX_KEY]],
         "age_band": [metrics.age_band(int(age)) for age in meta[schema.AGE_KEY]],
-        "view_position": meta[schema.VIEW_POSITION_KEY],
+        "view_position": [str(view) or metrics.UNKNOWN_SUBGROUP for view in meta[schema.VIEW_POSITION_KEY]],
     }
     return metrics.summarize(
         predictions.labels,
@@ -470,7 +472,7 @@ def open_run(config: EvaluateConfig) -> EvaluationRun:
         records_dir=records_dir,
         manifest=manifest,
         output_dir=_output_dir(config, shared, manifest),
-        predictor=load_predictor(config.run_dir, source=config.model),
+        predictor=load_predictor(config.run_dir, source=config.model, labels=_run_labels(run_config)),
         shared=shared,
     )
 
@@ -493,8 +495,12 @@ def reports_dir(config: EvaluateConfig) -> str:
 def _shared_labels(
     run_config: Mapping[str, Any], manifest: manifest_lib.Manifest
 ) -> vocabularies.SharedLabels:
-    # The run's vocabulary (config.json's labels; runs that predate it trained on NIH's).
-    return vocabularies.shared_labels(run_config.get("labels", schema.LABELS), manifest.labels)
+    return vocabularies.shared_labels(_run_labels(run_config), manifest.labels)
+
+
+def _run_labels(run_config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The run's vocabulary: config.json's labels (runs that predate them trained on NIH's)."""
+    return tuple(run_config.get("labels", schema.LABELS))
 
 
 def _output_dir(

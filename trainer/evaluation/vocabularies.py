@@ -23,9 +23,9 @@ use for the same finding and the source of each equivalence.
 | Mass                 | (none)                   | mass                 |                |                     |
 | Nodule               | (none)                   | nodule               |                |                     |
 | Pleural_Thickening   | (none)                   | pleural thickening   |                |                     |
-| Pneumonia            | Pneumonia                | pneumonia            | Pneumonia      | PNEUMONIA           |
+| Pneumonia            | Pneumonia                | pneumonia            | (none)         | PNEUMONIA           |
 | Pneumothorax         | Pneumothorax             | pneumothorax         |                |                     |
-| No Finding           | No Finding               | normal               |                | NORMAL              |
+| No Finding           | No Finding               | normal               | Normal         | NORMAL              |
 
 Sources (`SOURCES` holds them by key; each row of `EQUIVALENCES` names its own):
 
@@ -38,8 +38,7 @@ Sources (`SOURCES` holds them by key; each row of `EQUIVALENCES` names its own):
 - torchxrayvision: its CheXpert and MIMIC-CXR readers rename "Pleural Effusion" to NIH's
   "Effusion"; its PadChest reader maps "infiltrates" to Infiltration and "pleural thickening" to
   Pleural_Thickening, and matches "edema", "effusion", "fibrosis" and "hernia" inside PadChest's
-  longer names ("pulmonary edema", "pleural effusion", "pulmonary fibrosis", "hiatal hernia"); its
-  RSNA Pneumonia reader labels the challenge's positive images "Pneumonia".
+  longer names ("pulmonary edema", "pleural effusion", "pulmonary fibrosis", "hiatal hernia").
 - Kermany et al., "Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep
   Learning", Cell 2018: the pediatric set's classes are PNEUMONIA (bacterial or viral) and NORMAL.
 - "No Finding" is NIH's label for none of its 14 findings and CheXpert's for none of its
@@ -49,8 +48,11 @@ Sources (`SOURCES` holds them by key; each row of `EQUIVALENCES` names its own):
 NIH labels without an equivalent in CheXpert and MIMIC-CXR-JPG: Emphysema, Fibrosis, Hernia,
 Infiltration, Mass, Nodule and Pleural_Thickening. CheXpert's "Lung Lesion" (masses and
 nodules), "Lung Opacity" (infiltrates among others) and "Pleural Other" (thickening among others)
-are broader findings, not the same ones, and are not equated. RSNA Pneumonia and the pediatric
-folder set share Pneumonia (and the folder set No Finding) with NIH, nothing else.
+are broader findings, not the same ones, and are not equated. The pediatric folder set shares
+Pneumonia and No Finding with NIH. RSNA Pneumonia's records keep the challenge's three classes:
+its "Normal" is No Finding; its positive class, "Lung Opacity" (an opacity suggesting pneumonia),
+shares its name with CheXpert's broader finding, so one table cannot equate it with Pneumonia and
+it is left out.
 """
 
 from __future__ import annotations
