@@ -199,6 +199,26 @@ class CalibrationTest(parameterized.TestCase, tf.test.TestCase):
             summary["findings"][0]["ece"],
             calibration.expected_calibration_error(y_true[:, 0], y_prob[:, 0], num_bins=5),
         )
+        # NIH's labels: the mean is over the 14 findings, "No Finding" left out.
+        self.assertEqual(summary["mean_ece_labels"], list(schema.FINDINGS))
+        eces = [f["ece"] for f in summary["findings"][: len(schema.FINDINGS)]]
+        self.assertAllClose(summary["mean_ece_14"], np.mean(eces))
+
+    def test_summarize_another_vocabulary(self):
+        # PadChest-style names: "normal" is that data set's "no finding" label.
+        labels = ("normal", "nodule", "pleural effusion")
+        rng = np.random.default_rng(2)
+        y_true = rng.integers(0, 2, size=(60, 3))
+        y_prob = np.clip(y_true * 0.6 + rng.random((60, 3)) * 0.4, 0.0, 1.0)
+        summary = calibration.summarize(y_true, y_prob, labels=labels, num_bins=5)
+        self.assertEqual([f["label"] for f in summary["findings"]], list(labels))
+        self.assertEqual(summary["mean_ece_labels"], ["nodule", "pleural effusion"])
+        expected = [
+            calibration.expected_calibration_error(y_true[:, k], y_prob[:, k], num_bins=5) for k in (1, 2)
+        ]
+        self.assertAllClose(summary["mean_ece_14"], np.mean(expected))
+        with self.assertRaisesRegex(ValueError, r"must both be \[N, 3\], got \(60, 15\)"):
+            calibration.summarize(np.zeros((60, 15)), np.zeros((60, 15)), labels=labels)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,9 @@ class ExportModelTest(tf.test.TestCase):
         with open(path, "w") as f:
             f.write('{"labels": ["Mass"], "image_size": 8}')
         with self.assertRaisesRegex(ValueError, "expected"):
-            export.read_labels(self.get_temp_dir())
+            export.read_labels(self.get_temp_dir(), expected=schema.LABELS)
+        # By default, an export's own vocabulary is read as it is.
+        self.assertEqual(export.read_labels(self.get_temp_dir())["labels"], ["Mass"])
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@
     heat = run.gradcam("chest.png", "Effusion")              # float32 [H, W] in [0, 1]
     images, labels = next(iter(run.dataset("test")))          # the run's records, one pass
 
-`predict` returns one row per image: its source, an error (empty when predicted), the 15
-probabilities (calibrated when the run's evaluation stored a calibration in
+`predict` returns one row per image: its source, an error (empty when predicted), one
+probability per label of the run (`run.labels`, the vocabulary it was trained on: NIH's 15 for
+NIH records; calibrated when the run's evaluation stored a calibration in
 `reports/thresholds.json`), and one 0/1 finding column per label at the thresholds the
 evaluation chose (<NA> where it chose none). `cxr-predict` drives the same `Run`.
 
@@ -55,6 +56,7 @@ def finding_column(label: str) -> str:
 
 def __getattr__(name: str) -> Any:
     # `api.Run` and `api.LABELS` load their modules on first access, not at import.
+    # `api.LABELS` is NIH's vocabulary; a run's own labels are `Run.labels`.
     if name == "Run":
         from trainer.prediction import loaded_run
 

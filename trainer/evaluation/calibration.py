@@ -277,19 +277,36 @@ def summarize(
 ) -> dict[str, Any]:
     """ECE and reliability bins of every label on one split, JSON-ready.
 
+    Args:
+      y_true, y_prob: [N, L] 0/1 labels and probabilities.
+      labels: the L label names (the run's vocabulary; NIH's 15 by default).
+      num_bins: equal-width probability bins.
+
     Returns:
       {"num_bins", "findings": [{"label", "ece", "bins": Reliability.to_json()}], "mean_ece_14"
-      (over the 14 findings, "No Finding" excluded)}.
+      (the mean ECE over the findings: every label but the data set's "no finding" label, as
+      `trainer.evaluation.vocabularies.is_no_finding` knows it; the 14 findings for NIH's labels),
+      "mean_ece_labels" (the labels that mean is over)}.
+
+    Raises:
+      ValueError: y_true or y_prob not [N, len(labels)].
     """
     y_true, y_prob = np.asarray(y_true), np.asarray(y_prob)
+    if y_true.shape != y_prob.shape or y_true.ndim != 2 or y_true.shape[1] != len(labels):
+        raise ValueError(
+            f"y_true and y_prob must both be [N, {len(labels)}], got {y_true.shape} and {y_prob.shape}."
+        )
     findings = []
     for k, label in enumerate(labels):
         bins = reliability(y_true[:, k], y_prob[:, k], num_bins=num_bins)
         findings.append({"label": label, "ece": bins.ece, "bins": bins.to_json()})
-    eces = [f["ece"] for f in findings if not vocabularies.is_no_finding(f["label"])]
-    return metrics.to_json_ready(
-        {"num_bins": num_bins, "findings": findings, "mean_ece_14": metrics.nan_mean(eces)}
-    )
+    averaged = [f for f in findings if not vocabularies.is_no_finding(f["label"])]
+    return metrics.to_json_ready({
+        "num_bins": num_bins,
+        "findings": findings,
+        "mean_ece_14": metrics.nan_mean([f["ece"] for f in averaged]),
+        "mean_ece_labels": [f["label"] for f in averaged],
+    })  # fmt: skip
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

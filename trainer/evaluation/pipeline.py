@@ -534,7 +534,7 @@ def serve_operating_point(
             f"the records {run.records_dir} are not the run's",
         ),
         (not _same_path(run.output_dir, own_reports), f"the reports go to {run.output_dir}"),
-        (run.labels != schema.LABELS, "the export's operating point holds NIH's 15 labels only"),
+        (not run.shared.identical, "the records' labels are not the model's"),
     ]
     why_not = [reason for applies, reason in reasons if applies]
     if why_not:
@@ -545,6 +545,7 @@ def serve_operating_point(
         calibration,
         tta=report["tta"]["mode"],
         source=f"{run_dir_lib.THRESHOLDS_FILE} (Youden J on {report['thresholds']['source_split']})",
+        labels=run.labels,
     )
     return export_lib.write_operating_point(run.predictor.path, point)
 
@@ -559,10 +560,12 @@ def operating_point(
     *,
     tta: str,
     source: str,
+    labels: Sequence[str] = schema.LABELS,
 ) -> export_lib.OperatingPoint:
-    """The export's `OperatingPoint`: the thresholds (the default where undefined) and Platt scalings."""
-    scalings = [None if calibration is None else calibration.scalings.get(label) for label in schema.LABELS]
-    values = [thresholds.get(label) for label in schema.LABELS]
+    """The export's `OperatingPoint` for the model's `labels`: the thresholds (the default where
+    undefined) and Platt scalings."""
+    scalings = [None if calibration is None else calibration.scalings.get(label) for label in labels]
+    values = [thresholds.get(label) for label in labels]
     return export_lib.OperatingPoint(
         slopes=tuple(1.0 if s is None else s.slope for s in scalings),
         intercepts=tuple(0.0 if s is None else s.intercept for s in scalings),
@@ -571,6 +574,7 @@ def operating_point(
         epsilon=calibration_lib.EPSILON,
         tta=tta,
         source=source,
+        labels=tuple(labels),
     )
 
 

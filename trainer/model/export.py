@@ -6,16 +6,17 @@ Signatures:
       8- or 16-bit gray, gray+alpha, RGB, RGBA, palette. Decoded, converted to gray (alpha
       ignored), resized to the training size with the area filter, rounded to 0..255 like a
       record's pixels, then fed to the model (which scales and standardizes itself). Returns
-      {"probabilities": float32 [B, 15]} in `schema.LABELS` order; once an evaluation has
+      {"probabilities": float32 [B, L]} in the order of the labels in `labels.json` (the
+      training records' vocabulary: NIH's 15 for NIH records); once an evaluation has
       chosen an operating point (`write_operating_point`), also
-      "calibrated_probabilities" (float32 [B, 15], the Platt scaling fitted on val) and
-      "findings" (int32 [B, 15], 1 where the probability reaches the label's threshold).
+      "calibrated_probabilities" (float32 [B, L], the Platt scaling fitted on val) and
+      "findings" (int32 [B, L], 1 where the probability reaches the label's threshold).
   serve_pixels(images: uint8 [B, N, N, 1])     pixels already at the training size N;
       {"probabilities"} of the model alone, one pass, never recalibrated.
 
 Assets (`assets/`, tracked by the SavedModel so they travel with it):
 
-  labels.json             {"labels": [...15...], "image_size": N}
+  labels.json             {"labels": [...L...], "image_size": N}
   operating_point.json    what `serving_default` applies after the model (when chosen)
 
 The object also holds `model_weights`, the model's weights in Keras order, so that a Keras
@@ -105,6 +106,8 @@ class OperatingPoint:
       tta: "none", or "hflip" for the mean of the image's and its mirror image's probabilities
         (the augmentation the thresholds and the calibration were chosen with).
       source: where it was chosen, e.g. the thresholds file and split.
+      labels: the L labels the per-label values follow, in the model's output order (NIH's 15
+        by default, for runs trained on NIH records).
     """
 
     slopes: tuple[float, ...]
@@ -114,22 +117,30 @@ class OperatingPoint:
     epsilon: float
     tta: str = "none"
     source: str = ""
+    labels: tuple[str, ...] = schema.LABELS
 
     def __post_init__(self):
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"OperatingPoint.labels must be distinct names, got {list(self.labels)}.")
         for name in ("slopes", "intercepts", "calibrated", "thresholds"):
-            if len(getattr(self, name)) != schema.NUM_LABELS:
+            if len(getattr(self, name)) != len(self.labels):
                 raise ValueError(
-                    f"OperatingPoint.{name} needs {schema.NUM_LABELS} values, got {len(getattr(self, name))}."
+                    f"OperatingPoint.{name} needs {len(self.labels)} values, got {len(getattr(self, name))} "
+                    f"(one per label of {list(self.labels)})."
                 )
         if self.tta not in SERVED_TTA_MODES:
             raise ValueError(f"OperatingPoint.tta must be one of {SERVED_TTA_MODES}, got {self.tta!r}.")
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "labels": list(schema.LABELS),
+            "labels": list(self.labels),
             "formula": "p' = sigmoid(slope * logit(clip(p, epsilon, 1 - epsilon)) + intercept)",
             "rule": "finding present when probability >= threshold",
-            **{f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)},
+            **{
+                f.name: _jsonable(getattr(self, f.name))
+                for f in dataclasses.fields(self)
+                if f.name != "labels"
+            },
         }
 
     @classmethod
@@ -200,9 +211,15 @@ def write_operating_point(export_dir: str, operating_point: OperatingPoint | Non
     The model function, its variables and `serve_pixels` are kept as loaded: the same weights.
 
     Raises:
-      ValueError: `export_dir` holds no export written by this module.
+      ValueError: `export_dir` holds no export written by this module, or the operating point's
+        labels are not the export's.
     """
-    info = read_labels(export_dir)  # The operating point is NIH's 15 labels'.
+    info = read_labels(export_dir)
+    if operating_point is not None and list(operating_point.labels) != info["labels"]:
+        raise ValueError(
+            f"The operating point's labels {list(operating_point.labels)} are not those of the export "
+            f"{export_dir} ({info['labels']})."
+        )
     _write_serving(
         _model_of(tf.saved_model.load(export_dir)),
         export_dir,
@@ -340,30 +357,36 @@ def _move_tree(source: str, destination: str) -> None:
     _remove(source)
 
 
-def write_labels(export_dir: str, *, image_size: int) -> str:
+def write_labels(export_dir: str, *, image_size: int, labels: Sequence[str] = schema.LABELS) -> str:
     """Writes `labels.json` = {"labels": [...], "image_size": N} into export_dir; returns its path.
 
     (An export keeps it in its assets; this writes the file of exports from before that.)
     """
-    return _write_json(os.path.join(export_dir, LABELS_FILE), _labels_info(image_size))
+    return _write_json(os.path.join(export_dir, LABELS_FILE), _labels_info(image_size, labels))
 
 
-def read_labels(export_dir: str, *, expected: Sequence[str] | None = schema.LABELS) -> dict:
+def labels_file(export_dir: str) -> str | None:
+    """The export's `labels.json` (in its assets, or beside the SavedModel), or None when it has none."""
+    candidates = [os.path.join(export_dir, ASSETS_DIR, LABELS_FILE), os.path.join(export_dir, LABELS_FILE)]
+    return next((p for p in candidates if tf.io.gfile.exists(p)), None)
+
+
+def read_labels(export_dir: str, *, expected: Sequence[str] | None = None) -> dict:
     """Reads and checks `labels.json` of an export (in its assets, or beside the SavedModel).
 
     Args:
       export_dir: the export.
-      expected: the labels the caller needs, in order (NIH's by default); None accepts any
-        vocabulary (a non-empty list of distinct names).
+      expected: the labels the caller needs, in order; None (the default) accepts the export's
+        own vocabulary, whatever it is (a non-empty list of distinct names).
 
     Raises:
       ValueError: missing file, no labels, or labels that differ from `expected`.
     """
-    candidates = [os.path.join(export_dir, ASSETS_DIR, LABELS_FILE), os.path.join(export_dir, LABELS_FILE)]
-    path = next((p for p in candidates if tf.io.gfile.exists(p)), None)
+    path = labels_file(export_dir)
     if path is None:
         raise ValueError(
-            f"{candidates[0]} does not exist; is {export_dir!r} an export written by trainer.model.export?"
+            f"{os.path.join(export_dir, ASSETS_DIR, LABELS_FILE)} does not exist; "
+            f"is {export_dir!r} an export written by trainer.model.export?"
         )
     with tf.io.gfile.GFile(path) as f:
         info = json.load(f)
@@ -383,8 +406,9 @@ def serve(loaded: Any, image_bytes: Sequence[bytes]) -> dict[str, np.ndarray]:
       image_bytes: encoded PNGs or JPEGs.
 
     Returns:
-      {"probabilities": float32 [B, 15]}, and once an evaluation has written the operating
-      point, "calibrated_probabilities" (float32 [B, 15]) and "findings" (int32 [B, 15]).
+      {"probabilities": float32 [B, L]}, and once an evaluation has written the operating
+      point, "calibrated_probabilities" (float32 [B, L]) and "findings" (int32 [B, L]), L the
+      export's labels (`read_labels`).
     """
     outputs = loaded.signatures[SERVING_DEFAULT](image_bytes=tf.constant(list(image_bytes), tf.string))
     return {name: value.numpy() for name, value in outputs.items()}

@@ -283,7 +283,27 @@ def png_encode(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def top_findings(probabilities: np.ndarray, k: int) -> list[int]:
-    """Indices of the k most probable of the 14 findings ("No Finding" has nothing to localize)."""
-    findings = np.asarray(probabilities)[: len(schema.FINDINGS)]
-    return [int(i) for i in np.argsort(-findings, kind="stable")[:k]]
+def top_findings(
+    probabilities: np.ndarray,
+    k: int,
+    *,
+    labels: Sequence[str] = schema.LABELS,
+    skip: Sequence[str] = (schema.NO_FINDING,),
+) -> list[int]:
+    """Indices (into `labels`) of the k most probable labels but those in `skip`.
+
+    Args:
+      probabilities: [L], one per label.
+      k: how many.
+      labels: the model's labels, in output order (NIH's 15 by default).
+      skip: labels with nothing to localize: the data set's "no finding" label.
+
+    Raises:
+      ValueError: `probabilities` is not one per label.
+    """
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape != (len(labels),):
+        raise ValueError(f"probabilities must be [{len(labels)}] (one per label), got {probabilities.shape}.")
+    candidates = np.array([i for i, label in enumerate(labels) if label not in set(skip)], np.int64)
+    order = np.argsort(-probabilities[candidates], kind="stable")[:k]
+    return [int(i) for i in candidates[order]]

@@ -10,6 +10,9 @@ the same object, so a notebook and the command line predict through one path:
     `trainer.evaluation.pipeline`), the probabilities returned are the calibrated ones; the
     findings are the labels at or above each label's threshold (chosen on the model's own
     probabilities, so calibrating does not change them);
+  - the labels are the run's own vocabulary: the export's `assets/labels.json` (else
+    `config.json`'s `labels`; runs that record neither trained on NIH's 15), in the model's
+    output order; the thresholds and calibration must be for the same labels;
   - Grad-CAM needs the Keras model: its architecture comes from `checkpoints/best.keras`, its
     weights are the export's (copied variable by variable), and their sha256 is checked against
     every `weights_sha256` the run records, so no output mixes two sets of weights.
@@ -64,7 +67,8 @@ def finding_column(label: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ImagePrediction:
-    """One image's result: probabilities [15] and findings, or the error that stopped it."""
+    """One image's result: probabilities [L] (one per label of the run) and findings, or the error
+    that stopped it."""
 
     path: str
     probabilities: np.ndarray | None
@@ -79,7 +83,8 @@ class Thresholds:
     """Per-label decision thresholds, where they came from, and what was stored with them.
 
     Attributes:
-      values: label -> threshold on the model's probabilities.
+      values: label -> threshold on the model's probabilities, for every label of the run in the
+        model's output order (`labels`).
       source: a readable account of where they came from.
       defaulted: labels that fell back to DEFAULT_THRESHOLD.
       calibration: the Platt scaling stored beside them, or None.
@@ -91,6 +96,11 @@ class Thresholds:
     defaulted: tuple[str, ...]
     calibration: calibration_lib.Calibration | None = None
     tta: str = "none"
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The run's labels, in the model's output order."""
+        return tuple(self.values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,25 +118,31 @@ class ImageContent:
     error: str = ""
 
 
-def read_thresholds(run_dir: str, path: str | None = None) -> Thresholds:
+def read_thresholds(
+    run_dir: str, path: str | None = None, *, labels: Sequence[str] = schema.LABELS
+) -> Thresholds:
     """Reads the thresholds written by `trainer.evaluation.pipeline`, defaulting to 0.5.
 
     Args:
       run_dir: the run directory (default file `reports/thresholds.json`).
       path: another thresholds.json.
+      labels: the run's labels, in the model's output order (NIH's 15 for runs that predate
+        other vocabularies).
 
     Raises:
-      ValueError: `path` given but missing, or a malformed file, naming it.
+      ValueError: `path` given but missing, a malformed file, or a file (or its calibration) for
+        other labels than `labels`, naming it.
     """
+    labels = tuple(labels)
     path_given = path is not None
     path = path or run_dir_lib.path(run_dir, run_dir_lib.THRESHOLDS_FILE)
     if not tf.io.gfile.exists(path):
         if path_given:
             raise errors.ValidationError(f"--thresholds file {path!r} does not exist.")
         return Thresholds(
-            {label: DEFAULT_THRESHOLD for label in schema.LABELS},
+            {label: DEFAULT_THRESHOLD for label in labels},
             f"default {DEFAULT_THRESHOLD} ({path} not found; run trainer.evaluation.pipeline to choose thresholds)",
-            tuple(schema.LABELS),
+            labels,
         )
     with tf.io.gfile.GFile(path) as f:
         try:
@@ -134,8 +150,9 @@ def read_thresholds(run_dir: str, path: str | None = None) -> Thresholds:
             given = dict(data["thresholds"])
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise errors.ValidationError(f"{path}: expected a JSON object with 'thresholds' ({e}).") from e
+    _check_labels(path, "lists the labels", data.get("labels"), labels)
     values, defaulted = {}, []
-    for label in schema.LABELS:
+    for label in labels:
         value = given.get(label)
         if value is None:
             defaulted.append(label)
@@ -145,9 +162,40 @@ def read_thresholds(run_dir: str, path: str | None = None) -> Thresholds:
     stored = None
     if data.get("calibration") is not None:
         stored = calibration_lib.Calibration.from_json(data["calibration"], where=path)
+        _check_labels(path, "stores a calibration of the labels", stored.labels, labels)
     if defaulted:
         source += f"; default {DEFAULT_THRESHOLD} for {', '.join(defaulted)}"
     return Thresholds(values, source, tuple(defaulted), stored, str(data.get("tta", "none")))
+
+
+def _check_labels(path: str, what: str, found: Sequence[str] | None, labels: tuple[str, ...]) -> None:
+    """Raises when a file records other labels than the model's (no record: nothing to check)."""
+    if found is not None and tuple(found) != labels:
+        raise errors.ValidationError(
+            f"{path} {what} {list(found)}, but the model's labels are {list(labels)}: "
+            "these thresholds are another run's. Evaluate this run (trainer.evaluation.pipeline)."
+        )
+
+
+def run_labels(run_dir: str, config: dict[str, Any]) -> tuple[str, ...]:
+    """The run's labels in the model's output order: the export's `labels.json`, else
+    `config.json`'s `labels`, else NIH's 15 (runs from before either recorded them).
+
+    Raises:
+      ValueError: the export and config.json name different labels, naming both files.
+    """
+    export_dir = run_dir_lib.path(run_dir, run_dir_lib.EXPORT_DIR)
+    exported = None
+    if export_lib.labels_file(export_dir) is not None:
+        exported = tuple(export_lib.read_labels(export_dir)["labels"])
+    configured = tuple(config["labels"]) if config.get("labels") else None
+    if exported and configured and exported != configured:
+        raise errors.ValidationError(
+            f"{export_dir} serves the labels {list(exported)}, but "
+            f"{run_dir_lib.path(run_dir, run_dir_lib.CONFIG_FILE)} lists {list(configured)}: "
+            "the run's files describe different models. Re-export the run."
+        )
+    return exported or configured or tuple(schema.LABELS)
 
 
 def tf_error_text(error: Exception) -> str:
@@ -243,7 +291,7 @@ class _Serving:
         self._image_size = image_size
 
     def __call__(self, contents: list[bytes], *, tta: str = "none") -> list[np.ndarray | str]:
-        """Probabilities [15] per image, or the decoding error's text."""
+        """Probabilities [L] per image, or the decoding error's text."""
         if tta != "none":
             return self._augmented(contents, tta)
         try:
@@ -368,6 +416,7 @@ class Run:
     Attributes:
       run_dir: the run directory.
       config: its `config.json`.
+      labels: the run's labels, in the model's output order (`run_labels`).
       thresholds: the decision thresholds and calibration in use.
     """
 
@@ -380,7 +429,8 @@ class Run:
             )
         config_path = run_dir_lib.path(run_dir, run_dir_lib.CONFIG_FILE)
         self.config = run_dir_lib.read_config(run_dir) if tf.io.gfile.exists(config_path) else {}
-        self.thresholds = read_thresholds(run_dir, thresholds_path)
+        self.labels = run_labels(run_dir, self.config)
+        self.thresholds = read_thresholds(run_dir, thresholds_path, labels=self.labels)
         self._records_dir = records_dir
 
     def __repr__(self) -> str:
@@ -446,7 +496,7 @@ class Run:
                 continue
             probabilities = np.asarray(output, np.float32)
             findings = tuple(
-                label for label, p in zip(schema.LABELS, probabilities) if p >= self.thresholds.values[label]
+                label for label, p in zip(self.labels, probabilities) if p >= self.thresholds.values[label]
             )
             if calibration is not None:
                 probabilities = calibration.apply(probabilities[None])[0]
@@ -474,8 +524,8 @@ class Run:
 
         Returns:
           One row per image, in order: `source` (the path, or "bytes[i]" / "array[i]"), `error`
-          (empty when predicted), one probability column per label (`schema.LABELS`, NaN on
-          error), `calibrated`, and one 0/1 column per label (`finding_column(label)`), at the
+          (empty when predicted), one probability column per label of the run (`labels`, NaN
+          on error), `calibrated`, and one 0/1 column per label (`finding_column(label)`), at the
           threshold the evaluation chose (<NA> where it chose none, or on error).
 
         Raises:
@@ -489,7 +539,7 @@ class Run:
 
         Args:
           image: a file path, encoded image bytes or a uint8 array (as `predict` takes).
-          label: a label name (`schema.LABELS`) or its index.
+          label: a label name (one of the run's `labels`) or its index.
 
         Returns:
           float32 [H, W] in [0, 1]: where the model looked for `label`.
@@ -497,7 +547,7 @@ class Run:
         Raises:
           ValueError: an unknown label, or an image that cannot be read or decoded, named.
         """
-        index = label_index(label)
+        index = label_index(label, self.labels)
         (content,) = read_inputs([image])
         if content.content is None:
             raise errors.ValidationError(f"{content.source}: {content.error}")
@@ -531,7 +581,8 @@ class Run:
           with_metadata: also yield the records' metadata dict (`tfrecords.dataset.build_dataset`).
 
         Returns:
-          `(images uint8 [B, N, N, 1], labels float32 [B, 15])` batches (plus metadata).
+          `(images uint8 [B, N, N, 1], labels float32 [B, L])` batches (plus metadata), L the
+          records' labels.
 
         Raises:
           ValueError: no records directory in config.json (pass `records_dir` to `load_run`).
@@ -550,41 +601,44 @@ class Run:
         )
 
 
-def label_index(label: str | int) -> int:
-    """The index of a label given by name or index.
+def label_index(label: str | int, labels: Sequence[str] = schema.LABELS) -> int:
+    """The index in `labels` (the run's) of a label given by name or index.
 
     Raises:
       ValueError: an unknown name or an index out of range, listing the labels.
     """
+    labels = tuple(labels)
     if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
-        if 0 <= int(label) < schema.NUM_LABELS:
+        if 0 <= int(label) < len(labels):
             return int(label)
-    elif label in schema.LABELS:
-        return schema.LABELS.index(label)
+    elif label in labels:
+        return labels.index(label)
     raise errors.ValidationError(
-        f"label must be one of {list(schema.LABELS)} or an index 0..{schema.NUM_LABELS - 1}, got {label!r}."
+        f"label must be one of {list(labels)} or an index 0..{len(labels) - 1}, got {label!r}."
     )
 
 
 def to_frame(results: Sequence[ImagePrediction], thresholds: Thresholds) -> pd.DataFrame:
-    """The DataFrame `Run.predict` returns (see there) from a list of results."""
+    """The DataFrame `Run.predict` returns (see there) from a list of results; its label columns
+    are the thresholds' labels (the run's)."""
     import pandas as pd
 
-    probabilities = np.full((len(results), schema.NUM_LABELS), np.nan, np.float32)
-    findings = np.zeros((len(results), schema.NUM_LABELS), np.int8)
+    labels = thresholds.labels
+    probabilities = np.full((len(results), len(labels)), np.nan, np.float32)
+    findings = np.zeros((len(results), len(labels)), np.int8)
     for row, result in enumerate(results):
         if result.probabilities is not None:
             probabilities[row] = result.probabilities
-            findings[row] = [label in result.findings for label in schema.LABELS]
+            findings[row] = [label in result.findings for label in labels]
     frame = pd.DataFrame({
         "source": [r.path for r in results],
         "error": [r.error for r in results],
     })  # fmt: skip
-    for k, label in enumerate(schema.LABELS):
+    for k, label in enumerate(labels):
         frame[label] = probabilities[:, k]
     frame["calibrated"] = [r.calibrated for r in results]
     failed = frame["error"] != ""
-    for k, label in enumerate(schema.LABELS):
+    for k, label in enumerate(labels):
         column = pd.array(findings[:, k], dtype="Int8")
         column[failed.to_numpy() | (label in thresholds.defaulted)] = pd.NA
         frame[finding_column(label)] = column

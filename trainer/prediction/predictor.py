@@ -6,8 +6,8 @@ reads every PNG and JPEG under --images (a file, a folder searched recursively, 
 mode, 8 or 16 bits, any size), predicts them through the run's one model
 (`trainer.prediction.loaded_run.Run`, what `trainer.api.load_run` returns: the export's
 `serving_default` signature, encoded bytes in, decoding and resizing inside the graph) and writes
-`runs/demo/predictions/predictions.csv`: per image its path, error (empty if fine), the 15
-probabilities and the findings at or above each finding's threshold from
+`runs/demo/predictions/predictions.csv`: per image its path, error (empty if fine), one
+probability per label of the run (its own vocabulary: NIH's 15 for NIH records) and the findings at or above each finding's threshold from
 `runs/demo/reports/thresholds.json` (0.5 where that file or a threshold is missing; the run
 says so). When that file also stores a calibration (Platt scaling fitted on val by
 `trainer.evaluation.pipeline`), the probabilities written are the calibrated ones (column `calibrated` = 1;
@@ -33,6 +33,7 @@ import tensorflow as tf
 from cxr_cli import config_flags, errors
 from tfrecords import schema
 from trainer.evaluation import tta as tta_lib
+from trainer.evaluation import vocabularies
 from trainer.model import run_dir as run_dir_lib
 from trainer.prediction import loaded_run
 
@@ -106,7 +107,8 @@ def predict(
       batch_size: images per model call.
       gradcam: also write Grad-CAM overlays (needs the ResUNet's architecture in the checkpoint).
       gradcam_dir: default `run_dir/predictions/gradcam`.
-      gradcam_top_k: findings explained per image (the most probable of the 14).
+      gradcam_top_k: findings explained per image (the most probable labels but the data set's
+        "no finding" label).
       tta: "none", or "hflip" for the mean of the image's and its mirror image's probabilities.
       calibrate: apply the calibration stored in the thresholds file, when there is one.
 
@@ -132,7 +134,7 @@ def predict(
         results += batch
 
     output_csv = output_csv or os.path.join(run_dir, run_dir_lib.PREDICTIONS_DIR, "predictions.csv")
-    write_csv(output_csv, results)
+    write_csv(output_csv, results, labels=run.labels)
     return results, run.thresholds, output_csv
 
 
@@ -148,7 +150,7 @@ def _check_arguments(batch_size: int, gradcam_top_k: int, tta: str) -> None:
 def _warn_about_thresholds(thresholds: Thresholds, tta: str) -> None:
     if thresholds.defaulted:
         _log.warning("Thresholds: %s", thresholds.source)
-    if thresholds.tta != tta and len(thresholds.defaulted) < len(schema.LABELS):
+    if thresholds.tta != tta and len(thresholds.defaulted) < len(thresholds.labels):
         _log.warning(
             "The thresholds were chosen with --tta=%s and the images are predicted with --tta=%s; "
             "evaluate the run with --tta=%s for thresholds that match.",
@@ -158,14 +160,23 @@ def _warn_about_thresholds(thresholds: Thresholds, tta: str) -> None:
         )
 
 
-def write_csv(path: str, results: Sequence[ImagePrediction]) -> str:
-    """Columns: path, image, error, the 15 probabilities, findings ("|"-joined), gradcam files,
-    calibrated (1 when the probabilities are calibrated, 0 when they are the model's)."""
+def write_csv(path: str, results: Sequence[ImagePrediction], *, labels: Sequence[str] = schema.LABELS) -> str:
+    """Columns: path, image, error, one probability per label (`labels`, the run's, in the model's
+    order), findings ("|"-joined), gradcam files, calibrated (1 when the probabilities are
+    calibrated, 0 when they are the model's).
+
+    Raises:
+      ValueError: a result whose probabilities are not one per label.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "image", "error", *schema.LABELS, "findings", "gradcam", "calibrated"])
+    writer.writerow(["path", "image", "error", *labels, "findings", "gradcam", "calibrated"])
     for result in results:
-        probabilities = [""] * schema.NUM_LABELS if result.probabilities is None else [
+        if result.probabilities is not None and len(result.probabilities) != len(labels):
+            raise ValueError(
+                f"{result.path}: {len(result.probabilities)} probabilities for the {len(labels)} labels {list(labels)}."
+            )
+        probabilities = [""] * len(labels) if result.probabilities is None else [
             f"{p:.6f}" for p in result.probabilities
         ]  # fmt: skip
         writer.writerow([
@@ -191,18 +202,21 @@ class _GradCamWriter:
         self.weights_sha256 = run.weights_sha256
         self._output_dir = output_dir or os.path.join(run.run_dir, run_dir_lib.PREDICTIONS_DIR, "gradcam")
         self._top_k = top_k
+        # The data set's "no finding" label has nothing to localize.
+        self._skip = tuple(label for label in run.labels if vocabularies.is_no_finding(label))
         tf.io.gfile.makedirs(self._output_dir)
 
     def write(self, result: ImagePrediction, content: loaded_run.ImageContent) -> ImagePrediction:
         """The result with the paths of its overlays (none for an image that failed)."""
         if result.probabilities is None or content.content is None:
             return result
-        indices = self._lib.top_findings(result.probabilities, self._top_k)
+        labels = self._run.labels
+        indices = self._lib.top_findings(result.probabilities, self._top_k, labels=labels, skip=self._skip)
         gray, maps = self._run.gradcam_maps(content.content, indices, where=result.path)
         stem = os.path.splitext(os.path.basename(result.path))[0]
         written = []
         for index, cam in zip(indices, maps):
-            label = schema.LABELS[index]
+            label = labels[index]
             caption = f"{label}: p={result.probabilities[index]:.2f} (Grad-CAM)"
             out = os.path.join(self._output_dir, f"{stem}_gradcam_{label}.png")
             with tf.io.gfile.GFile(out, "wb") as f:
