@@ -16,6 +16,7 @@ from PIL import Image
 from tests import fake_data
 from tfrecords import schema
 from trainer.evaluation.report import tables
+from trainer.model import export as export_lib
 from trainer.model import gradcam
 from trainer.prediction import predictor as predict
 
@@ -63,6 +64,9 @@ class PredictTest(parameterized.TestCase, tf.test.TestCase):
 
         frame = pd.read_csv(path, keep_default_na=False).set_index("image")
         self.assertLen(frame, 10)
+        # Every row names the weights that predicted it: the export's.
+        exported = export_lib.weights_of(tf.saved_model.load(os.path.join(self.run_dir, "export")))
+        self.assertEqual(set(frame["weights_sha256"]), {export_lib.weights_sha256(exported)})
         self.assertRegex(frame.loc["corrupt.png", "error"], "cannot decode image: .*PNG")
         self.assertRegex(frame.loc["empty.png", "error"], "cannot decode image: .*empty")
         self.assertEqual(frame.loc["corrupt.png", "Atelectasis"], "")

@@ -165,7 +165,10 @@ class PredictVocabularyTest(tf.test.TestCase):
         )
         self.assertEqual(used.labels, _LABELS)
         rows = list(csv.reader(open(path)))
-        self.assertEqual(rows[0], ["path", "image", "error", *_LABELS, "findings", "gradcam", "calibrated"])
+        self.assertEqual(
+            rows[0],
+            ["path", "image", "error", *_LABELS, "findings", "gradcam", "calibrated", "weights_sha256"],
+        )
         self.assertLen(rows, 1 + len(self.images))
         for result in results:
             self.assertLen(result.probabilities, len(_LABELS))

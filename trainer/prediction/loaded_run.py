@@ -453,6 +453,13 @@ class Run:
     def _keras(self) -> tuple[keras.Model, str]:
         return keras_model_with_export_weights(self.run_dir, self._loaded)
 
+    @functools.cached_property
+    def export_weights_sha256(self) -> str | None:
+        """sha256 of the export's weights in Keras order, read from the export alone (None for an
+        export written without its `model_weights` list)."""
+        weights = export_lib.weights_of(self._loaded)
+        return None if weights is None else export_lib.weights_sha256(weights)
+
     @property
     def weights_sha256(self) -> str:
         """sha256 of the export's weights (loads the Keras model to order them as the trainer does)."""

@@ -121,6 +121,7 @@ def predict(
     _check_arguments(batch_size, gradcam_top_k, tta)
     paths = list_images(images)
     run = loaded_run.Run(run_dir, thresholds_path=thresholds_path)
+    _log.info("Model: %s, weights sha256 %s", run.export_dir, run.export_weights_sha256)
     _warn_about_thresholds(run.thresholds, tta)
     explainer = _GradCamWriter(run, gradcam_dir, top_k=gradcam_top_k) if gradcam else None
 
@@ -134,7 +135,7 @@ def predict(
         results += batch
 
     output_csv = output_csv or os.path.join(run_dir, run_dir_lib.PREDICTIONS_DIR, "predictions.csv")
-    write_csv(output_csv, results, labels=run.labels)
+    write_csv(output_csv, results, labels=run.labels, weights_sha256=run.export_weights_sha256 or "")
     return results, run.thresholds, output_csv
 
 
@@ -160,17 +161,25 @@ def _warn_about_thresholds(thresholds: Thresholds, tta: str) -> None:
         )
 
 
-def write_csv(path: str, results: Sequence[ImagePrediction], *, labels: Sequence[str] = schema.LABELS) -> str:
+def write_csv(
+    path: str,
+    results: Sequence[ImagePrediction],
+    *,
+    labels: Sequence[str] = schema.LABELS,
+    weights_sha256: str = "",
+) -> str:
     """Columns: path, image, error, one probability per label (`labels`, the run's, in the model's
     order), findings ("|"-joined), gradcam files, calibrated (1 when the probabilities are
-    calibrated, 0 when they are the model's).
+    calibrated, 0 when they are the model's), weights_sha256 (of the weights that predicted).
 
     Raises:
       ValueError: a result whose probabilities are not one per label.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "image", "error", *labels, "findings", "gradcam", "calibrated"])
+    writer.writerow(
+        ["path", "image", "error", *labels, "findings", "gradcam", "calibrated", "weights_sha256"]
+    )
     for result in results:
         if result.probabilities is not None and len(result.probabilities) != len(labels):
             raise ValueError(
@@ -182,7 +191,7 @@ def write_csv(path: str, results: Sequence[ImagePrediction], *, labels: Sequence
         writer.writerow([
             result.path, os.path.basename(result.path), result.error, *probabilities,
             schema.LABEL_SEPARATOR.join(result.findings), schema.LABEL_SEPARATOR.join(result.gradcam_paths),
-            "" if result.probabilities is None else int(result.calibrated),
+            "" if result.probabilities is None else int(result.calibrated), weights_sha256,
         ])  # fmt: skip
     tf.io.gfile.makedirs(os.path.dirname(path) or ".")
     with tf.io.gfile.GFile(path, "w") as f:
