@@ -662,8 +662,14 @@ class MirroredStrategyTest(tf.test.TestCase):
         self.assertEqual(config["global_batch_size"], 8)
         # lr_max scaled by the 2 replicas (the demo profile scales).
         self.assertAllClose(config["lr_max_scaled"], 2 * config_lib.TrainConfig().lr_max)
-        # The ramp from lr_start 1e-4 to the scaled 4e-3 over 2 epochs: 1e-4, then 1e-4 + 3.9e-3 / 2.
-        self.assertAllClose(config["lr_per_epoch"], [1e-4, 2.05e-3])
+        # The ramp from lr_start to the scaled lr_max over rampup_epochs (the demo profile's 1e-4,
+        # 2 x 1e-3 and 2): 1e-4, then 1e-4 + (2e-3 - 1e-4) / 2 = 1.05e-3.
+        defaults = config_lib.TrainConfig()
+        scaled = 2 * defaults.lr_max
+        self.assertAllClose(
+            config["lr_per_epoch"],
+            [defaults.lr_start, defaults.lr_start + (scaled - defaults.lr_start) / defaults.rampup_epochs],
+        )
         self.assertEqual(len(_history_rows(run_dir)), 2)
 
 
