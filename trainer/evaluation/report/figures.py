@@ -314,8 +314,8 @@ def plot_cam_overlays(path: str, samples: Sequence[Any], *, title: str = "") -> 
     if not findings:
         figure.add_subplot(1, 1, 1).text(0.5, 0.5, "No boxed images", ha="center", va="center")
     figure.suptitle(title or "Grad-CAM of the boxed finding, boxes in white", fontsize=12)
-    # tight_layout ignores the suptitle: keep its top half inch for it.
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.5 / figure.get_figheight()))
+    # The constrained layout makes room for the title (tight_layout lets it overlap the first row).
+    figure.set_layout_engine("constrained")
     return _save(figure, path)
 
 
