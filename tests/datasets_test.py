@@ -21,7 +21,7 @@ from beam_pipelines.datasets import base, chexpert, folders, padchest
 from demo_data import dicom
 from demo_data import writer as demo_writer
 from tests import fake_data
-from tfrecords import codec, contact_sheet, inspect, schema
+from tfrecords import codec, contact_sheet, inspection, schema
 from tfrecords import manifest as manifest_lib
 
 _IN_MEMORY = ["--direct_running_mode=in_memory"]
@@ -289,10 +289,10 @@ class EveryDataSetJobTest(parameterized.TestCase, tf.test.TestCase):
     def test_inspect_accepts_the_records(self, name):
         config, result = self.results[name]
         manifest = manifest_lib.read_manifest(config.output_dir, check_shards=False)
-        self.assertEqual(inspect.check_shards(config.output_dir, manifest), [])
-        summary = inspect.summarize(config.output_dir, manifest, [], inspect.read_rejects(config.output_dir))
+        self.assertEqual(inspection.check_shards(config.output_dir, manifest), [])
+        summary = inspection.summarize(config.output_dir, manifest, [], inspection.read_rejects(config.output_dir))
         self.assertEqual(list(summary["splits"]["train"]["label_counts"]), list(manifest.labels))
-        text = inspect.format_summary(summary)
+        text = inspection.format_summary(summary)
         for label in manifest.labels:
             self.assertIn(label, text)
         label = max(manifest.labels, key=lambda name: manifest.splits["train"].label_counts.get(name, 0))
