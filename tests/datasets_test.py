@@ -290,7 +290,9 @@ class EveryDataSetJobTest(parameterized.TestCase, tf.test.TestCase):
         config, result = self.results[name]
         manifest = manifest_lib.read_manifest(config.output_dir, check_shards=False)
         self.assertEqual(inspection.check_shards(config.output_dir, manifest), [])
-        summary = inspection.summarize(config.output_dir, manifest, [], inspection.read_rejects(config.output_dir))
+        summary = inspection.summarize(
+            config.output_dir, manifest, [], inspection.read_rejects(config.output_dir)
+        )
         self.assertEqual(list(summary["splits"]["train"]["label_counts"]), list(manifest.labels))
         text = inspection.format_summary(summary)
         for label in manifest.labels:
