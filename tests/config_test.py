@@ -39,7 +39,7 @@ def _parse(argv):
     flag_values = flags.FlagValues()
     holders = train_binary.define_flags(flag_values)
     flag_values(["trainer.train", *argv])
-    return train_binary.config_from_flags(holders)
+    return train_binary.config_from_flags(holders, base=config_lib.PROFILES[holders["profile"].value])
 
 
 class ProfilesTest(tf.test.TestCase, parameterized.TestCase):
@@ -208,7 +208,7 @@ class CommandLineTest(tf.test.TestCase):
         flag_values = flags.FlagValues()
         holders = train_binary.define_flags(flag_values)
         flag_values(["trainer.train", *argv, f"--dump_flagfile={path}"])
-        train_binary.dump_flagfile(holders, path)
+        train_binary.main(["trainer.train"], holders=holders)  # Writes the file, trains nothing.
         self.assertEqual(_parse([f"--flagfile={path}"]), _parse(argv))
         self.assertFalse(os.path.exists(run_dir))
 

@@ -67,16 +67,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_flags.Fl
 
 
 def config_from_flags(
-    holders: config_flags.FlagHolders, *, base: config_lib.TrainConfig | dict | None = None
+    holders: config_flags.FlagHolders, *, base: config_lib.TrainConfig | dict
 ) -> config_lib.TrainConfig:
-    """The profile named by `--profile` (or `base`), with the explicitly given flags overriding it.
+    """`base` (a profile, or a run's recorded fields) with the explicitly given flags overriding it.
 
     Raises:
       ValidationError: an invalid value, naming the field.
     """
     fields = {name: holder for name, holder in holders.items() if name not in _BINARY_FLAGS}
-    if base is None:
-        base = config_lib.PROFILES[fields["profile"].value]
     return config_flags.build_config(config_lib.TrainConfig, fields, base=base)
 
 
@@ -87,25 +85,29 @@ def _run_config(run_dir: str) -> dict | None:
     return run_dir_lib.read_config(run_dir).get("train_config")
 
 
-def dump_flagfile(holders: config_flags.FlagHolders, path: str) -> config_lib.TrainConfig:
-    """Writes the flags that re-create the configuration (see `--dump_flagfile`) to `path`."""
-    recorded = _run_config(holders["run_dir"].value)
-    config = config_from_flags(holders, base=recorded)
-    source = f"{config.run_dir}/config.json" if recorded is not None else "the command line"
+def write_flagfile(config: config_lib.TrainConfig, path: str, *, source: str) -> None:
+    """Writes the flags that re-create `config` (see `--dump_flagfile`) to `path`."""
     lines = config_flags.flagfile_lines(config_lib.TrainConfig, config)
     config_flags.write_flagfile(path, lines, comment=f"cxr-train flags of {source}")
-    return config
 
 
 def main(argv: list[str], *, holders: config_flags.FlagHolders) -> None:
-    """Trains the configuration given by the flags; `run` turns bad input into a one-line error."""
+    """Trains the configuration given by the flags; `run` turns bad input into a one-line error.
+
+    With --dump_flagfile, writes the flags of --run_dir's config.json (or, without a run, of the
+    command line), overridden by the flags given, and trains nothing.
+    """
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if holders["dump_flagfile"].value:
-        dump_flagfile(holders, holders["dump_flagfile"].value)
-        print(f"Wrote {holders['dump_flagfile'].value}")
+    dump_path = holders["dump_flagfile"].value
+    recorded = _run_config(holders["run_dir"].value) if dump_path else None
+    base = recorded if recorded is not None else config_lib.PROFILES[holders["profile"].value]
+    config = config_from_flags(holders, base=base)  # Validates every field before TensorFlow starts.
+    if dump_path:
+        source = f"{config.run_dir}/config.json" if recorded is not None else "the command line"
+        write_flagfile(config, dump_path, source=source)
+        print(f"Wrote {dump_path}")
         return
-    config = config_from_flags(holders)  # Validates every field before TensorFlow starts.
     strategy = train_lib.create_strategy(holders["strategy"].value)
     result = train_lib.train(config, strategy)
     logging.info(
