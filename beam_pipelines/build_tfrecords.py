@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
-import sys
 from collections.abc import Iterator
 
 from cxr_cli import verbosity
@@ -64,19 +64,22 @@ class SplitFlags:
         )
 
 
-# This binary's flags live in their own FlagValues, parsed by `_parse_flags`: another binary's
-# flags of the same name (the trainer's --overwrite) can be defined in the same process, and
-# every flag absl does not know is left for Beam. One flag per field of the job's config and of
-# `SplitFlags`.
-FLAGS = flags.FlagValues()
-_CONFIG = config_flags.define_from_dataclass(job.JobConfig, flag_values=FLAGS, module_name=__name__)
-_SPLIT = config_flags.define_from_dataclass(SplitFlags, flag_values=FLAGS, module_name=__name__)
+# This binary's flags live in their own FlagValues (`run`): another binary's flags of the same
+# name (the trainer's --overwrite) can be defined in the same process, and every flag absl does not
+# know is left for Beam. One flag per field of the job's config and of `SplitFlags`.
+def define_flags(flag_values: flags.FlagValues) -> tuple[config_flags.FlagHolders, config_flags.FlagHolders]:
+    """Defines the job's flags on `flag_values`; returns the holders of `JobConfig` and `SplitFlags`."""
+    return (
+        config_flags.define_from_dataclass(job.JobConfig, flag_values=flag_values, module_name=__name__),
+        config_flags.define_from_dataclass(SplitFlags, flag_values=flag_values, module_name=__name__),
+    )
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], *, holders: tuple[config_flags.FlagHolders, config_flags.FlagHolders]) -> None:
     """Builds the job's config from the flags and runs it; the arguments left are Beam's options."""
-    split = config_flags.build_config(SplitFlags, _SPLIT).split_config()
-    config = config_flags.build_config(job.JobConfig, _CONFIG, overrides={"split": split})
+    job_holders, split_holders = holders
+    split = config_flags.build_config(SplitFlags, split_holders).split_config()
+    config = config_flags.build_config(job.JobConfig, job_holders, overrides={"split": split})
     with _beam_logs_at(logging.WARNING):
         job.run_job(config, beam_args=argv[1:])
 
@@ -95,23 +98,16 @@ def _beam_logs_at(level: int) -> Iterator[None]:
 
 def run() -> None:
     """Entry point of `python -m beam_pipelines.build_tfrecords` and `cxr-build-tfrecords`."""
+    flag_values = flags.FlagValues()
+    holders = define_flags(flag_values)
     launch.run_binary(
-        main,
+        functools.partial(main, holders=holders),
         module="beam_pipelines.build_tfrecords",
         doc=__doc__,
-        flag_names=list(FLAGS),
+        flag_names=list(flag_values),
         arguments="[Beam pipeline options]",
-        flag_values=FLAGS,
-        flags_parser=_parse_flags,
+        flag_values=flag_values,
     )
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """This binary's flags, then absl's own; the flags neither defines are Beam's, left in argv."""
-    if launch.wants_help(argv):
-        print((sys.modules["__main__"].__doc__ or "").replace("%%", "%") + "\nflags:\n" + FLAGS.get_help())
-        sys.exit(0)
-    return flags.FLAGS(FLAGS(argv, known_only=True), known_only=True)
 
 
 if __name__ == "__main__":

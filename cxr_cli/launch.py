@@ -21,6 +21,7 @@ its `main` is wrapped by `errors.exit_on_expected_errors`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from collections.abc import Callable, Iterable
@@ -111,7 +112,6 @@ def run_binary(
     flag_names: Iterable[str],
     arguments: str = "",
     flag_values: Any = None,
-    flags_parser: Callable[[list[str]], list[str]] | None = None,
 ) -> None:
     """Starts a binary under absl: help text, key flags, one-line expected errors.
 
@@ -122,23 +122,37 @@ def run_binary(
         (so that `cxr-train --help | head` shows flags), the whole of it is `pydoc`'s.
       arguments: what the command takes besides flags, e.g. "RECORDS_DIR".
       flag_names: its own flags, listed by `--help`.
-      flag_values: where they are defined; default absl's global `FLAGS`.
-      flags_parser: absl's `flags_parser` for binaries that parse their own flags.
+      flag_values: where they are defined; default absl's global `FLAGS`. A binary with flags of
+        its own (`parse_own_flags`) gets the arguments neither it nor absl knows in `argv`.
     """
     from absl import app, flags
 
     from cxr_cli import errors
 
     verbosity.configure()  # Idempotent; sets the loggers TensorFlow created since.
-    flag_values = flags.FLAGS if flag_values is None else flag_values
+    own_flags = flag_values is not None
+    flag_values = flag_values if own_flags else flags.FLAGS
     main_module = sys.argv[0]  # What absl's `--help` lists the key flags of.
     for name in [*flag_names, *(["verbosity"] if "verbosity" in flag_values else [])]:
         flag_values.register_key_flag_for_module(main_module, flag_values[name])
     sys.modules["__main__"].__doc__ = usage_text(doc, module, arguments)
     wrapped = errors.exit_on_expected_errors(main, program=errors.command_name(module))
-    if flags_parser is None:
+    if own_flags:
+        app.run(wrapped, flags_parser=functools.partial(parse_own_flags, flag_values))
+    else:
         if wants_help(sys.argv):  # absl's own --help exits with status 1.
             app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
         app.run(wrapped)
-    else:
-        app.run(wrapped, flags_parser=flags_parser)
+
+
+def parse_own_flags(flag_values: Any, argv: list[str]) -> list[str]:
+    """Parses a binary's own `flag_values`, then absl's; returns argv with the arguments neither
+    knows (e.g. Beam's pipeline options). `--help` prints the usage and the binary's flags."""
+    from absl import flags
+
+    if wants_help(argv):
+        print(
+            (sys.modules["__main__"].__doc__ or "").replace("%%", "%") + "\nflags:\n" + flag_values.get_help()
+        )
+        sys.exit(0)
+    return flags.FLAGS(flag_values(argv, known_only=True), known_only=True)

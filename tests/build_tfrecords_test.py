@@ -5,6 +5,7 @@ assertions (setUpClass), because each DirectRunner start costs seconds.
 """
 
 import dataclasses
+import functools
 import glob
 import io
 import json
@@ -22,10 +23,11 @@ import numpy as np
 import portpicker
 import pytest
 import tensorflow as tf
+from absl import flags
 from absl.testing import parameterized
 
 from beam_pipelines import build_tfrecords, images, job, splits, transforms
-from cxr_cli import errors
+from cxr_cli import errors, launch
 from tests import fake_data
 from tfrecords import codec, schema
 from tfrecords import manifest as manifest_lib
@@ -470,11 +472,19 @@ class ProgressTest(tf.test.TestCase):
 
 
 class EntryPointTest(parameterized.TestCase, tf.test.TestCase):
+    def _parse(self, argv: list[str]):
+        """The binary's flags on a fresh FlagValues, parsed as `run` parses them: (holders, argv left)."""
+        flag_values = flags.FlagValues()
+        holders = build_tfrecords.define_flags(flag_values)
+        return holders, launch.parse_own_flags(flag_values, argv)
+
     def _main(self, *args: str) -> None:
         """Runs `main` as `run` does: expected errors end with one line naming the command."""
-        self.addCleanup(build_tfrecords.FLAGS.unparse_flags)
-        main = errors.exit_on_expected_errors(build_tfrecords.main, program="cxr-build-tfrecords")
-        main(build_tfrecords._parse_flags(["build_tfrecords", *args]))
+        holders, argv = self._parse(["build_tfrecords", *args])
+        main = errors.exit_on_expected_errors(
+            functools.partial(build_tfrecords.main, holders=holders), program="cxr-build-tfrecords"
+        )
+        main(argv)
 
     @parameterized.parameters(
         ("--image_size=0", "image_size must be in .* got 0"),
@@ -498,15 +508,14 @@ class EntryPointTest(parameterized.TestCase, tf.test.TestCase):
         self.assertEqual((root.level, beam_logger.level), before)
 
     def test_flags_come_from_the_config_and_beams_are_left(self):
-        argv = build_tfrecords._parse_flags(
+        (job_holders, _), argv = self._parse(
             ["prog", "--image_size=64", "--progress_interval_s=5", "--runner=DataflowRunner", "--project=p"]
         )
-        self.addCleanup(build_tfrecords.FLAGS.unparse_flags)
         self.assertEqual(argv, ["prog", "--runner=DataflowRunner", "--project=p"])
-        self.assertEqual(build_tfrecords._CONFIG["image_size"].value, 64)
-        self.assertEqual(build_tfrecords._CONFIG["progress_interval_s"].value, 5.0)
+        self.assertEqual(job_holders["image_size"].value, 64)
+        self.assertEqual(job_holders["progress_interval_s"].value, 5.0)
         fields = {f.name for f in dataclasses.fields(job.JobConfig)} - {"split"}
-        self.assertEqual(set(build_tfrecords._CONFIG), fields)
+        self.assertEqual(set(job_holders), fields)
 
     def test_both_binaries_import_in_one_process(self):
         # The trainer also has an --overwrite flag; importing both must not clash.
