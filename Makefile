@@ -143,7 +143,7 @@ predict: $(STAMP)
 # Summary and <RECORDS>-contact-sheet.png; e.g. INSPECT_ARGS="--label=Effusion --augmented".
 inspect: $(STAMP) $(if $(filter $(RECORDS_DIR),$(RECORDS)),$(RECORDS_DIR)/manifest.json,) \
 		$(if $(filter-out nih,$(DATASET)),$(if $(filter $(OUTPUT_DIR),$(RECORDS)),$(OUTPUT_DIR)/manifest.json,),)
-	$(PY) -m tfrecords.inspect $(RECORDS) $(INSPECT_ARGS)
+	$(PY) -m trainer.inspect $(RECORDS) $(INSPECT_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -12,7 +12,7 @@ print the same text, and error lines name the command the user typed.
     cxr-train            trainer.train
     cxr-evaluate         trainer.evaluate
     cxr-predict          trainer.predict
-    cxr-inspect          tfrecords.inspect
+    cxr-inspect          trainer.inspect
 
 Every binary's `run()` calls `run_binary`: its flags become the key flags of the main module
 (absl's `--help` lists exactly those, with default and help), its docstring the usage text, and
@@ -36,7 +36,7 @@ COMMANDS = {
     "cxr-train": "trainer.train",
     "cxr-evaluate": "trainer.evaluate",
     "cxr-predict": "trainer.predict",
-    "cxr-inspect": "tfrecords.inspect",
+    "cxr-inspect": "trainer.inspect",
 }
 # Under every binary's usage line in `--help`, before its flags.
 COMMON_HELP = (

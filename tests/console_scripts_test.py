@@ -21,7 +21,7 @@ import tensorflow as tf
 from beam_pipelines import build_tfrecords, job
 from cxr_cli import config_flags, verbosity
 from demo_data import writer
-from tfrecords import inspect as inspect_binary
+from trainer import inspect as inspect_binary
 from trainer.evaluation import pipeline
 from trainer.prediction import predictor
 from trainer.training import config as train_config

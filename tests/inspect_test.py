@@ -1,4 +1,4 @@
-"""Tests for tfrecords.inspect: shard checks, summary, contact sheet, and the binary's output."""
+"""Tests for trainer.inspect: shard checks, summary, contact sheet, and the binary's output."""
 
 import json
 import os
@@ -40,7 +40,7 @@ def _run_inspect(*args, env=None):
     environ["PYTHONPATH"] = _ROOT + os.pathsep + environ.get("PYTHONPATH", "")
     environ.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "tfrecords.inspect", *args],
+        [sys.executable, "-m", "trainer.inspect", *args],
         capture_output=True,
         text=True,
         env=environ,
@@ -219,7 +219,7 @@ class InspectBinaryTest(tf.test.TestCase):
         last = quiet.stderr.strip().splitlines()[-1]
         self.assertRegex(
             last,
-            r"^tfrecords\.inspect: error: .*train-00000-of-00002\.tfrecord: record 1 is truncated \(the file ends inside its header\)",
+            r"^trainer\.inspect: error: .*train-00000-of-00002\.tfrecord: record 1 is truncated \(the file ends inside its header\)",
         )
         summary = json.loads(quiet.stdout)
         self.assertEqual(summary["problems"][0]["kind"], "corrupt")

@@ -1,6 +1,6 @@
 """Contact sheets of records: a grid of images with their image index, labels, age, sex and view.
 
-`tfrecords.inspect` writes one per records directory; the trainer writes one of augmented
+`trainer.inspect` writes one per records directory; the trainer writes one of augmented
 training records to TensorBoard (`trainer/training/display.py`). Drawn with matplotlib's
 object API on an Agg canvas (no global backend is selected).
 """

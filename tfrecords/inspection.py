@@ -5,7 +5,7 @@ record count, every record's framing and checksums) and reports each mismatch by
 or truncated shard is named with the number of the record where reading failed. `summarize`
 gathers the options the records were built with, per split the records, patients, label counts,
 prevalences and shard sizes, and the rejects by reason with their first examples;
-`format_summary` prints it for a terminal. The binary is `tfrecords.inspect` (`cxr-inspect`).
+`format_summary` prints it for a terminal. The binary is `trainer.inspect` (`cxr-inspect`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 r"""Looks inside a records directory: checks it against its manifest, summarizes it, draws it.
 
-    cxr-inspect data/tfrecords-demo-64        # or: python -m tfrecords.inspect data/tfrecords-demo-64
+    cxr-inspect data/tfrecords-demo-64        # or: python -m trainer.inspect data/tfrecords-demo-64
     cxr-inspect data/tfrecords-demo-64 --label=Effusion --augmented --per_split=16
     cxr-inspect gs://bucket/records --format=json --sheet=''
 
@@ -94,8 +94,7 @@ def _write_sheet(sheet: str, records_dir: str, manifest: manifest_lib.Manifest, 
         for split in manifest.splits
     }
     if config.augmented:
-        # The binary's shell passes the trainer's augmentation in; the contract's modules
-        # never import the trainer.
+        # The binary passes the trainer's augmentation in; the contract's modules never import the trainer.
         from trainer.model import augment
 
         transform = augment.sheet_transform()
@@ -109,12 +108,12 @@ def _write_sheet(sheet: str, records_dir: str, manifest: manifest_lib.Manifest, 
 
 
 def run() -> None:
-    """Entry point of `python -m tfrecords.inspect` and `cxr-inspect`: flags from `InspectConfig`."""
+    """Entry point of `python -m trainer.inspect` and `cxr-inspect`: flags from `InspectConfig`."""
     holders = config_flags.define_from_dataclass(InspectConfig)
     names = [holder.name for holder in holders.values()]
     main_fn = functools.partial(main, holders=holders)
     launch.run_binary(
-        main_fn, module="tfrecords.inspect", doc=__doc__, flag_names=names, arguments="RECORDS_DIR"
+        main_fn, module="trainer.inspect", doc=__doc__, flag_names=names, arguments="RECORDS_DIR"
     )
 
 
