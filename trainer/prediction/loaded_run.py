@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import io
 import json
 import logging
@@ -337,14 +336,6 @@ def decode_pixels(content: bytes, image_size: int) -> np.ndarray:
     return decoded.numpy().astype(np.uint8)  # Whole numbers in 0..255 already.
 
 
-def weights_digest(values: Sequence[np.ndarray]) -> str:
-    """sha256 of weight arrays in the model's order: the digest the trainer records."""
-    digest = hashlib.sha256()
-    for value in values:
-        digest.update(np.ascontiguousarray(value).tobytes())
-    return digest.hexdigest()
-
-
 def recorded_digests(run_dir: str) -> dict[str, str]:
     """Every `weights_sha256` the run records, by file (`DIGEST_FILES`)."""
     found = {}
@@ -390,10 +381,10 @@ def keras_model_with_export_weights(run_dir: str, loaded: Any) -> tuple[keras.Mo
                 f"{weight.path!r} of shape {tuple(weight.shape)}. Re-export the run (make train)."
             )
         values.append(variable.numpy())
-    if weights_digest(model.get_weights()) != weights_digest(values):
+    if export_lib.weights_sha256(model.get_weights()) != export_lib.weights_sha256(values):
         _log.info("%s holds other weights than the export; Grad-CAM uses the export's.", checkpoint)
     model.set_weights(values)
-    digest = weights_digest(values)
+    digest = export_lib.weights_sha256(values)
     for path, recorded in recorded_digests(run_dir).items():
         if recorded != digest:
             raise errors.ValidationError(

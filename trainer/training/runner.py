@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import tempfile
@@ -364,7 +363,4 @@ def _select_export_weights(model: keras.Model, export_weights: str, best_checkpo
 
 def weights_digest(model: keras.Model) -> str:
     """sha256 of the model's weights, in order: equal on every worker of a synchronous run."""
-    digest = hashlib.sha256()
-    for value in model.get_weights():
-        digest.update(np.ascontiguousarray(value).tobytes())
-    return digest.hexdigest()
+    return export_lib.weights_sha256(model.get_weights())
