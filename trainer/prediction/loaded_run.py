@@ -36,6 +36,7 @@ from cxr_cli import errors
 from tfrecords import schema
 from trainer.evaluation import calibration as calibration_lib
 from trainer.evaluation import tta as tta_lib
+from trainer.evaluation.report import tables as report_tables
 from trainer.model import export as export_lib
 from trainer.model import run_dir as run_dir_lib
 
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
     import keras
     import pandas as pd
 
-DEFAULT_THRESHOLD = 0.5
+# The threshold of a label the evaluation chose none for (the value thresholds.json names).
+DEFAULT_THRESHOLD = report_tables.DEFAULT_THRESHOLD
 # The DataFrame's 0/1 finding columns: "finding_Effusion", ..., "finding_No Finding".
 FINDING_PREFIX = "finding_"
 WEIGHTS_SHA256 = "weights_sha256"
@@ -140,7 +142,7 @@ def read_thresholds(
             raise errors.ValidationError(f"--thresholds file {path!r} does not exist.")
         return Thresholds(
             {label: DEFAULT_THRESHOLD for label in labels},
-            f"default {DEFAULT_THRESHOLD} ({path} not found; run trainer.evaluation.pipeline to choose thresholds)",
+            f"default {DEFAULT_THRESHOLD} ({path} not found; run trainer.evaluate to choose thresholds)",
             labels,
         )
     with tf.io.gfile.GFile(path) as f:
