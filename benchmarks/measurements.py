@@ -452,13 +452,19 @@ def nih_scale_figures(data: Mapping[str, Any]) -> list[Figure]:
 
 
 def gradcam_figures(data: Mapping[str, Any]) -> list[Figure]:
-    """runs/bench/gradcam_layers.json: localization scores per choice of Grad-CAM layers."""
+    """runs/bench/gradcam_layers.json: localization scores per Grad-CAM variant, beside the baseline."""
     figures = []
     for row in data.get("results", []):
-        layers = " + ".join(row["layers"])
-        value = f"{row['pointing_game']:.3f} / {row['energy_inside']:.3f} / {row['iou']:.3f}"
-        what = f"Grad-CAM at {layers}: pointing game / energy inside / IoU ({row['pairs']} boxed pairs)"
-        figures.append(_fig(f"eval.gradcam.{'+'.join(row['layers'])}", "Evaluation", what, value))
+        key = "+".join(row["layers"]) + f".{row['method']}" + (".smooth" if row["smooth"] else "")
+        value = (
+            f"{row['pointing_game']:.3f} / {row['energy_inside']:.3f} / {row['iou']:.3f} "
+            f"(baseline {row['box_area_share']:.3f}; border share {row['border_energy_share']:.2f})"
+        )
+        what = (
+            f'Grad-CAM variant "{row["variant"]}": pointing game / energy inside / IoU '
+            f"({row['pairs']} boxed pairs; the boxes' area share is the image-blind baseline)"
+        )
+        figures.append(_fig(f"eval.gradcam.{key}", "Evaluation", what, value))
     return figures
 
 

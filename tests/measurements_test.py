@@ -320,12 +320,30 @@ _SAMPLES = {
     "gradcam_layers.json": {
         "results": [
             {
+                "variant": "decoder alone",
                 "layers": ["decoder_output"],
+                "method": "gradcam",
+                "smooth": False,
                 "pairs": 19,
                 "pointing_game": 0.3,
                 "energy_inside": 0.1,
                 "iou": 0.05,
-            }
+                "box_area_share": 0.073,
+                "border_energy_share": 0.31,
+            },
+            # Same layers, another method: a figure of its own, not overwriting the first.
+            {
+                "variant": "HiResCAM, decoder",
+                "layers": ["decoder_output"],
+                "method": "hirescam",
+                "smooth": True,
+                "pairs": 19,
+                "pointing_game": 0.4,
+                "energy_inside": 0.2,
+                "iou": 0.06,
+                "box_area_share": 0.073,
+                "border_energy_share": 0.2,
+            },
         ]
     },
 }
@@ -348,7 +366,8 @@ _EXPECTED = {
     "demo.render.256": 5.0,  # The generator's own encoder ("up", level 1), not the faster "pil".
     "demo.render.speedup": 8.0,  # 1600 / 200 ms.
     "demo.separability.logistic_32x32": 0.931,
-    "eval.gradcam.decoder_output": "0.300 / 0.100 / 0.050",
+    "eval.gradcam.decoder_output.gradcam": "0.300 / 0.100 / 0.050 (baseline 0.073; border share 0.31)",
+    "eval.gradcam.decoder_output.hirescam.smooth": "0.400 / 0.200 / 0.060 (baseline 0.073; border share 0.20)",
 }
 
 
