@@ -87,6 +87,21 @@ class LocalizeSplitTest(tf.test.TestCase):
         self.assertGreater(checks["box_area_share"], 0.0)
         self.assertLess(checks["box_area_share"], 1.0)
         self.assertBetween(checks["border_energy_share"], 0.0, 1.0)
+        # Every box is 6x6 of 32x32: the image-blind baseline, per finding and overall.
+        self.assertAllClose([mass["box_area_share"], nodule["box_area_share"]], [36 / 1024, 36 / 1024])
+        self.assertAllClose([overall["box_area_share"], checks["box_area_share"]], [36 / 1024, 36 / 1024])
+        # Both patients' resamples keep at least one hit: every interval starts far above 0.035.
+        self.assertEqual(checks["versus_baseline"], {"pointing_game": "above", "energy_inside": "above"})
+
+    def test_maps_that_miss_every_box_are_not_above_the_baseline(self):
+        # Every box moved to the opposite corner of its square: the maps put nothing inside.
+        rows = [(name, "Mass", 0, 26 * 32, 6 * 32, 6 * 32) for name in (_NAMES[0], _NAMES[2])]
+        box_csv = fake_data.write_box_csv(os.path.join(self.get_temp_dir(), "misses.csv"), rows)
+        self.box_set = boxes.read_boxes(box_csv, image_size=_SIZE, images=set(_NAMES))
+        checks = self._localize(mean_maps=False).summary["sanity"]
+        self.assertEqual(
+            checks["versus_baseline"], {"pointing_game": "not_above", "energy_inside": "not_above"}
+        )
 
     def test_randomization_of_a_map_that_ignores_the_weights_correlates_fully(self):
         # The bright-spot map is the image whatever the weights (its initializers are constants):

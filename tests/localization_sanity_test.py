@@ -36,6 +36,14 @@ class BorderTest(tf.test.TestCase):
 
 
 class RandomizationTest(tf.test.TestCase):
+    def test_versus_baseline_needs_the_interval_above_it(self):
+        self.assertEqual(sanity.versus_baseline(0.10, 0.073), "above")
+        self.assertEqual(sanity.versus_baseline(0.073, 0.073), "not_above")
+        self.assertEqual(sanity.versus_baseline(0.02, 0.073), "not_above")
+        self.assertIsNone(sanity.versus_baseline(None, 0.073))
+        self.assertIsNone(sanity.versus_baseline(float("nan"), 0.073))
+        self.assertIsNone(sanity.versus_baseline(0.1, None))
+
     def test_same_maps_correlate_fully_and_shuffled_maps_do_not(self):
         rng = np.random.default_rng(0)
         maps = rng.random((6, 16, 16))

@@ -170,6 +170,14 @@ class HtmlPageTest(tf.test.TestCase):
         self.assertIn("<h3>Model card: tiny</h3>", self.page)
         self.assertIn("<td>best epoch</td>", self.page)
         self.assertIn("Pointing game", self.page)
+        # The localization's baseline column and its verdict, as auc.json decides it.
+        self.assertIn("<th>Baseline</th>", self.page)
+        verdicts = set(data["localization"]["sanity"]["versus_baseline"].values()) - {None}
+        if "not_above" in verdicts:
+            self.assertIn("<p>Not above the baseline: the 95% interval", self.page)
+        elif verdicts:
+            self.assertIn("<p>Above the baseline: the 95% intervals", self.page)
+        self.assertTrue(verdicts)  # The tiny run's maps are scored with intervals.
         # auc.md's other tables, without the ones shown from auc.json above.
         self.assertIn("<h3>Beside published results</h3>", self.page)
         self.assertIn("<h3>AUC by sex (test split)</h3>", self.page)

@@ -93,6 +93,7 @@ class SectionsTest(tf.test.TestCase):
             [1, 2],
             bootstrap=metrics.BootstrapConfig(resamples=20),
         )
+        summary["findings"][0]["box_area_share"] = 0.04  # Mass's baseline; Nodule's left out.
         data = {
             "localization": {
                 "split": "test",
@@ -108,7 +109,11 @@ class SectionsTest(tf.test.TestCase):
         text = "\n".join(markdown.localization_section(data))
         self.assertIn("rejected rows: unknown_finding 1, image_not_in_records 1", text)
         self.assertIn(
-            "| Mass | 1 | 1 | 1.000 (1.000–1.000) | 0.800 (0.800–0.800) | 0.500 (0.500–0.500) |", text
+            "| Mass | 1 | 1 | 1.000 (1.000–1.000) | 0.800 (0.800–0.800) | 0.500 (0.500–0.500) | 0.040 |", text
+        )
+        self.assertIn(
+            "| Nodule | 1 | 1 | 0.000 (0.000–0.000) | 0.100 (0.100–0.100) | 0.000 (0.000–0.000) | undefined |",
+            text,
         )
         self.assertIn("| **All pairs** | 2 | 2 | 0.500 (", text)
         self.assertIn("90.0% of these maps peak in the same cell (row 7, column 0 of a 8x8 grid)", text)
@@ -132,7 +137,27 @@ class SectionsTest(tf.test.TestCase):
         self.assertIn("(seed 0), over 19 pairs: **0.050**", text)
         self.assertIn("| Mass | 1 | 0.100 |", text)
         self.assertIn("| Nodule | 2 | undefined |", text)
+        self.assertNotIn("the baseline**", text)  # No verdict without one.
         self.assertEqual(markdown.sanity_lines(None), [])
+
+    def test_localization_verdict_against_the_baseline(self):
+        sanity = {"box_area_share": 0.073}
+        below = "\n".join(markdown.verdict_lines({**sanity, "versus_baseline": {
+            "pointing_game": "not_above", "energy_inside": "not_above"}}))  # fmt: skip
+        self.assertIn(
+            "**Not above the baseline**: the 95% interval of the pointing game and the energy inside reaches "
+            "down to the image-blind baseline (0.073) or below. These maps do not show where the boxed "
+            "findings are",
+            below,
+        )
+        mixed = "\n".join(markdown.verdict_lines({**sanity, "versus_baseline": {
+            "pointing_game": "not_above", "energy_inside": "above"}}))  # fmt: skip
+        self.assertIn("interval of the pointing game reaches", mixed)
+        self.assertIn("(The energy inside clears it.)", mixed)
+        above = "\n".join(markdown.verdict_lines({**sanity, "versus_baseline": {
+            "pointing_game": "above", "energy_inside": "above"}}))  # fmt: skip
+        self.assertIn("**Above the baseline**: the 95% intervals of the pointing game and the energy", above)
+        self.assertEqual(markdown.verdict_lines({**sanity, "versus_baseline": {"pointing_game": None}}), [])
 
 
 class FiguresTest(tf.test.TestCase):

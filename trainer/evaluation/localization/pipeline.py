@@ -289,8 +289,11 @@ def _result(
         bootstrap=bootstrap,
     )
     summary["images"] = len({name for name, _, _, _ in acc.pairs})
+    _add_baselines(summary, acc)
     randomization = _randomization(acc, explainer, batch_size)
-    summary["sanity"] = metrics.to_json_ready({**_sanity_summary(acc), "randomization": randomization})
+    summary["sanity"] = metrics.to_json_ready(
+        {**_sanity_summary(acc, summary), "randomization": randomization}
+    )
     mean_cams = None
     if mean_maps and acc.images:
         by_finding = {
@@ -304,14 +307,29 @@ def _result(
     return LocalizationResult(summary, tuple(samples), mean_cams)
 
 
-def _sanity_summary(acc: _Accumulator) -> dict[str, Any]:
-    """The scored maps' mean border-energy share and the image-blind baseline (the boxes' area share)."""
+def _add_baselines(summary: dict[str, Any], acc: _Accumulator) -> None:
+    """Each finding's image-blind baseline, and the overall one: the mean area share of the pairs' boxes."""
+    for entry in summary["findings"]:
+        shares = [a for (_, finding, _, _), a in zip(acc.pairs, acc.area_shares) if finding == entry["label"]]
+        entry["box_area_share"] = float(np.mean(shares)) if shares else None
+    summary["overall"]["box_area_share"] = float(np.mean(acc.area_shares)) if acc.area_shares else None
+
+
+def _sanity_summary(acc: _Accumulator, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The scored maps' mean border-energy share, the image-blind baseline (the boxes' area share)
+    and whether the overall pointing game and energy inside clear it (`sanity.versus_baseline`)."""
     borders = [v for v in acc.border_shares if np.isfinite(v)]
+    baseline = float(np.mean(acc.area_shares)) if acc.area_shares else None
+    overall = summary["overall"]
     return {
         "border_fraction": sanity.BORDER_FRACTION,
         "border_energy_share": float(np.mean(borders)) if borders else None,
         "uniform_border_share": sanity.uniform_border_share(),
-        "box_area_share": float(np.mean(acc.area_shares)) if acc.area_shares else None,
+        "box_area_share": baseline,
+        "versus_baseline": {
+            score: sanity.versus_baseline(overall.get(f"{score}_ci_low"), baseline)
+            for score in ("pointing_game", "energy_inside")
+        },
         "pairs": len(acc.area_shares),
     }
 

@@ -7,6 +7,9 @@
 - `box_area_share`: the image-blind baseline of the energy inside a box: the share of the
   image the boxes cover, which a uniform map scores, and roughly what a random point scores in
   the pointing game.
+- `versus_baseline`: whether a score is clearly above that baseline: its 95% interval's lower
+  end above the boxes' area share. A map that does not clear it does not show where the boxed
+  findings are, whatever it looks like.
 - `randomization_test`: the model-randomization test (Adebayo et al. 2018, "Sanity checks for
   saliency maps"): the maps of the same architecture with re-initialized weights must differ
   from the trained model's; the Spearman rank correlation between the two, per finding, is
@@ -62,6 +65,16 @@ def box_area_share(mask: np.ndarray) -> float:
     if mask.size == 0:
         raise ValueError("An empty box mask has no area share.")
     return float(mask.mean())
+
+
+def versus_baseline(ci_low: float | None, baseline: float | None) -> str | None:
+    """ "above" when a score's 95% interval starts above the image-blind baseline, else "not_above".
+
+    None when either is missing (no interval: fewer than two patients, or no boxes).
+    """
+    if ci_low is None or baseline is None or not np.isfinite(ci_low) or not np.isfinite(baseline):
+        return None
+    return "above" if ci_low > baseline else "not_above"
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:

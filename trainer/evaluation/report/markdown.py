@@ -349,15 +349,17 @@ def localization_section(report: Mapping[str, Any]) -> list[str]:
         f"map's mass inside the boxes), **IoU** of the boxes with the region where the map is at least "
         f"{data['cam_threshold']:g} x its maximum. 95% intervals: bootstrap over patients "
         f"({data['bootstrap']['resamples']} resamples). A map without positive evidence scores 0 "
-        f"({overall['empty_maps']} of {overall['pairs']}).",
+        f"({overall['empty_maps']} of {overall['pairs']}). **Baseline**: the boxes' area share, what a map "
+        "that ignores the image scores as energy inside and about its pointing game.",
         "",
-        "| Finding | Pairs | Patients | Pointing game (95% CI) | Energy inside (95% CI) | IoU (95% CI) |",
-        "|---|---|---|---|---|---|",
+        "| Finding | Pairs | Patients | Pointing game (95% CI) | Energy inside (95% CI) | IoU (95% CI) | Baseline |",
+        "|---|---|---|---|---|---|---|",
     ]
     for f in [*data["findings"], {**overall, "label": "**All pairs**"}]:
         cells = [
             f"{fmt(f[name])} ({fmt_ci(f[f'{name}_ci_low'], f[f'{name}_ci_high'])})" for name in _CAM_SCORES
         ]
+        cells.append(fmt(f.get("box_area_share")))
         lines.append(f"| {f['label']} | {f['pairs']} | {f['patients']} | " + " | ".join(cells) + " |")
     lines.append("")
     lines += sanity_lines(data.get("sanity"))
@@ -387,6 +389,7 @@ def sanity_lines(sanity: Mapping[str, Any] | None) -> list[str]:
         "the image and about its pointing game.",
         "",
     ]
+    lines += verdict_lines(sanity)
     randomization = sanity.get("randomization")
     if randomization and randomization.get("findings"):
         lines += [
@@ -404,6 +407,31 @@ def sanity_lines(sanity: Mapping[str, Any] | None) -> list[str]:
             "",
         ]
     return lines
+
+
+def verdict_lines(sanity: Mapping[str, Any]) -> list[str]:
+    """Markdown: whether the pointing game and energy inside clear the image-blind baseline."""
+    verdicts = sanity.get("versus_baseline") or {}
+    named = {"pointing_game": "pointing game", "energy_inside": "energy inside"}
+    above = [named[s] for s, v in verdicts.items() if v == "above"]
+    not_above = [named[s] for s, v in verdicts.items() if v == "not_above"]
+    if not above and not not_above:
+        return []
+    if not_above:
+        text = (
+            f"**Not above the baseline**: the 95% interval of the {' and the '.join(not_above)} reaches down "
+            f"to the image-blind baseline ({fmt(sanity['box_area_share'])}) or below. These maps do not show "
+            "where the boxed findings are; read them as what the model responds to, not as localization."
+        )
+        if above:
+            text += f" (The {' and the '.join(above)} clears it.)"
+    else:
+        text = (
+            f"**Above the baseline**: the 95% intervals of the {' and the '.join(above)} lie above the "
+            f"image-blind baseline ({fmt(sanity['box_area_share'])}): the maps point at the boxed findings "
+            "more than a map that ignores the image."
+        )
+    return [text, ""]
 
 
 _CAM_SCORES = ("pointing_game", "energy_inside", "iou")

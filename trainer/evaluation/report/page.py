@@ -24,7 +24,7 @@ from typing import Any
 import tensorflow as tf
 
 from trainer.evaluation.report import files as report_files
-from trainer.evaluation.report import formatting
+from trainer.evaluation.report import formatting, markdown
 
 INDEX_HTML = "index.html"
 MODEL_CARD_MD = report_files.MODEL_CARD_MD
@@ -274,22 +274,30 @@ def _localization(report: Mapping[str, Any]) -> str:
         return (
             f'<p class="muted">Not scored: {html.escape(str(data.get("message", data.get("status"))))}</p>\n'
         )
-    header = ["Finding", "Pairs", "Patients", "Pointing game", "Energy inside", "IoU"]
+    header = ["Finding", "Pairs", "Patients", "Pointing game", "Energy inside", "IoU", "Baseline"]
     rows = []
     for f in [*data.get("findings", []), {**data["overall"], "label": "All pairs"}]:
         cells = [str(f["pairs"]), str(f["patients"])] + [
             f"{_fmt(f[name])} ({_interval(f[f'{name}_ci_low'], f[f'{name}_ci_high'])})"
             for name in ("pointing_game", "energy_inside", "iou")
         ]
+        cells.append(_fmt(f.get("box_area_share")))
         style = ' class="mean"' if f["label"] == "All pairs" else ""
         rows.append(
             f"<tr{style}><td>{html.escape(f['label'])}</td>"
             + "".join(f"<td>{c}</td>" for c in cells)
             + "</tr>"
         )
-    return '<p class="muted">Grad-CAM maps scored against the bounding boxes (95% CIs).</p>\n' + _table(
-        header, rows
+    verdict = "".join(
+        f"<p>{html.escape(line).replace('**', '')}</p>\n"
+        for line in markdown.verdict_lines(data.get("sanity") or {})
+        if line
     )
+    intro = (
+        '<p class="muted">Grad-CAM maps scored against the bounding boxes (95% CIs); the baseline is the '
+        "boxes' area share, what a map that ignores the image scores.</p>\n"
+    )
+    return intro + _table(header, rows) + verdict
 
 
 # ---------------------------------------------------------------------------------------------
