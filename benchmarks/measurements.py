@@ -460,10 +460,7 @@ def gradcam_figures(data: Mapping[str, Any]) -> list[Figure]:
             f"{row['pointing_game']:.3f} / {row['energy_inside']:.3f} / {row['iou']:.3f} "
             f"(baseline {row['box_area_share']:.3f}; border share {row['border_energy_share']:.2f})"
         )
-        what = (
-            f'Grad-CAM variant "{row["variant"]}": pointing game / energy inside / IoU '
-            f"({row['pairs']} boxed pairs; the boxes' area share is the image-blind baseline)"
-        )
+        what = f"Grad-CAM {row['variant']}: pointing game / energy inside / IoU ({row['pairs']} boxed pairs)"
         figures.append(_fig(f"eval.gradcam.{key}", "Evaluation", what, value))
     return figures
 
