@@ -40,6 +40,7 @@ from PIL import Image
 
 from demo_data import dicom, png
 from demo_data.layout import DemoImage
+from tfrecords import schema
 
 LAYOUTS = ("nih", "chexpert", "mimic_cxr_jpg", "padchest", "rsna_pneumonia", "folders")
 # NIH findings -> CheXpert observations (also MIMIC-CXR-JPG's labeller's).
@@ -56,23 +57,8 @@ CHEXPERT_NAMES = {
     "Pneumonia": "Pneumonia",
     "Pneumothorax": "Pneumothorax",
 }
-CHEXPERT_COLUMNS = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-MIMIC_COLUMNS = tuple(sorted(CHEXPERT_COLUMNS))
+CHEXPERT_COLUMNS = schema.CHEXPERT_LABELS
+MIMIC_COLUMNS = schema.MIMIC_CXR_LABELS
 # NIH findings -> PadChest's names (lower case, as its Labels write them).
 PADCHEST_NAMES = {
     "Atelectasis": ("atelectasis", "laminar atelectasis"),

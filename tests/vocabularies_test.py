@@ -6,22 +6,7 @@ from absl.testing import parameterized
 from tfrecords import schema
 from trainer.evaluation import vocabularies
 
-CHEXPERT = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+CHEXPERT = schema.CHEXPERT_LABELS
 
 
 class VocabulariesTest(parameterized.TestCase, tf.test.TestCase):

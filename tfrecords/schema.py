@@ -9,7 +9,9 @@ One record is one grayscale image:
   image           bytes   raw uint8 HxW (row-major) or a PNG, see `image/format`
   image/format    bytes   b"raw" or b"png"
   height, width   int64
-  labels          int64   15-long multi-hot vector in `LABELS` order
+  labels          int64   multi-hot vector in the manifest's label order (NIH's: `LABELS`)
+  label_mask      int64   optional, 1 where the label is known (absent: all known)
+  label_uncertain int64   optional, 1 where the source wrote the label as uncertain
   image_index     bytes   e.g. b"00000001_000.png"
   patient_id      int64
   follow_up       int64
@@ -58,6 +60,25 @@ LABELS: tuple[str, ...] = (
 NUM_LABELS = len(LABELS)
 NO_FINDING = "No Finding"
 FINDINGS: tuple[str, ...] = LABELS[:-1]  # The 14 findings, without "No Finding".
+# The CheXpert labeller's 14 observations in the column order of CheXpert's tables; MIMIC-CXR-JPG
+# labels with the same labeller, its table ordering them alphabetically.
+CHEXPERT_LABELS: tuple[str, ...] = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+MIMIC_CXR_LABELS: tuple[str, ...] = tuple(sorted(CHEXPERT_LABELS))
 LABEL_SEPARATOR = "|"
 # NIH's official split lists, by the names of its download (read by the records job, written by
 # the demo set).

@@ -29,23 +29,9 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 
 from beam_pipelines.datasets import base
+from tfrecords import schema
 
-LABELS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+LABELS = schema.CHEXPERT_LABELS
 # The CheXpert labeller's values (also MIMIC-CXR-JPG's) -> the state a record gives them.
 STATES = {"1.0": "positive", "0.0": "negative", "-1.0": "uncertain", "": "not_mentioned"}
 _VALUE_STATES = {"1": "positive", "1.0": "positive", "0": "negative", "0.0": "negative"}
