@@ -146,7 +146,7 @@ class FilteredStderrTest(tf.test.TestCase):
 
     def test_every_named_line_was_seen(self):
         # Each entry of the list matches a captured line: the list names nothing it never saw,
-        # except the one seen in this project's training runs (oneDNN's DT_BOOL notice).
+        # except the one seen in this project's training runs (oneDNN's DT_BOOL / DT_INT32 notice).
         lines = (TENSORFLOW_STARTUP + BEAM_WORKER_STARTUP).splitlines()
         for noise in verbosity.NOISE:
             if noise.source == "util.cc":
@@ -175,6 +175,22 @@ class FilteredStderrTest(tf.test.TestCase):
             "a python warning\n"
             "progress 1/2\rprogress 2/2\n"
             "after the block\n",
+        )
+
+    def test_onednn_notices_of_the_types_seen_are_dropped_and_others_kept(self):
+        result = _filtered(
+            r"""
+            with verbosity.filtered_stderr(verbosity.NOISE):
+                os.write(2, b"E0000 00:00:1.0 1 util.cc:131] oneDNN supports DT_INT32 only on platforms with "
+                            b"AVX-512. Falling back to the default Eigen-based implementation if present.\n")
+                os.write(2, b"E0000 00:00:1.0 1 util.cc:131] oneDNN supports DT_BOOL only on platforms with AVX-512.\n")
+                os.write(2, b"E0000 00:00:1.0 1 util.cc:131] oneDNN supports DT_HALF only on platforms with AVX-512.\n")
+            """
+        )
+        self.assertEqual(result.returncode, 0, result.stderr.decode())
+        self.assertEqual(
+            result.stderr.decode(),
+            "E0000 00:00:1.0 1 util.cc:131] oneDNN supports DT_HALF only on platforms with AVX-512.\n",
         )
 
     def test_configure_filters_until_exit_even_a_hard_one(self):
